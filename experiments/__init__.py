@@ -1,0 +1,1 @@
+"""Command-line front ends over kerascnn: ``python -m experiments.run``, ``experiments.predict``."""

@@ -1,0 +1,83 @@
+"""What every command shares: ``--backend`` chosen before Keras is imported, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from kerascnn.errors import KerascnnError
+
+BACKENDS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--debug``."""
+    parser.add_argument("--backend", choices=list(BACKENDS),
+                        help="Keras backend (default: $KERAS_BACKEND, else torch); set before Keras is imported")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def select_backend(name: str | None) -> str:
+    """Set ``KERAS_BACKEND`` (before Keras is imported) and check that the backend is installed."""
+    if name:
+        if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != name:
+            raise KerascnnError(f"--backend {name} came after Keras was imported with another backend")
+        os.environ["KERAS_BACKEND"] = name
+    backend = os.environ.setdefault("KERAS_BACKEND", "torch")
+    if backend in BACKENDS and importlib.util.find_spec(BACKENDS[backend]) is None:
+        raise KerascnnError(f"backend {backend!r} is not installed; pip install 'kerascnn[{backend}]'")
+    return backend
+
+
+def int_list(text: str) -> list[int]:
+    """``"32,64"`` -> [32, 64]; ``"none"`` or ``""`` -> []."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
+def setup_logging() -> None:
+    """kerascnn's messages on stderr: progress plainly, warnings prefixed."""
+    logger = logging.getLogger("kerascnn")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Formatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
+         argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (kept as ``args.argv``), choose the backend, run ``body``.
+
+    A `KerascnnError` becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    setup_logging()
+    try:
+        select_backend(args.backend)
+        return body(args) or 0
+    except KerascnnError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

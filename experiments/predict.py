@@ -1,0 +1,58 @@
+"""python -m experiments.predict MODEL.keras|RUN_DIR IMAGE|DIR... : top-k labels of your own images.
+
+Examples:
+  python -m experiments.predict runs/fashion_mnist-cnn-20261122-101500 shirt.jpg --invert
+  python -m experiments.predict model.keras photos/ --csv submission.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from experiments.cli import add_common_options, main
+from kerascnn.errors import KerascnnError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a model.keras file or a run folder")
+    p.add_argument("images", nargs="+", help="image files or folders of images (any format and mode)")
+    p.add_argument("--top-k", type=int, default=3, help="labels shown per image (default: 3)")
+    p.add_argument("--csv", metavar="OUT", help="also write id,label rows (id = file name without extension)")
+    p.add_argument("--invert", action="store_true",
+                   help="invert pixels: dark-on-light photos fed to a light-on-dark model such as Fashion-MNIST's")
+    p.add_argument("--batch-size", type=int, default=64, help="images per prediction batch (default: 64)")
+    add_common_options(p)
+    return p
+
+
+def body(args: argparse.Namespace) -> int:
+    from kerascnn.prediction import predict
+
+    if args.top_k < 1:
+        raise KerascnnError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.csv and Path(args.csv).exists():
+        raise KerascnnError(f"{args.csv} already exists; choose another --csv file")
+    predictions, skipped = predict(args.model, args.images, top_k=args.top_k, invert=args.invert,
+                                   batch_size=args.batch_size)
+    for p in predictions:
+        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
+        print(f"{p.path}: {ranked}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "label"])
+            writer.writerows((Path(p.path).stem, p.labels[0]) for p in predictions)
+    if skipped:
+        print(f"{len(skipped)} unreadable image(s) skipped", file=sys.stderr)
+    if not predictions:
+        raise KerascnnError("none of the images could be read")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(body, parser()))

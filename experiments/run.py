@@ -1,0 +1,95 @@
+"""python -m experiments.run DATASET MODEL [options]: train, evaluate and report one run.
+
+Examples:
+  python -m experiments.run fashion_mnist cnn
+  python -m experiments.run fashion_mnist cnn2bn --optimizer adam --lr 1e-3 --lr-schedule constant \\
+      --epochs 20 --flip --rotate 10
+  python -m experiments.run folder:~/photos/pets cnn --image-size 96 --augment basic
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+
+from experiments.cli import add_common_options, int_list, main
+from kerascnn.config import ACTIVATIONS, AUGMENTS, CLASS_WEIGHTS, LR_SCHEDULES, OPTIMIZERS, POOLS, RunConfig
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def _opt(group, flag: str, help: str, **kwargs) -> None:
+    """An option whose default lives in `RunConfig` (shown in the help, applied by the dataclass)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    default = DEFAULTS.get(dest)
+    if default is not None and default is not dataclasses.MISSING and "preset" not in help:
+        help = f"{help} (default: {default})"
+    group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="fashion_mnist, digits, folder:PATH or csv:PATH (path,label[,split] columns)")
+    p.add_argument("model", help="cnn, cnn3, cnn2bn or cnn5")
+    d = p.add_argument_group("data")
+    _opt(d, "--data-dir", "folder holding the dataset (default: $KERASCNN_DATA, ~/.kerascnn/datasets/NAME)")
+    _opt(d, "--split", "re-split all data: per-class counts 300,75,75 or fractions 0.7,0.15,0.15")
+    _opt(d, "--val-split", "fraction of each class of train kept for validation when a set has no validation split",
+         type=float)
+    _opt(d, "--image-size", "square size the model works at (resized inside the model; file datasets are "
+         "decoded at it; default: the data's own size, 64 for image files, 256 for cnn5)", type=int)
+    m = p.add_argument_group("scratch CNN architecture (defaults: the model preset)")
+    _opt(m, "--filters", "conv widths, one block each, e.g. 32,64 (preset)", type=int_list)
+    _opt(m, "--convs-per-block", "convolutions per block (preset)", type=int)
+    _opt(m, "--kernel-size", "convolution kernel size (preset)", type=int)
+    _opt(m, "--batch-norm", "batch normalisation after each conv (preset)", action=argparse.BooleanOptionalAction)
+    _opt(m, "--activation", "activation (preset)", choices=ACTIVATIONS)
+    _opt(m, "--pool", "pooling after each block (preset)", choices=POOLS)
+    _opt(m, "--dropout", "dropout after each conv block (preset)", type=float)
+    _opt(m, "--dense", "hidden fully connected layers, e.g. 128 or none (preset)", type=int_list)
+    t = p.add_argument_group("training")
+    _opt(t, "--epochs", "maximum epochs", type=int)
+    _opt(t, "--batch-size", "images per step", type=int)
+    _opt(t, "--optimizer", "optimizer", choices=OPTIMIZERS)
+    _opt(t, "--lr", "peak learning rate", type=float)
+    _opt(t, "--momentum", "SGD momentum", type=float)
+    _opt(t, "--nesterov", "Nesterov momentum for SGD", action="store_true")
+    _opt(t, "--weight-decay", "decoupled weight decay (not on biases and norms)", type=float)
+    _opt(t, "--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    _opt(t, "--lr-schedule", "learning-rate schedule (default: step with --lr-step, else onecycle)",
+         choices=LR_SCHEDULES)
+    _opt(t, "--lr-step", "epochs between step decays (implies --lr-schedule step)", type=int)
+    _opt(t, "--lr-gamma", "factor of each step decay or plateau reduction", type=float)
+    _opt(t, "--patience", "early stopping: epochs without a better validation loss; 0 turns it off", type=int)
+    _opt(t, "--augment", "augmentation preset: basic = flip + translate 0.1; strong adds rotation, zoom, colour",
+         choices=AUGMENTS)
+    _opt(t, "--flip", "random horizontal flips", action="store_true")
+    _opt(t, "--rotate", "random rotation up to DEG degrees", type=float, metavar="DEG")
+    _opt(t, "--translate", "random shifts up to this fraction of the size", type=float, metavar="F")
+    _opt(t, "--class-weight", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTS)
+    _opt(t, "--seed", "seed of splits, initialisation, shuffling and augmentation", type=int)
+    _opt(t, "--workers", "input pipeline threads (default: 0 = automatic)", type=int)
+    o = p.add_argument_group("output")
+    _opt(o, "--out", "run folder to create (default: RUNS_DIR/DATASET-MODEL-TIMESTAMP); never overwritten")
+    _opt(o, "--runs-dir", "where default run folders go")
+    _opt(o, "--top-k", "k of the top-k accuracy reported", type=int)
+    _opt(o, "--verbose", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", type=int, choices=(0, 1, 2))
+    add_common_options(p)
+    return p
+
+
+def body(args: argparse.Namespace) -> int:
+    from kerascnn.runner import run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv")}
+    command = shlex.join(["python", "-m", "experiments.run", *args.argv])
+    run_dir = run(RunConfig(**options, environment={"command": command}))
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(body, parser()))

@@ -1,0 +1,164 @@
+"""`RunConfig`: every setting of one run, validated up front and saved as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kerascnn.errors import KerascnnError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+AUGMENTS = ("none", "basic", "strong")
+CLASS_WEIGHTS = ("none", "balanced")
+ACTIVATIONS = ("relu", "leaky_relu", "gelu")
+POOLS = ("max", "avg")
+
+
+@dataclass
+class RunConfig:
+    """All settings of one run. ``None`` means "the dataset's or model preset's default"."""
+
+    dataset: str
+    model: str
+    # data
+    data_dir: str | None = None
+    split: str | None = None
+    val_split: float = 0.1
+    image_size: int | None = None
+    # scratch CNN architecture (None: the preset's value)
+    filters: list[int] | None = None
+    convs_per_block: int | None = None
+    kernel_size: int | None = None
+    batch_norm: bool | None = None
+    activation: str | None = None
+    pool: str | None = None
+    dropout: float | None = None
+    dense: list[int] | None = None
+    # training
+    epochs: int = 12
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    lr_schedule: str | None = None
+    lr_step: int | None = None
+    lr_gamma: float = 0.1
+    patience: int = 5
+    augment: str = "none"
+    flip: bool = False
+    rotate: float = 0.0
+    translate: float = 0.0
+    class_weight: str = "none"
+    seed: int = 0
+    workers: int = 0
+    # outputs
+    out: str | None = None
+    runs_dir: str = "runs"
+    top_k: int = 5
+    verbose: int | str = "auto"
+    # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
+    architecture: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule is None:
+            self.lr_schedule = "step" if self.lr_step else "onecycle"
+
+    def validate(self) -> RunConfig:
+        """Raise `KerascnnError` for the first invalid value; return self."""
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("patience", self.patience, allow_zero=True)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("augment", self.augment, AUGMENTS)
+        _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        if not self.lr > 0:
+            raise KerascnnError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise KerascnnError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.val_split < 1:
+            raise KerascnnError(f"--val-split must be in [0, 1), got {self.val_split}")
+        if not 0 <= self.label_smoothing < 1:
+            raise KerascnnError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr_schedule == "step" and not self.lr_step:
+            raise KerascnnError("--lr-schedule step needs --lr-step N (epochs between decays)")
+        if self.lr_step is not None:
+            _positive_int("lr_step", self.lr_step)
+        if not 0 < self.lr_gamma <= 1:
+            raise KerascnnError(f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.image_size is not None:
+            _positive_int("image_size", self.image_size)
+        if not 0 <= self.translate < 1:
+            raise KerascnnError(f"--translate must be a fraction in [0, 1), got {self.translate}")
+        if not 0 <= self.rotate <= 180:
+            raise KerascnnError(f"--rotate must be degrees in [0, 180], got {self.rotate}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise KerascnnError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.activation is not None:
+            _choice("activation", self.activation, ACTIVATIONS)
+        if self.pool is not None:
+            _choice("pool", self.pool, POOLS)
+        for name in ("filters", "dense"):
+            values = getattr(self, name)
+            if values is not None and any(v <= 0 for v in values):
+                raise KerascnnError(f"--{name} takes positive integers, got {values}")
+        _positive_int("top_k", self.top_k)
+        if self.split is not None:
+            parse_split(self.split)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        data = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def parse_split(text: str) -> tuple[str, tuple[float, float, float]]:
+    """Parse ``--split``: per-class counts ``"300,75,75"`` or fractions ``"0.7,0.15,0.15"``.
+
+    Returns ``("counts", (train, val, test))`` or ``("fractions", (train, val, test))``.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    hint = "use per-class counts like 300,75,75 or fractions like 0.7,0.15,0.15"
+    if len(parts) != 3:
+        raise KerascnnError(f"--split needs three values train,val,test, got {text!r}; {hint}")
+    try:
+        if all(p.isdigit() for p in parts):
+            counts = tuple(float(int(p)) for p in parts)
+            if counts[0] < 1 or counts[2] < 1:
+                raise ValueError
+            return "counts", counts  # type: ignore[return-value]
+        fractions = tuple(float(p) for p in parts)
+    except ValueError:
+        raise KerascnnError(f"--split {text!r} is not valid; {hint}") from None
+    if any(f < 0 for f in fractions) or fractions[0] <= 0 or fractions[2] <= 0 or sum(fractions) > 1 + 1e-6:
+        raise KerascnnError(f"--split fractions must be >= 0 with train, test > 0 and sum <= 1, got {text!r}")
+    return "fractions", fractions  # type: ignore[return-value]
+
+
+def _positive_int(name: str, value: int, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or value < low:
+        flag = "--" + name.replace("_", "-")
+        raise KerascnnError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        flag = "--" + name.replace("_", "-")
+        raise KerascnnError(f"{flag} {value!r} is not valid; choose one of: {', '.join(valid)}")

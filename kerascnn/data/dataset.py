@@ -1,0 +1,106 @@
+"""The records a loader returns: `Split` (one split's images and labels) and `Dataset`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerascnn.data.images import read_images
+
+
+@dataclass
+class Split:
+    """Images and integer labels of one split.
+
+    Either ``images`` holds uint8 pixels of shape (n, height, width, channels), or ``paths``
+    holds n image files that are decoded on the fly (streamed) at the dataset's image shape.
+    """
+
+    labels: np.ndarray
+    images: np.ndarray | None = None
+    paths: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("a Split holds either images or paths")
+        if self.paths is not None:
+            self.paths = np.asarray(self.paths, dtype=object)
+        if len(self.source) != len(self.labels):
+            raise ValueError(f"{len(self.source)} images but {len(self.labels)} labels")
+
+    @property
+    def source(self) -> np.ndarray:
+        return self.images if self.images is not None else self.paths
+
+    @property
+    def streamed(self) -> bool:
+        return self.paths is not None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> Split:
+        """The sub-split at ``index`` (an integer array)."""
+        if self.images is not None:
+            return Split(self.labels[index], images=self.images[index])
+        return Split(self.labels[index], paths=self.paths[index])
+
+    def counts(self, num_classes: int) -> list[int]:
+        """Images per class."""
+        return np.bincount(self.labels, minlength=num_classes).tolist()
+
+    def pixels(self, index: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+        """uint8 pixels of the images at ``index``, decoding files at ``shape`` (h, w, c)."""
+        if self.images is not None:
+            return self.images[index]
+        return read_images(self.paths[index], shape)
+
+    @staticmethod
+    def concat(splits: list[Split]) -> Split:
+        labels = np.concatenate([s.labels for s in splits])
+        if all(s.images is not None for s in splits):
+            return Split(labels, images=np.concatenate([s.images for s in splits]))
+        if all(s.paths is not None for s in splits):
+            return Split(labels, paths=np.concatenate([s.paths for s in splits]))
+        raise ValueError("cannot pool array splits with file splits")
+
+
+@dataclass
+class Dataset:
+    """Train, validation and test splits with their class names.
+
+    ``image_shape`` is (height, width, channels) of what the splits yield: the native shape of
+    an array dataset, the decoding size of a file dataset. ``skipped_files`` counts unreadable
+    images left out; ``notes`` says how the splits were made.
+    """
+
+    name: str
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    image_shape: tuple[int, int, int]
+    skipped_files: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def streamed(self) -> bool:
+        return self.train.streamed
+
+    def summary(self) -> dict:
+        """Sizes and per-class counts of each split, for reports."""
+        return {
+            "name": self.name,
+            "class_names": self.class_names,
+            "image_shape": list(self.image_shape),
+            "sizes": {s: len(getattr(self, s)) for s in ("train", "val", "test")},
+            "per_class": {s: getattr(self, s).counts(self.num_classes) for s in ("train", "val", "test")},
+            "skipped_files": self.skipped_files,
+            "notes": self.notes,
+        }

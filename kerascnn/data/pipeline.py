@@ -1,0 +1,123 @@
+"""Input pipelines: batches from a `Split` with shuffling, decoding, augmentation and prefetching.
+
+A `Batches` is a ``keras.utils.PyDataset``: Keras runs ``workers`` threads that prepare upcoming
+batches while the model trains on the current one, on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import keras
+import numpy as np
+
+from kerascnn.data.dataset import Split
+from kerascnn.data.images import read_image
+
+log = logging.getLogger("kerascnn")
+
+
+def augmentation(
+    preset: str = "none",
+    *,
+    flip: bool = False,
+    rotate: float = 0.0,
+    translate: float = 0.0,
+    channels: int = 3,
+    seed: int | None = None,
+) -> keras.layers.Pipeline | None:
+    """Keras augmentation layers for ``preset`` (none, basic, strong) plus the single flags.
+
+    ``rotate`` is in degrees, ``translate`` a fraction of the image size. Returns None when
+    nothing is asked for. Inputs and outputs are float pixels in 0..255.
+    """
+    L = keras.layers
+    chosen: dict[str, keras.layers.Layer] = {}
+    if preset in ("basic", "strong") or flip:
+        chosen["flip"] = L.RandomFlip("horizontal", seed=seed)
+    if preset == "strong":
+        rotate, translate = max(rotate, 15.0), max(translate, 0.1)
+        chosen["zoom"] = L.RandomZoom(0.1, fill_mode="constant", seed=seed)
+        if channels == 3:
+            chosen["color"] = L.RandomColorJitter(value_range=(0, 255), brightness_factor=0.2,
+                                                  contrast_factor=0.2, saturation_factor=(0.4, 0.6), seed=seed)
+        else:
+            chosen["contrast"] = L.RandomContrast(0.2, value_range=(0, 255), seed=seed)
+    elif preset == "basic":
+        translate = max(translate, 0.1)
+    if rotate:
+        chosen["rotate"] = L.RandomRotation(rotate / 360.0, fill_mode="constant", seed=seed)
+    if translate:
+        chosen["translate"] = L.RandomTranslation(translate, translate, fill_mode="constant", seed=seed)
+    return L.Pipeline(list(chosen.values()), name="augmentation") if chosen else None
+
+
+def default_workers(split: Split) -> int:
+    """Threads preparing batches: several for files (decoding), one for arrays."""
+    return min(8, 2 * (os.cpu_count() or 1)) if split.streamed else 1
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of ``(images, one-hot labels[, sample weights])`` from a `Split`.
+
+    Images are uint8 (array splits without augmentation) or float32 (0..255). ``shape`` is the
+    (h, w, c) at which files are decoded. With ``shuffle`` the order is redrawn, seeded, every epoch.
+    Unreadable files met while streaming are dropped from their batch with a warning.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        shape: tuple[int, int, int],
+        num_classes: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: keras.layers.Layer | None = None,
+        class_weights: np.ndarray | None = None,
+        workers: int | None = None,
+    ) -> None:
+        workers = workers or default_workers(split)
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
+        self.split, self.shape, self.num_classes = split, tuple(shape), num_classes
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.class_weights = class_weights
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(split)) if shuffle else np.arange(len(split))
+        self.skipped: set[str] = set()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self.split))
+
+    def _images(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.split.streamed:
+            return self.split.images[index], index
+        images, kept = [], []
+        for i in index:
+            path = self.split.paths[i]
+            try:
+                images.append(read_image(path, self.shape))
+                kept.append(i)
+            except Exception as exc:  # noqa: BLE001 - a file that went bad after loading
+                if path not in self.skipped:
+                    log.warning("skipping unreadable image %s (%s)", path, exc)
+                    self.skipped.add(path)
+        return np.stack(images) if images else np.zeros((0, *self.shape), np.uint8), np.asarray(kept, np.int64)
+
+    def __getitem__(self, batch: int):
+        index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
+        x, index = self._images(index)
+        if self.augment is not None and len(x):
+            x = keras.ops.convert_to_numpy(self.augment(x.astype("float32"), training=True))
+        labels = self.split.labels[index]
+        y = np.eye(self.num_classes, dtype="float32")[labels]
+        if self.class_weights is not None:
+            return x, y, self.class_weights[labels].astype("float32")
+        return x, y

@@ -1,0 +1,180 @@
+"""Where each dataset comes from: loaders that return a `Source` (splits before re-splitting)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kerascnn.data.dataset import Split
+from kerascnn.data.images import find_unreadable, grey_only, is_image_file
+from kerascnn.errors import KerascnnError
+
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+
+
+@dataclass
+class Source:
+    """What a loader found: named splits (``train``/``val``/``test``, or ``all`` when the data
+    has no official split), class names, and for files the unreadable ones left out."""
+
+    splits: dict[str, Split]
+    class_names: list[str]
+    image_shape: tuple[int, int, int] | None = None
+    channels: int | None = None
+    skipped_files: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def data_roots(data_dir: str | None, name: str) -> list[Path]:
+    """Folders searched for a dataset called ``name``, most specific first."""
+    roots = []
+    if data_dir:
+        roots.append(Path(data_dir).expanduser())
+    if os.environ.get("KERASCNN_DATA"):
+        base = Path(os.environ["KERASCNN_DATA"]).expanduser()
+        roots += [base / name, base]
+    roots.append(Path.home() / ".kerascnn" / "datasets" / name)
+    return roots
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------
+
+def fashion_mnist_dirs(data_dir: str | None) -> list[Path]:
+    """Folders searched for the four Fashion-MNIST ``.gz`` files, in order."""
+    return data_roots(data_dir, "fashion-mnist") + [
+        Path("/usr/share/datasets/fashion-mnist"),
+        Path.home() / ".keras" / "datasets" / "fashion-mnist",
+    ]
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+
+def load_fashion_mnist(data_dir: str | None = None) -> Source:
+    """Fashion-MNIST from a local copy, else through the Keras download (needs internet)."""
+    needed = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    dirs = fashion_mnist_dirs(data_dir)
+    found = next((d for d in dirs if all((d / f).is_file() for f in needed)), None)
+    if found is not None:
+        splits = {}
+        for split, (images, labels) in FASHION_MNIST_FILES.items():
+            x = _read_idx(found / images, 16).reshape(-1, 28, 28, 1)
+            splits[split] = Split(_read_idx(found / labels, 8), images=x)
+        return Source(splits, FASHION_MNIST_CLASSES, notes=[f"Fashion-MNIST read from {found}"])
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+        looked = ", ".join(str(d) for d in dirs)
+        raise KerascnnError(
+            f"Fashion-MNIST not found (looked in {looked}) and the download failed ({type(exc).__name__}); "
+            "install it with `apt-get install dataset-fashion-mnist`, or put the four .gz files in "
+            "$KERASCNN_DATA/fashion-mnist"
+        ) from exc
+    splits = {"train": Split(y_train, images=x_train[..., None]), "test": Split(y_test, images=x_test[..., None])}
+    return Source(splits, FASHION_MNIST_CLASSES, notes=["Fashion-MNIST downloaded by Keras"])
+
+
+# --- scikit-learn digits -----------------------------------------------------------------------
+
+def load_digits() -> Source:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (values 0..16 scaled to 0..255)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Source({"all": Split(bunch.target, images=images)}, [str(d) for d in range(10)])
+
+
+# --- image files: folder:PATH and csv:PATH -----------------------------------------------------
+
+def _file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str] | None,
+                 channels: int | None, origin: str) -> Source:
+    """Build a `Source` from ``{split: [(path, class name), ...]}``, leaving out unreadable files."""
+    all_paths = [p for rows in records.values() for p, _ in rows]
+    if not all_paths:
+        raise KerascnnError(f"no image files found in {origin}; expected one sub-folder of images per class")
+    bad = set(find_unreadable(all_paths))
+    names = class_names or sorted({c for rows in records.values() for _, c in rows})
+    index = {c: i for i, c in enumerate(names)}
+    splits = {}
+    for split, rows in records.items():
+        kept = [(p, c) for p, c in rows if p not in bad]
+        splits[split] = Split(np.array([index[c] for _, c in kept], dtype=np.int64),
+                              paths=np.array([p for p, _ in kept], dtype=object))
+    if channels is None:
+        channels = 1 if grey_only([p for p in all_paths if p not in bad]) else 3
+    notes = [f"{len(bad)} unreadable image file(s) skipped"] if bad else []
+    return Source(splits, names, channels=channels, skipped_files=len(bad), notes=notes)
+
+
+def _class_folders(root: Path) -> dict[str, list[str]]:
+    """``{class name: [image paths]}`` for each sub-folder of ``root`` that holds images."""
+    classes = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(str(f) for f in sub.rglob("*") if f.is_file() and is_image_file(f))
+        if files:
+            classes[sub.name] = files
+    return classes
+
+
+def load_folder(path: str, channels: int | None = None) -> Source:
+    """Images in one sub-folder per class, either directly under ``path`` or under split
+    folders ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise KerascnnError(f"folder {str(root)!r} does not exist; give folder:PATH with one sub-folder per class")
+    split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in root.iterdir()
+                  if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
+    if "train" in split_dirs:
+        per_split = {s: _class_folders(d) for s, d in split_dirs.items()}
+        names = sorted({c for classes in per_split.values() for c in classes})
+        records = {s: [(f, c) for c, files in classes.items() for f in files] for s, classes in per_split.items()}
+        return _file_source(records, names, channels, str(root))
+    classes = _class_folders(root)
+    records = {"all": [(f, c) for c, files in classes.items() for f in files]}
+    return _file_source(records, sorted(classes), channels, str(root))
+
+
+def load_csv(path: str, channels: int | None = None) -> Source:
+    """A CSV with columns ``path,label[,split]``; relative paths are taken from the CSV's folder."""
+    csv_path = Path(path).expanduser()
+    if not csv_path.is_file():
+        raise KerascnnError(f"CSV file {str(csv_path)!r} does not exist; give csv:PATH with columns path,label[,split]")
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" not in fields or "label" not in fields:
+            raise KerascnnError(f"{csv_path} needs a header with columns path,label[,split]; it has {fields}")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    has_split = "split" in fields and any(r.get("split") for r in rows)
+    records: dict[str, list[tuple[str, str]]] = {}
+    for i, row in enumerate(rows, start=2):
+        split = "all"
+        if has_split:
+            split = SPLIT_ALIASES.get(row.get("split", "").lower())
+            if split is None:
+                raise KerascnnError(f"{csv_path} line {i}: split {row.get('split')!r} is not one of train, val, test")
+        file = Path(row["path"])
+        file = file if file.is_absolute() else csv_path.parent / file
+        records.setdefault(split, []).append((str(file), row["label"]))
+    if has_split and "train" not in records:
+        raise KerascnnError(f"{csv_path} has a split column but no 'train' rows")
+    return _file_source(records, None, channels, str(csv_path))

@@ -1,0 +1,71 @@
+"""Seeded, stratified train/validation/test splitting."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerascnn.errors import KerascnnError
+
+
+def stratified_split(
+    labels: np.ndarray, kind: str, sizes: tuple[float, float, float], seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[str]]:
+    """Split indices of ``labels`` per class into train, val and test.
+
+    ``kind`` is ``"counts"`` (``sizes`` are images per class) or ``"fractions"`` (of each class).
+    A class with fewer images than the counts ask for is split in the same proportions, and a
+    note says so. Returns the three sorted index arrays and the notes.
+    """
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    short = []
+    for cls in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == cls))
+        n = len(index)
+        if kind == "counts" and sum(sizes) > n:
+            short.append(f"{int(cls)}:{n}")
+            fractions = tuple(s / sum(sizes) for s in sizes)
+        elif kind == "counts":
+            fractions = None
+        else:
+            fractions = sizes
+        if fractions is None:
+            n_train, n_val, n_test = (int(s) for s in sizes)
+        else:
+            n_val, n_test = round(fractions[1] * n), round(fractions[2] * n)
+            rest = n - n_val - n_test
+            n_train = rest if sum(fractions) > 1 - 1e-6 else min(rest, round(fractions[0] * n))
+        parts[0].append(index[:n_train])
+        parts[1].append(index[n_train : n_train + n_val])
+        parts[2].append(index[n_train + n_val : n_train + n_val + n_test])
+    notes = []
+    if short:
+        notes.append(
+            "classes with fewer images than the per-class counts "
+            f"{'/'.join(str(int(s)) for s in sizes)} were split in the same proportions "
+            f"(class:images {', '.join(short)})"
+        )
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts), notes  # type: ignore[return-value]
+
+
+def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices of ``labels`` into (train, val), ``fraction`` of each class to val."""
+    if fraction <= 0:
+        return np.arange(len(labels)), np.array([], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = max(1, round(fraction * len(index))) if len(index) > 1 else 0
+        val.append(index[:n_val])
+        train.append(index[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def check_nonempty(train: int, val: int, test: int, name: str) -> None:
+    """Raise a clear error when a split came out empty."""
+    if train == 0 or test == 0:
+        raise KerascnnError(
+            f"dataset {name!r} gave {train} training and {test} test images; "
+            "it needs more images per class or a different --split"
+        )

@@ -1,0 +1,69 @@
+"""Predictions -> metrics with scikit-learn: accuracy with its confidence interval, macro and
+weighted precision/recall/F1, per-class scores, confusion matrices and top-k accuracy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+
+def predict_proba(model: keras.Model, batches: keras.utils.PyDataset) -> np.ndarray:
+    """Class probabilities (n, classes) for every image of an unshuffled pipeline."""
+    return np.asarray(model.predict(batches, verbose=0), dtype=np.float64)
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``correct / total``."""
+    if total == 0:
+        return 0.0, 0.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
+                           top_k: int = 5) -> dict[str, Any]:
+    """Metrics of predicted probabilities ``proba`` (n, classes) against integer labels ``y_true``.
+
+    Scores are fractions in [0, 1]; precision of a class never predicted counts as 0.
+    """
+    y_true = np.asarray(y_true)
+    labels = np.arange(len(class_names))
+    y_pred = proba.argmax(axis=1)
+    correct = int((y_pred == y_true).sum())
+    metrics: dict[str, Any] = {
+        "n_test": len(y_true),
+        "accuracy": correct / max(1, len(y_true)),
+        "accuracy_ci95": list(wilson_interval(correct, len(y_true))),
+    }
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
+        metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    metrics["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(class_names)
+    }
+    metrics["top_k_accuracy"] = {
+        str(k): float(top_k_accuracy_score(y_true, proba, k=k, labels=labels))
+        for k in sorted({2, 3, top_k}) if k < len(class_names)
+    }
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    metrics["confusion_matrix"] = cm.tolist()
+    rows = cm.sum(axis=1, keepdims=True)
+    metrics["confusion_matrix_normalized"] = np.round(cm / np.maximum(rows, 1), 4).tolist()
+    metrics["class_names"] = list(class_names)
+    return metrics
+
+
+def most_confident_mistakes(y_true: np.ndarray, proba: np.ndarray, limit: int = 25) -> np.ndarray:
+    """Indices of wrong predictions, the most confident first (at most ``limit``)."""
+    y_pred = proba.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != np.asarray(y_true))
+    order = np.argsort(-proba[wrong, y_pred[wrong]], kind="stable")
+    return wrong[order][:limit]

@@ -1,0 +1,189 @@
+"""The run folder: its creation (never over an existing one), ``metrics.json`` and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from kerascnn.config import RunConfig
+from kerascnn.errors import KerascnnError
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a dataset or model name (``folder:/x/pets`` -> ``folder-pets``)."""
+    prefix, _, rest = text.partition(":")
+    if rest:
+        text = f"{prefix}-{Path(rest.rstrip('/')).stem or 'data'}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def check_out_free(config: RunConfig) -> None:
+    """Fail early when ``--out`` names a folder that already holds files."""
+    if config.out and Path(config.out).exists() and any(Path(config.out).iterdir()):
+        raise KerascnnError(f"run folder {config.out!r} already exists and is not empty; choose another --out")
+
+
+def create_run_dir(config: RunConfig) -> Path:
+    """Create the run folder: ``--out`` (new or empty) or ``runs/<dataset>-<model>-<timestamp>[-N]``."""
+    if config.out:
+        check_out_free(config)
+        path = Path(config.out)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(config.runs_dir) / f"{slug(config.dataset)}-{slug(config.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise KerascnnError(f"could not create a new run folder next to {base}")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Backend, device, package versions and command line, for ``config.json``."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = "cpu"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    elif backend == "jax":
+        import jax
+
+        device = ", ".join(sorted({f"{d.platform}" for d in jax.devices()})) + f" x{jax.device_count()}"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = f"gpu x{len(gpus)}" if gpus else "cpu"
+    packages = ["kerascnn", "keras", "numpy", "scikit-learn", "pillow", "matplotlib", "torch", "jax", "jaxlib",
+                "tensorflow", "tensorflow-cpu"]
+    return {
+        "backend": backend,
+        "device": device,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": {p: v for p in packages if (v := _version(p))},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """Write ``report.md``: result, data, model, training, per-class scores, confusion matrix, figures."""
+    run_dir = Path(run_dir)
+    env = config.environment
+    names = metrics["class_names"]
+    lo, hi = metrics["accuracy_ci95"]
+    lines = [
+        f"# {config.dataset} · {config.model} — {_pct(metrics['accuracy'])} test accuracy",
+        "",
+        f"Command: `{env.get('command', '')}`  ",
+        f"Started {env.get('started', '?')} on {env.get('device', '?')}, backend {env.get('backend', '?')}, "
+        f"Keras {env.get('versions', {}).get('keras', '?')}.",
+        "",
+        "## Test results",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy | {_pct(metrics['accuracy'])} (95% CI {_pct(lo)}–{_pct(hi)}, n={metrics['n_test']}) |",
+    ]
+    for avg in ("macro", "weighted"):
+        lines += [f"| {avg} {m} | {_pct(metrics[f'{avg}_{m}'])} |" for m in ("precision", "recall", "f1")]
+    lines += [f"| top-{k} accuracy | {_pct(v)} |" for k, v in metrics["top_k_accuracy"].items()]
+    sizes, per_class = dataset["sizes"], dataset["per_class"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"{len(names)} classes; images {'×'.join(map(str, dataset['image_shape']))}; "
+        f"train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}; "
+        f"unreadable files skipped: {metrics['skipped_files']}.",
+        "",
+    ]
+    lines += [f"- {note}" for note in dataset["notes"]]
+    lines += [
+        "",
+        "## Model and training",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        f"| model | {config.model} |",
+        f"| parameters | {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} |",
+        f"| optimizer | {config.optimizer}, lr {config.lr:g}, schedule {config.lr_schedule}, "
+        f"weight decay {config.weight_decay:g}, batch {config.batch_size} |",
+        f"| augmentation | {_augment_text(config)} |",
+        f"| epochs | {metrics['epochs_run']} of {config.epochs} (best {metrics['best_epoch']}"
+        f"{', stopped early' if metrics['stopped_early'] else ''}) |",
+        f"| time | {metrics['train_seconds']:.0f} s training, {metrics['seconds_per_epoch']:.1f} s/epoch |",
+        "",
+        "![learning curves](curves.png)",
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support | train | val |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, name in enumerate(names):
+        s = metrics["per_class"][name]
+        lines.append(f"| {name} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} "
+                     f"| {per_class['train'][i]} | {per_class['val'][i]} |")
+    lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
+    if len(names) <= 15:
+        lines += ["| true \\ predicted | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+        for name, row in zip(names, metrics["confusion_matrix"]):
+            lines.append(f"| {name} | " + " | ".join(map(str, row)) + " |")
+        lines.append("")
+    lines += [
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "## Most confident mistakes",
+        "",
+        "![most confident mistakes](mistakes.png)",
+        "",
+        "## Files",
+        "",
+        "`config.json` (every setting and the environment), `model.keras` (takes raw pixels; "
+        "`python -m experiments.predict` uses it), `history.csv`, `metrics.json`, `best.weights.h5`, "
+        "the figures above.",
+        "",
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _augment_text(config: RunConfig) -> str:
+    parts = [] if config.augment == "none" else [config.augment]
+    parts += [name for name, on in (("flip", config.flip),) if on]
+    parts += [f"rotate {config.rotate:g}°"] if config.rotate else []
+    parts += [f"translate {config.translate:g}"] if config.translate else []
+    return ", ".join(parts) or "none"

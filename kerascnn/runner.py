@@ -1,0 +1,133 @@
+"""`run`: one experiment from a `RunConfig` to a complete run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+import kerascnn
+from kerascnn import data, evaluation, models, plots, reports, training
+from kerascnn.config import RunConfig
+from kerascnn.data.dataset import Dataset
+from kerascnn.saving import save_model
+
+log = logging.getLogger("kerascnn")
+STATS_SAMPLE = 512  # training images decoded to estimate normalisation statistics of file datasets
+
+
+def load_dataset(config: RunConfig) -> Dataset:
+    """The dataset of ``config``, decoded at the model's image size when it is made of files."""
+    info = models.model_info(config.model)
+    return data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
+                     seed=config.seed, image_size=config.image_size or info.file_image_size)
+
+
+def cnn_options(config: RunConfig) -> dict[str, Any]:
+    """The scratch-CNN options given in ``config`` (None: the preset's value)."""
+    names = ("filters", "convs_per_block", "kernel_size", "batch_norm", "activation", "pool", "dropout", "dense")
+    return {name: getattr(config, name) for name in names}
+
+
+def architecture(config: RunConfig) -> dict[str, Any]:
+    """The resolved architecture of ``config.model``: its preset with the options applied."""
+    return dataclasses.asdict(models.PRESETS[config.model].replace(**cnn_options(config)))
+
+
+def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
+    """The model of ``config`` for ``dataset``, normalising with its training set's channel statistics."""
+    if dataset.streamed:
+        rng = np.random.default_rng(config.seed)
+        sample = rng.choice(len(dataset.train), min(len(dataset.train), STATS_SAMPLE), replace=False)
+        images = dataset.train.pixels(np.sort(sample), dataset.image_shape)
+    else:
+        images = dataset.train.images
+    mean, variance = models.channel_stats(images)
+    image_size = None if dataset.streamed else config.image_size
+    return models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=image_size,
+                        mean=mean, variance=variance, **cnn_options(config))
+
+
+def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    """What ``model.keras`` says about itself (read back by `kerascnn.saving.load_model`)."""
+    return {
+        "kerascnn_version": kerascnn.__version__,
+        "class_names": dataset.class_names,
+        "dataset": config.dataset,
+        "model": config.model,
+        "input_shape": list(dataset.image_shape),
+        "backend": keras.backend.backend(),
+    }
+
+
+def evaluate_run(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Test-set metrics of ``model`` and the confusion-matrix and mistakes figures."""
+    test = training.eval_batches(dataset, "test", max(config.batch_size, 256), config.workers)
+    proba = evaluation.predict_proba(model, test)
+    kept = np.ones(len(dataset.test), bool)
+    if test.skipped:  # files that went bad while streaming have no prediction
+        kept = ~np.isin(dataset.test.paths, list(test.skipped))
+    labels = dataset.test.labels[kept]
+    metrics = evaluation.classification_metrics(labels, proba, dataset.class_names, top_k=config.top_k)
+    plots.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), dataset.class_names,
+                                run_dir / "confusion_matrix.png")
+    wrong = evaluation.most_confident_mistakes(labels, proba)
+    index = np.flatnonzero(kept)[wrong]
+    names = dataset.class_names
+    predicted = proba[wrong].argmax(axis=1)
+    plots.plot_mistakes(
+        dataset.test.pixels(index, dataset.image_shape),
+        [names[i] for i in labels[wrong]], [names[i] for i in predicted], proba[wrong, predicted].tolist(),
+        run_dir / "mistakes.png",
+        names=[Path(p).name for p in dataset.test.paths[index]] if dataset.streamed else None,
+    )
+    metrics["skipped_in_test"] = int(len(test.skipped))
+    return metrics
+
+
+def run(config: RunConfig) -> Path:
+    """Train, evaluate and report one experiment; return its run folder.
+
+    The folder holds ``config.json``, ``model.keras``, ``best.weights.h5``, ``history.csv``,
+    ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``mistakes.png`` and ``report.md``.
+    """
+    config.validate()
+    models.model_info(config.model)
+    reports.check_out_free(config)
+    keras.utils.set_random_seed(config.seed)
+    log.info("loading %s", config.dataset)
+    dataset = load_dataset(config)
+    summary = dataset.summary()
+    log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
+             *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
+    model = build_model(config, dataset)
+    run_dir = reports.create_run_dir(config)
+    config.architecture = architecture(config)
+    config.environment = {**reports.environment_info(), **config.environment}
+    config.save(run_dir / "config.json")
+    log.info("run folder %s; training %s (%s parameters) for up to %d epochs", run_dir, config.model,
+             f"{model.count_params():,}", config.epochs)
+    result = training.fit(model, dataset, config, run_dir)
+    save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
+    plots.plot_curves(result.history, run_dir / "curves.png")
+    metrics = evaluate_run(model, dataset, config, run_dir)
+    metrics.update({
+        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
+        "total_params": int(model.count_params()),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 2),
+        "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+        "skipped_files": dataset.skipped_files + len(result.skipped_files) + metrics.pop("skipped_in_test"),
+        "dataset": summary,
+    })
+    reports.write_json(run_dir / "metrics.json", metrics)
+    reports.write_report(run_dir, config, summary, metrics)
+    log.info("test accuracy %.2f%%, macro F1 %.2f%%; report %s", 100 * metrics["accuracy"],
+             100 * metrics["macro_f1"], run_dir / "report.md")
+    return run_dir

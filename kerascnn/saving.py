@@ -1,0 +1,51 @@
+"""``model.keras`` files that describe themselves: the Keras archive plus a ``kerascnn.json``
+entry holding class names and where the model came from."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from kerascnn.errors import KerascnnError
+
+METADATA_ENTRY = "kerascnn.json"
+
+
+def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Save ``model`` as a ``.keras`` archive and add ``metadata`` (JSON) to it."""
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The kerascnn metadata of a ``.keras`` file, or ``{}`` if it has none."""
+    with zipfile.ZipFile(path) as archive:
+        if METADATA_ENTRY not in archive.namelist():
+            return {}
+        return json.loads(archive.read(METADATA_ENTRY))
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """``path`` itself if it is a file, ``path/model.keras`` if it is a run folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise KerascnnError(f"no model at {str(path)!r}; give a model.keras file or a run folder that holds one")
+    return path
+
+
+def load_model(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a ``.keras`` file (or a run folder's) uncompiled, on any backend, with its metadata."""
+    path = resolve_model_path(path)
+    try:
+        metadata = read_metadata(path)
+        model = keras.saving.load_model(path, compile=False)
+    except zipfile.BadZipFile:
+        raise KerascnnError(f"{path} is not a .keras model archive") from None
+    return model, metadata

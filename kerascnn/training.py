@@ -1,0 +1,156 @@
+"""Compile and fit: optimizers, learning-rate schedules, callbacks and the input pipelines."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerascnn.config import RunConfig
+from kerascnn.data import Dataset
+from kerascnn.data.pipeline import Batches, augmentation
+from kerascnn.errors import KerascnnError
+
+ONECYCLE_WARMUP = 0.3  # fraction of steps spent warming up, as PyTorch's OneCycleLR
+ONECYCLE_DIV = 25.0  # initial LR = lr / 25, as PyTorch's OneCycleLR
+
+
+def learning_rate(config: RunConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The LR (or per-step schedule) for ``config.lr_schedule``; ``plateau`` is a callback on a constant LR."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.lr_schedule in ("constant", "plateau"):
+        return config.lr
+    if config.lr_schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            config.lr, decay_steps=config.lr_step * steps_per_epoch, decay_rate=config.lr_gamma, staircase=True)
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=total)
+    warmup = max(1, int(ONECYCLE_WARMUP * total))
+    return keras.optimizers.schedules.CosineDecay(
+        config.lr / ONECYCLE_DIV, decay_steps=max(1, total - warmup), alpha=1e-3 / ONECYCLE_DIV,
+        warmup_target=config.lr, warmup_steps=warmup)
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD (momentum, Nesterov) with decoupled weight decay that spares biases and norms."""
+    lr = learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
+    elif config.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    else:
+        opt = keras.optimizers.Adam(lr, weight_decay=decay)
+    if decay:
+        opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return opt
+
+
+def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
+    """Compile with a fresh optimizer, label-smoothed cross-entropy on softmax outputs, and accuracy."""
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Adds ``learning_rate`` and ``seconds`` to each epoch's logs (and so to ``history.csv``)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            opt = self.model.optimizer
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(opt.learning_rate))
+            logs["seconds"] = time.perf_counter() - self._start
+
+
+@dataclass
+class TrainResult:
+    """What `fit` did: the per-epoch history, epochs run, the best epoch and wall time."""
+
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    train_seconds: float
+    stopped_early: bool
+    skipped_files: set[str] = field(default_factory=set)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.train_seconds / max(1, self.epochs_run)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Balanced weights n / (k * count) per class (scikit-learn's "balanced"), 0 for absent classes."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+def train_batches(dataset: Dataset, config: RunConfig) -> Batches:
+    """The shuffled, augmented training pipeline for ``config``."""
+    augment = augmentation(config.augment, flip=config.flip, rotate=config.rotate, translate=config.translate,
+                           channels=dataset.image_shape[2], seed=config.seed)
+    weights = class_weights(dataset.train.labels, dataset.num_classes) if config.class_weight == "balanced" else None
+    return Batches(dataset.train, dataset.image_shape, dataset.num_classes, config.batch_size, shuffle=True,
+                   seed=config.seed, augment=augment, class_weights=weights, workers=config.workers or None)
+
+
+def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0) -> Batches:
+    """An unshuffled, unaugmented pipeline over ``split`` (train, val or test)."""
+    return Batches(getattr(dataset, split), dataset.image_shape, dataset.num_classes, batch_size,
+                   workers=workers or None)
+
+
+def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | Path | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
+    """Compile ``model`` and train it with ``model.fit`` on ``dataset`` as ``config`` says.
+
+    Callbacks: early stopping on validation loss restoring the best weights (``patience`` > 0),
+    ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best weights checkpoint
+    (``best.weights.h5``) and ``history.csv``; ``callbacks`` are added after these.
+    """
+    train = train_batches(dataset, config)
+    has_val = len(dataset.val) > 0
+    val = eval_batches(dataset, "val", max(config.batch_size, 256), config.workers) if has_val else None
+    compile_model(model, config, len(train))
+    monitor = "val_loss" if has_val else "loss"
+    extra, callbacks = list(callbacks or []), [EpochLog(), keras.callbacks.TerminateOnNaN()]
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor, factor=config.lr_gamma,
+                                                           patience=max(1, config.patience // 2), verbose=1))
+    if config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=config.patience, restore_best_weights=True,
+                                                       verbose=1))
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(run_dir / "best.weights.h5", monitor=monitor, save_best_only=True,
+                                            save_weights_only=True),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        ]
+    start = time.perf_counter()
+    history = model.fit(train, validation_data=val, epochs=config.epochs, callbacks=callbacks + extra,
+                        verbose=config.verbose)
+    seconds = time.perf_counter() - start
+    logs = {k: [float(v) for v in values] for k, values in history.history.items()}
+    losses = logs.get("loss", [])
+    if any(not math.isfinite(v) for v in losses) or len(losses) < len(history.epoch):
+        raise KerascnnError(
+            f"training diverged: the loss became NaN or infinite in epoch {len(losses)}; "
+            f"try a lower --lr (now {config.lr:g}) or --optimizer sgd"
+        )
+    monitored = logs.get(monitor, losses)
+    best = int(np.nanargmin(monitored)) + 1 if monitored else 0
+    return TrainResult(logs, len(losses), best, seconds, stopped_early=len(losses) < config.epochs,
+                       skipped_files=set(train.skipped) | (val.skipped if val else set()))

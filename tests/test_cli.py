@@ -1,0 +1,108 @@
+"""The command lines end to end, on a tiny synthetic folder dataset."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import predict as predict_cli
+from experiments import run as run_cli
+from experiments.cli import main
+
+RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png",
+             "mistakes.png", "report.md", "best.weights.h5"}
+METRIC_KEYS = {"accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "per_class",
+               "confusion_matrix", "class_names", "trainable_params", "total_params", "epochs_run",
+               "train_seconds", "seconds_per_epoch", "skipped_files"}
+
+
+def run(argv):
+    return main(run_cli.body, run_cli.parser(), argv)
+
+
+def predict(argv):
+    return main(predict_cli.body, predict_cli.parser(), argv)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import write_folder
+
+    root = write_folder(tmp_path_factory.mktemp("data") / "colours", per_class=10)
+    (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path_factory.mktemp("runs") / "run1"
+    code = run([f"folder:{root}", "cnn", "--epochs", "3", "--image-size", "16", "--batch-size", "8",
+                "--out", str(out), "--verbose", "0", "--augment", "basic", "--lr", "0.01"])
+    assert code == 0
+    return out
+
+
+def test_run_folder_has_every_file(trained_run):
+    assert RUN_FILES <= {p.name for p in trained_run.iterdir()}
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["skipped_files"] == 1
+    assert metrics["class_names"] == ["blue", "green", "red"]
+    assert metrics["accuracy"] >= 2 / 3  # colour classes are easy; chance is 1/3
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["epochs"] == 3 and config["environment"]["backend"] in ("torch", "jax", "tensorflow")
+    assert config["environment"]["command"].startswith("python -m experiments.run folder:")
+    assert config["architecture"]["filters"] == [32, 64]
+    report = (trained_run / "report.md").read_text()
+    for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1"):
+        assert text in report
+
+
+def test_existing_run_folder_is_never_overwritten(trained_run, capsys):
+    before = (trained_run / "metrics.json").read_bytes()
+    assert run(["digits", "cnn", "--out", str(trained_run)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (trained_run / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["imagenette", "cnn"], "valid datasets: fashion_mnist, digits"),
+        (["digits", "resnet9000"], "valid models: cnn"),
+        (["digits", "cnn", "--epochs", "0"], "--epochs must be"),
+        (["digits", "cnn", "--split", "0.9,0.9,0.9"], "--split"),
+        (["folder:/no/such/folder", "cnn"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
+    out = tmp_path / "never"
+    assert run(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_predict_any_mode_and_writes_a_submission(trained_run, tmp_path, capsys):
+    images = tmp_path / "mine"
+    images.mkdir()
+    red = np.zeros((40, 60, 3), np.uint8)
+    red[..., 0] = 210
+    Image.fromarray(red).save(images / "red_rgb.jpg")
+    Image.fromarray(np.dstack([red, np.full((40, 60), 255, np.uint8)]), "RGBA").save(images / "red_rgba.png")
+    Image.fromarray(red).convert("P").save(images / "red_palette.gif")
+    Image.fromarray((np.linspace(0, 65535, 900).reshape(30, 30)).astype(np.uint16)).save(images / "grey16.png")
+    (images / "broken.png").write_bytes(b"nope")
+    submission = tmp_path / "submission.csv"
+    assert predict([str(trained_run), str(images), "--csv", str(submission), "--top-k", "2"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 4 and all(line.count("%") == 2 for line in lines)
+    assert "1 unreadable image(s) skipped" in captured.err
+    rows = list(csv.DictReader(submission.open()))
+    assert {r["id"] for r in rows} == {"red_rgb", "red_rgba", "red_palette", "grey16"}
+    assert {r["label"] for r in rows if r["id"].startswith("red")} == {"red"}
+    assert predict([str(trained_run / "model.keras"), str(images / "red_rgb.jpg"), "--csv", str(submission)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_predict_errors(tmp_path, capsys):
+    assert predict([str(tmp_path), "x.png"]) == 2
+    assert "no model at" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+import pytest
+
+from kerascnn.config import RunConfig, parse_split
+from kerascnn.errors import KerascnnError
+
+
+def test_parse_split_counts_and_fractions():
+    assert parse_split("300,75,75") == ("counts", (300.0, 75.0, 75.0))
+    assert parse_split("0.7, 0.15, 0.15") == ("fractions", (0.7, 0.15, 0.15))
+    assert parse_split("0.8,0,0.2") == ("fractions", (0.8, 0.0, 0.2))
+
+
+@pytest.mark.parametrize("text", ["300,75", "a,b,c", "0.9,0.2,0.2", "0,0.5,0.5", "300,75,0", "-1,1,1"])
+def test_parse_split_rejects(text):
+    with pytest.raises(KerascnnError, match="split"):
+        parse_split(text)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"lr": -1.0}, "--lr"),
+        ({"optimizer": "rmsprop"}, "adam, adamw, sgd"),
+        ({"lr_schedule": "step"}, "--lr-step"),
+        ({"val_split": 1.0}, "--val-split"),
+        ({"augment": "heavy"}, "none, basic, strong"),
+        ({"split": "1,2"}, "--split"),
+        ({"translate": 2.0}, "--translate"),
+        ({"filters": [32, 0]}, "--filters"),
+    ],
+)
+def test_validate_rejects_with_one_line(changes, message):
+    with pytest.raises(KerascnnError, match=message) as info:
+        RunConfig("digits", "cnn", **changes).validate()
+    assert "\n" not in str(info.value)
+
+
+def test_lr_step_implies_step_schedule(tmp_path):
+    config = RunConfig("digits", "cnn", lr_step=5)
+    assert config.lr_schedule == "step"
+    assert RunConfig("digits", "cnn").lr_schedule == "onecycle"
+    config.save(tmp_path / "c.json")
+    assert RunConfig.load(tmp_path / "c.json") == config

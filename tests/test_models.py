@@ -1,0 +1,66 @@
+import keras
+import numpy as np
+import pytest
+
+from kerascnn import models
+from kerascnn.errors import KerascnnError
+
+
+def trainable(model):
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn3", "cnn2bn"])
+def test_presets_output_probabilities(name):
+    model = models.build(name, (28, 28, 1), 10)
+    pixels = np.random.default_rng(0).integers(0, 255, (2, 28, 28, 1)).astype("float32")
+    proba = keras.ops.convert_to_numpy(model(pixels))
+    assert proba.shape == (2, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_cnn2bn_has_the_source_layout():
+    model = models.build("cnn2bn", (28, 28, 1), 10)
+    # conv 5x5x1x32 + BN(32) + conv 5x5x32x64 + BN(64) + FC 3136->1000 (bias) + FC 1000->10
+    expected = 5 * 5 * 32 + 2 * 32 + 5 * 5 * 32 * 64 + 2 * 64 + (7 * 7 * 64 + 1) * 1000 + 1001 * 10
+    assert trainable(model) == expected
+    assert isinstance(model.get_layer("block1_act1"), keras.layers.LeakyReLU)
+    assert model.get_layer("block1_conv1").kernel_size == (5, 5)
+
+
+def test_cnn5_on_256_colour_images_and_too_small_inputs():
+    model = models.build("cnn5", (256, 256, 3), 4)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert len(convs) == 5 and len(dense) == 1 and model.output_shape == (None, 4)
+    with pytest.raises(KerascnnError, match="--image-size"):
+        models.build("cnn5", (8, 8, 1), 10)
+
+
+def test_options_override_the_preset():
+    model = models.build("cnn", (16, 16, 3), 3, filters=[8, 16, 32], convs_per_block=1, batch_norm=False,
+                         activation="gelu", pool="avg", dense=[])
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16, 32]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert isinstance(model.get_layer("block1_pool"), keras.layers.AveragePooling2D)
+
+
+def test_preprocessing_inside_takes_raw_pixels():
+    mean, variance = [100.0], [400.0]
+    model = models.build("cnn", (12, 12, 1), 2, image_size=16, mean=mean, variance=variance)
+    normalise = keras.Model(model.input, model.get_layer("normalize").output)
+    out = keras.ops.convert_to_numpy(normalise(np.full((1, 12, 12, 1), 120.0, "float32")))
+    assert out.shape == (1, 16, 16, 1)
+    np.testing.assert_allclose(out, 1.0, atol=1e-5)  # (120 - 100) / sqrt(400)
+
+
+def test_channel_stats():
+    images = np.stack([np.zeros((2, 2, 3)), np.full((2, 2, 3), 10)]).astype(np.uint8)
+    mean, variance = models.channel_stats(images)
+    assert mean == [5.0, 5.0, 5.0] and variance == [25.0, 25.0, 25.0]
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(KerascnnError, match="valid models: cnn, cnn3, cnn2bn, cnn5"):
+        models.build("resnet9", (28, 28, 1), 10)

@@ -1,0 +1,114 @@
+import keras
+import numpy as np
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from kerascnn import data, models, training
+from kerascnn.config import RunConfig
+from kerascnn.data.pipeline import Batches, augmentation
+from kerascnn.errors import KerascnnError
+
+
+def lr_at(schedule, step):
+    return float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def test_step_schedule_decays_every_lr_step_epochs():
+    schedule = training.learning_rate(RunConfig("digits", "cnn", lr=0.1, lr_step=5, lr_gamma=0.1, epochs=20), 10)
+    assert lr_at(schedule, 0) == pytest.approx(0.1)
+    assert lr_at(schedule, 49) == pytest.approx(0.1)
+    assert lr_at(schedule, 50) == pytest.approx(0.01)
+    assert lr_at(schedule, 100) == pytest.approx(0.001)
+
+
+def test_onecycle_warms_up_to_the_peak_then_anneals():
+    schedule = training.learning_rate(RunConfig("digits", "cnn", lr=0.01, epochs=10), 100)
+    assert lr_at(schedule, 0) == pytest.approx(0.01 / 25)
+    assert lr_at(schedule, 300) == pytest.approx(0.01, rel=1e-3)
+    assert lr_at(schedule, 999) < 1e-5
+
+
+def test_cosine_and_constant():
+    config = RunConfig("digits", "cnn", lr=0.02, epochs=4, lr_schedule="cosine")
+    schedule = training.learning_rate(config, 10)
+    assert lr_at(schedule, 0) == pytest.approx(0.02) and lr_at(schedule, 20) == pytest.approx(0.01, rel=1e-3)
+    assert training.learning_rate(RunConfig("digits", "cnn", lr=0.5, lr_schedule="constant"), 10) == 0.5
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 5)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(training.class_weights(labels, 3), expected)
+    assert training.class_weights(labels, 4)[3] == 0
+
+
+def test_batches_shuffle_weight_and_one_hot():
+    split = data.Split(np.arange(10) % 2, images=np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1))
+    batches = Batches(split, (1, 1, 1), 2, 4, shuffle=True, seed=0, class_weights=np.array([1.0, 3.0]))
+    assert len(batches) == 3
+    seen = []
+    for i in range(len(batches)):
+        x, y, w = batches[i]
+        np.testing.assert_array_equal(y.argmax(1), x.reshape(-1) % 2)
+        np.testing.assert_array_equal(w, np.where(y.argmax(1) == 1, 3.0, 1.0))
+        seen += x.reshape(-1).tolist()
+    assert sorted(seen) == list(range(10)) and seen != list(range(10))
+
+
+def test_augmentation_changes_images_but_not_their_shape():
+    layers = augmentation("strong", channels=3, seed=1)
+    x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")
+    out = keras.ops.convert_to_numpy(layers(x, training=True))
+    assert out.shape == x.shape and not np.allclose(out, x)
+    assert augmentation("none") is None
+    names = [type(layer).__name__ for layer in augmentation("none", flip=True, rotate=10, translate=0.1).layers]
+    assert names == ["RandomFlip", "RandomRotation", "RandomTranslation"]
+
+
+def test_streamed_batches_drop_files_that_went_bad(colour_folder):
+    ds = data.load(f"folder:{colour_folder}", image_size=8)
+    victim = ds.train.paths[0]
+    open(victim, "wb").write(b"broken")
+    batches = Batches(ds.train, ds.image_shape, ds.num_classes, 64)
+    x, y = batches[0]
+    assert len(x) == len(ds.train) - 1 and x.shape[1:] == (8, 8, 3)
+    assert batches.skipped == {victim}
+
+
+class SpoilLastEpoch(keras.callbacks.Callback):
+    """Scrambles the weights before the last epoch so that it cannot be the best one."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epochs - 1:
+            rng = np.random.default_rng(0)
+            for w in self.model.trainable_weights:
+                value = keras.ops.convert_to_numpy(w)
+                w.assign(value + rng.normal(0, 1.0, value.shape).astype(value.dtype))
+
+
+def test_fit_learns_and_restores_the_best_weights(tmp_path):
+    ds = data.load("digits")
+    config = RunConfig("digits", "cnn", epochs=4, patience=4, lr_schedule="constant", verbose=0)
+    model = models.build("cnn", ds.image_shape, ds.num_classes)
+    result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilLastEpoch(4)])
+    history = result.history
+    assert result.epochs_run == 4 and history["loss"][2] < history["loss"][0]
+    assert result.best_epoch < 4 and history["val_loss"][3] > min(history["val_loss"])
+    val = training.eval_batches(ds, "val", 256)
+    restored = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    assert (tmp_path / "history.csv").read_text().count("\n") == 5
+    assert (tmp_path / "best.weights.h5").is_file()
+    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+
+
+def test_divergence_is_reported_with_a_fix():
+    ds = data.load("digits")
+    config = RunConfig("digits", "cnn", epochs=2, optimizer="sgd", lr=1e12, lr_schedule="constant", verbose=0)
+    model = models.build("cnn", ds.image_shape, ds.num_classes, batch_norm=False, dropout=0.0)
+    with pytest.raises(KerascnnError, match="lower --lr"):
+        training.fit(model, ds, config)
