@@ -16,6 +16,7 @@ import sys
 
 from experiments.cli import add_common_options, int_list, main
 from kerascnn.config import ACTIVATIONS, AUGMENTS, CLASS_WEIGHTS, LR_SCHEDULES, OPTIMIZERS, POOLS, RunConfig
+from kerascnn.errors import KerascnnError
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
@@ -32,8 +33,10 @@ def _opt(group, flag: str, help: str, **kwargs) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", help="fashion_mnist, digits, folder:PATH or csv:PATH (path,label[,split] columns)")
-    p.add_argument("model", help="cnn, cnn3, cnn2bn or cnn5")
+    p.add_argument("dataset", nargs="?", help="fashion_mnist, digits, folder:PATH or csv:PATH (path,label[,split])")
+    p.add_argument("model", nargs="?", help="cnn, cnn3, cnn2bn, cnn5, resnet18, resnet34, resnet50, mobilenet_v2, "
+                   "mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0")
+    p.add_argument("--list-stages", metavar="MODEL", help="print MODEL's stages with their parameter counts and exit")
     d = p.add_argument_group("data")
     _opt(d, "--data-dir", "folder holding the dataset (default: $KERASCNN_DATA, ~/.kerascnn/datasets/NAME)")
     _opt(d, "--split", "re-split all data: per-class counts 300,75,75 or fractions 0.7,0.15,0.15")
@@ -50,6 +53,18 @@ def parser() -> argparse.ArgumentParser:
     _opt(m, "--pool", "pooling after each block (preset)", choices=POOLS)
     _opt(m, "--dropout", "dropout after each conv block (preset)", type=float)
     _opt(m, "--dense", "hidden fully connected layers, e.g. 128 or none (preset)", type=int_list)
+    _opt(m, "--head-dropout", "dropout before the classifier (preset; 0 for backbones)", type=float)
+    f = p.add_argument_group("transfer learning")
+    _opt(f, "--weights", "imagenet, none, or a .pth (resnet18/34), .weights.h5 or earlier run's model.keras "
+         "(default: imagenet for pretrained models, else none)")
+    _opt(f, "--unfreeze", "none, all or STAGE[,STAGE...] (e.g. layer3,layer4) trained beside the head "
+         "(default: none with pretrained weights, all from scratch); see --list-stages")
+    _opt(f, "--unfreeze-at", "train the head alone until this epoch, then the --unfreeze stages too", type=int,
+         metavar="EPOCH")
+    _opt(f, "--finetune-lr", "peak LR after --unfreeze-at (default: --lr / 10)", type=float)
+    _opt(f, "--bn-policy", "batch norms of unfrozen stages: train (update statistics) or frozen",
+         choices=("train", "frozen"))
+    _opt(f, "--backbone-lr-scale", "backbone LR = this x the head's LR (discriminative learning rates)", type=float)
     t = p.add_argument_group("training")
     _opt(t, "--epochs", "maximum epochs", type=int)
     _opt(t, "--batch-size", "images per step", type=int)
@@ -81,10 +96,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def list_stages(model_name: str) -> None:
+    """Print each stage of ``model_name`` with its parameters (head for 10 classes)."""
+    from kerascnn import models
+
+    info = models.model_info(model_name)
+    shape = (info.default_image_size or 28, info.default_image_size or 28, 3 if info.pretrained else 1)
+    model = models.build(model_name, shape, 10)
+    print(f"{model_name} stages (--unfreeze names; head for 10 classes):")
+    for stage, params in models.stage_params(model).items():
+        print(f"  {stage:<12} {params:>12,}")
+
+
 def body(args: argparse.Namespace) -> int:
     from kerascnn.runner import run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv")}
+    if args.list_stages:
+        list_stages(args.list_stages)
+        return 0
+    if not args.dataset or not args.model:
+        raise KerascnnError("give a DATASET and a MODEL, e.g. python -m experiments.run fashion_mnist cnn")
+    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv", "list_stages")}
     command = shlex.join(["python", "-m", "experiments.run", *args.argv])
     run_dir = run(RunConfig(**options, environment={"command": command}))
     print(run_dir)

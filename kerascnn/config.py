@@ -16,6 +16,7 @@ AUGMENTS = ("none", "basic", "strong")
 CLASS_WEIGHTS = ("none", "balanced")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 POOLS = ("max", "avg")
+BN_POLICIES = ("train", "frozen")
 
 
 @dataclass
@@ -38,6 +39,14 @@ class RunConfig:
     pool: str | None = None
     dropout: float | None = None
     dense: list[int] | None = None
+    head_dropout: float | None = None
+    # transfer learning (None: imagenet for pretrained models, else none; none/all by weights)
+    weights: str | None = None
+    unfreeze: str | None = None
+    unfreeze_at: int | None = None
+    finetune_lr: float | None = None
+    bn_policy: str = "train"
+    backbone_lr_scale: float = 1.0
     # training
     epochs: int = 12
     batch_size: int = 128
@@ -113,6 +122,29 @@ class RunConfig:
         _positive_int("top_k", self.top_k)
         if self.split is not None:
             parse_split(self.split)
+        _choice("bn_policy", self.bn_policy, BN_POLICIES)
+        if self.head_dropout is not None and not 0 <= self.head_dropout < 1:
+            raise KerascnnError(f"--head-dropout must be in [0, 1), got {self.head_dropout}")
+        if self.backbone_lr_scale < 0:
+            raise KerascnnError(f"--backbone-lr-scale must be >= 0, got {self.backbone_lr_scale}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise KerascnnError(f"--finetune-lr must be > 0, got {self.finetune_lr}")
+        if self.unfreeze_at is not None:
+            if not isinstance(self.unfreeze_at, int) or not 1 <= self.unfreeze_at < self.epochs:
+                raise KerascnnError(f"--unfreeze-at must be an epoch in 1..{self.epochs - 1} (--epochs {self.epochs}), "
+                                    f"got {self.unfreeze_at}")
+            if self.unfreeze is not None and self.unfreeze.strip().lower() == "none":
+                raise KerascnnError("--unfreeze-at needs stages to unfreeze; give --unfreeze all or STAGE[,STAGE...]")
+        return self
+
+    def resolve(self, pretrained: bool) -> RunConfig:
+        """Fill the defaults that depend on the model: ``weights`` (imagenet for a ``pretrained``
+        model, else none) and ``unfreeze`` (none for pretrained weights, all when training from
+        scratch or with ``unfreeze_at``)."""
+        if self.weights is None:
+            self.weights = "imagenet" if pretrained else "none"
+        if self.unfreeze is None:
+            self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
         return self
 
     def to_dict(self) -> dict[str, Any]:

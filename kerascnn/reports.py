@@ -137,9 +137,15 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "| setting | value |",
         "| --- | --- |",
         f"| model | {config.model} |",
+        f"| weights | {_weights_text(metrics.get('weights', {}))} |",
+        f"| trained stages | {', '.join(metrics.get('unfrozen_stages', [])) or '-'}"
+        f"{f' (head alone until epoch {config.unfreeze_at})' if config.unfreeze_at else ''} |",
+        f"| frozen stages | {', '.join(metrics.get('frozen_stages', [])) or 'none'} |",
         f"| parameters | {metrics['trainable_params']:,} trainable of {metrics['total_params']:,} |",
         f"| optimizer | {config.optimizer}, lr {config.lr:g}, schedule {config.lr_schedule}, "
-        f"weight decay {config.weight_decay:g}, batch {config.batch_size} |",
+        f"weight decay {config.weight_decay:g}, batch {config.batch_size}"
+        f"{f', backbone LR x{config.backbone_lr_scale:g}' if config.backbone_lr_scale != 1 else ''}"
+        f"{f', fine-tune lr {config.finetune_lr or config.lr / 10:g}' if config.unfreeze_at else ''} |",
         f"| augmentation | {_augment_text(config)} |",
         f"| epochs | {metrics['epochs_run']} of {config.epochs} (best {metrics['best_epoch']}"
         f"{', stopped early' if metrics['stopped_early'] else ''}) |",
@@ -179,6 +185,13 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _weights_text(weights: dict[str, Any]) -> str:
+    text = str(weights.get("source", "none"))
+    if weights.get("layers_new"):
+        text += f" (new: {', '.join(weights['layers_new'])})"
+    return text
 
 
 def _augment_text(config: RunConfig) -> str:

@@ -14,6 +14,7 @@ import kerascnn
 from kerascnn import data, evaluation, models, plots, reports, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
+from kerascnn.errors import KerascnnError
 from kerascnn.saving import save_model
 
 log = logging.getLogger("kerascnn")
@@ -34,12 +35,28 @@ def cnn_options(config: RunConfig) -> dict[str, Any]:
 
 
 def architecture(config: RunConfig) -> dict[str, Any]:
-    """The resolved architecture of ``config.model``: its preset with the options applied."""
-    return dataclasses.asdict(models.PRESETS[config.model].replace(**cnn_options(config)))
+    """The resolved architecture of ``config.model``: a CNN preset with the options applied, or the
+    backbone with its head."""
+    if config.model in models.PRESETS:
+        return dataclasses.asdict(models.PRESETS[config.model].replace(**cnn_options(config)))
+    return {"backbone": config.model, "head": "global average pool, dropout, dense softmax",
+            "head_dropout": config.head_dropout or 0.0}
 
 
-def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
-    """The model of ``config`` for ``dataset``, normalising with its training set's channel statistics."""
+def resolve_config(config: RunConfig) -> RunConfig:
+    """Validate ``config`` and fill its model-dependent defaults (weights, unfreeze)."""
+    config.validate()
+    info = models.model_info(config.model)
+    config.resolve(info.pretrained)
+    if config.weights == "imagenet" and not info.pretrained:
+        raise KerascnnError(f"{config.model} has no ImageNet weights; use --weights none or --weights PATH")
+    return config
+
+
+def build_model(config: RunConfig, dataset: Dataset) -> tuple[keras.Model, dict[str, Any]]:
+    """The model of ``config`` for ``dataset`` with its weights; returns it and where the weights
+    came from. Scratch CNNs normalise with the training set's channel statistics."""
+    info = models.model_info(config.model)
     if dataset.streamed:
         rng = np.random.default_rng(config.seed)
         sample = rng.choice(len(dataset.train), min(len(dataset.train), STATS_SAMPLE), replace=False)
@@ -47,9 +64,17 @@ def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
     else:
         images = dataset.train.images
     mean, variance = models.channel_stats(images)
-    image_size = None if dataset.streamed else config.image_size
-    return models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=image_size,
-                        mean=mean, variance=variance, **cnn_options(config))
+    image_size = dataset.image_shape[0] if dataset.streamed else config.image_size or info.default_image_size
+    pretrained = "imagenet" if config.weights == "imagenet" else "none"
+    extra = cnn_options(config) if config.model in models.PRESETS else {}
+    if config.head_dropout is not None:
+        extra["head_dropout"] = config.head_dropout
+    model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=image_size,
+                         mean=mean, variance=variance, weights=pretrained, **extra)
+    source = {"source": config.weights}
+    if config.weights not in ("imagenet", "none"):
+        source = models.load_weights(model, config.weights)
+    return model, source
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
@@ -59,6 +84,7 @@ def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
         "class_names": dataset.class_names,
         "dataset": config.dataset,
         "model": config.model,
+        "weights": config.weights,
         "input_shape": list(dataset.image_shape),
         "backend": keras.backend.backend(),
     }
@@ -95,8 +121,7 @@ def run(config: RunConfig) -> Path:
     The folder holds ``config.json``, ``model.keras``, ``best.weights.h5``, ``history.csv``,
     ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``mistakes.png`` and ``report.md``.
     """
-    config.validate()
-    models.model_info(config.model)
+    resolve_config(config)
     reports.check_out_free(config)
     keras.utils.set_random_seed(config.seed)
     log.info("loading %s", config.dataset)
@@ -104,7 +129,7 @@ def run(config: RunConfig) -> Path:
     summary = dataset.summary()
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
-    model = build_model(config, dataset)
+    model, weights = build_model(config, dataset)
     run_dir = reports.create_run_dir(config)
     config.architecture = architecture(config)
     config.environment = {**reports.environment_info(), **config.environment}
@@ -113,11 +138,14 @@ def run(config: RunConfig) -> Path:
              f"{model.count_params():,}", config.epochs)
     result = training.fit(model, dataset, config, run_dir)
     save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
-    plots.plot_curves(result.history, run_dir / "curves.png")
+    marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []
+    plots.plot_curves(result.history, run_dir / "curves.png", marks=marks)
     metrics = evaluate_run(model, dataset, config, run_dir)
     metrics.update({
-        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
+        "trainable_params": models.trainable_params(model),
         "total_params": int(model.count_params()),
+        "weights": weights,
+        **result.stages,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,

@@ -14,46 +14,77 @@ from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
 from kerascnn.data.pipeline import Batches, augmentation
 from kerascnn.errors import KerascnnError
+from kerascnn.models import set_trainable
+from kerascnn.optimizers import OPTIMIZERS
 
 ONECYCLE_WARMUP = 0.3  # fraction of steps spent warming up, as PyTorch's OneCycleLR
 ONECYCLE_DIV = 25.0  # initial LR = lr / 25, as PyTorch's OneCycleLR
 
 
-def learning_rate(config: RunConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The LR (or per-step schedule) for ``config.lr_schedule``; ``plateau`` is a callback on a constant LR."""
-    total = max(1, config.epochs * steps_per_epoch)
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``start``..``stop`` (exclusive) trained with stages ``unfreeze`` at peak LR ``lr``."""
+
+    start: int
+    stop: int
+    unfreeze: str
+    lr: float
+
+    @property
+    def epochs(self) -> int:
+        return self.stop - self.start
+
+
+def phases(config: RunConfig) -> list[Phase]:
+    """One phase, or with ``unfreeze_at`` the head alone first, then the ``unfreeze`` stages with
+    ``finetune_lr`` (default ``lr / 10``)."""
+    unfreeze = config.unfreeze or "all"
+    if not config.unfreeze_at:
+        return [Phase(0, config.epochs, unfreeze, config.lr)]
+    at, finetune = config.unfreeze_at, config.finetune_lr or config.lr / 10
+    return [Phase(0, at, "none", config.lr), Phase(at, config.epochs, unfreeze, finetune)]
+
+
+def learning_rate(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None
+                  ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The LR (or per-step schedule) of ``config.lr_schedule`` over one phase (default: the whole
+    run); ``plateau`` is a callback on a constant LR."""
+    phase = phase or phases(config)[0]
+    lr, total = phase.lr, max(1, phase.epochs * steps_per_epoch)
     if config.lr_schedule in ("constant", "plateau"):
-        return config.lr
+        return lr
     if config.lr_schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(
-            config.lr, decay_steps=config.lr_step * steps_per_epoch, decay_rate=config.lr_gamma, staircase=True)
+            lr, decay_steps=config.lr_step * steps_per_epoch, decay_rate=config.lr_gamma, staircase=True)
     if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=total)
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
     warmup = max(1, int(ONECYCLE_WARMUP * total))
     return keras.optimizers.schedules.CosineDecay(
-        config.lr / ONECYCLE_DIV, decay_steps=max(1, total - warmup), alpha=1e-3 / ONECYCLE_DIV,
-        warmup_target=config.lr, warmup_steps=warmup)
+        lr / ONECYCLE_DIV, decay_steps=max(1, total - warmup), alpha=1e-3 / ONECYCLE_DIV,
+        warmup_target=lr, warmup_steps=warmup)
 
 
-def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, AdamW or SGD (momentum, Nesterov) with decoupled weight decay that spares biases and norms."""
-    lr = learning_rate(config, steps_per_epoch)
-    decay = config.weight_decay or None
+def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None) -> keras.optimizers.Optimizer:
+    """Adam, AdamW or SGD (momentum, Nesterov) with decoupled weight decay that spares biases and
+    norms; with ``backbone_lr_scale`` != 1, the discriminative variant."""
+    lr = learning_rate(config, steps_per_epoch, phase)
+    plain, scaled = OPTIMIZERS[config.optimizer]
+    kwargs: dict = {"weight_decay": config.weight_decay or None}
     if config.optimizer == "sgd":
-        opt = keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
-    elif config.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+        kwargs.update(momentum=config.momentum, nesterov=config.nesterov)
+    if config.backbone_lr_scale != 1.0:
+        opt = scaled(lr, backbone_lr_scale=config.backbone_lr_scale, **kwargs)
     else:
-        opt = keras.optimizers.Adam(lr, weight_decay=decay)
-    if decay:
+        opt = plain(lr, **kwargs)
+    if config.weight_decay:
         opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return opt
 
 
-def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, phase: Phase | None = None) -> None:
     """Compile with a fresh optimizer, label-smoothed cross-entropy on softmax outputs, and accuracy."""
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
+        optimizer=make_optimizer(config, steps_per_epoch, phase),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -82,6 +113,8 @@ class TrainResult:
     train_seconds: float
     stopped_early: bool
     skipped_files: set[str] = field(default_factory=set)
+    stages: dict[str, list[str]] = field(default_factory=dict)
+    unfrozen_at: int | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -114,43 +147,65 @@ def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0
 
 def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | Path | None = None,
         callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
-    """Compile ``model`` and train it with ``model.fit`` on ``dataset`` as ``config`` says.
+    """Train ``model`` with ``model.fit`` on ``dataset`` as ``config`` says, phase by phase.
 
-    Callbacks: early stopping on validation loss restoring the best weights (``patience`` > 0),
-    ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best weights checkpoint
-    (``best.weights.h5``) and ``history.csv``; ``callbacks`` are added after these.
+    Each phase sets which stages train (`kerascnn.models.set_trainable`) and compiles afresh, as
+    Keras requires after trainability changes. Callbacks: early stopping on validation loss
+    restoring the best weights (``patience`` > 0; not while only the head warms up before
+    ``unfreeze_at``), ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best
+    weights checkpoint (``best.weights.h5``) and ``history.csv``; ``callbacks`` come after these.
     """
     train = train_batches(dataset, config)
     has_val = len(dataset.val) > 0
     val = eval_batches(dataset, "val", max(config.batch_size, 256), config.workers) if has_val else None
-    compile_model(model, config, len(train))
     monitor = "val_loss" if has_val else "loss"
-    extra, callbacks = list(callbacks or []), [EpochLog(), keras.callbacks.TerminateOnNaN()]
+    plan = phases(config)
+    logs: dict[str, list[float]] = {}
+    best_value, stages, start = math.inf, {}, time.perf_counter()
+    for i, phase in enumerate(plan):
+        stages = set_trainable(model, phase.unfreeze, config.bn_policy)
+        compile_model(model, config, len(train), phase)
+        warmup_only = len(plan) > 1 and i == 0
+        history = model.fit(train, validation_data=val, initial_epoch=phase.start, epochs=phase.stop,
+                            callbacks=_callbacks(config, monitor, run_dir, i > 0, warmup_only, best_value)
+                            + list(callbacks or []), verbose=config.verbose)
+        for key, values in history.history.items():
+            logs.setdefault(key, []).extend(float(v) for v in values)
+        if monitor in history.history:
+            best_value = min([best_value, *history.history[monitor]])
+        _check_finite(logs.get("loss", []), config)
+    seconds = time.perf_counter() - start
+    losses = logs.get("loss", [])
+    monitored = logs.get(monitor, losses)
+    best = int(np.nanargmin(monitored)) + 1 if monitored else 0
+    return TrainResult(logs, len(losses), best, seconds, stopped_early=len(losses) < config.epochs,
+                       skipped_files=set(train.skipped) | (val.skipped if val else set()), stages=stages,
+                       unfrozen_at=config.unfreeze_at)
+
+
+def _callbacks(config: RunConfig, monitor: str, run_dir: str | Path | None, append: bool, warmup_only: bool,
+               best_value: float) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(), keras.callbacks.TerminateOnNaN()]
     if config.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor, factor=config.lr_gamma,
                                                            patience=max(1, config.patience // 2), verbose=1))
-    if config.patience:
+    if config.patience and not warmup_only:
         callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=config.patience, restore_best_weights=True,
                                                        verbose=1))
     if run_dir is not None:
         run_dir = Path(run_dir)
         callbacks += [
             keras.callbacks.ModelCheckpoint(run_dir / "best.weights.h5", monitor=monitor, save_best_only=True,
-                                            save_weights_only=True),
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+                                            save_weights_only=True,
+                                            initial_value_threshold=None if math.isinf(best_value) else best_value),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=append),
         ]
-    start = time.perf_counter()
-    history = model.fit(train, validation_data=val, epochs=config.epochs, callbacks=callbacks + extra,
-                        verbose=config.verbose)
-    seconds = time.perf_counter() - start
-    logs = {k: [float(v) for v in values] for k, values in history.history.items()}
-    losses = logs.get("loss", [])
-    if any(not math.isfinite(v) for v in losses) or len(losses) < len(history.epoch):
+    return callbacks
+
+
+def _check_finite(losses: list[float], config: RunConfig) -> None:
+    if any(not math.isfinite(v) for v in losses):
         raise KerascnnError(
             f"training diverged: the loss became NaN or infinite in epoch {len(losses)}; "
             f"try a lower --lr (now {config.lr:g}) or --optimizer sgd"
         )
-    monitored = logs.get(monitor, losses)
-    best = int(np.nanargmin(monitored)) + 1 if monitored else 0
-    return TrainResult(logs, len(losses), best, seconds, stopped_early=len(losses) < config.epochs,
-                       skipped_files=set(train.skipped) | (val.skipped if val else set()))

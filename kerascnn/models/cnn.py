@@ -104,6 +104,6 @@ def build_cnn(
             x = layers.Dropout(spec.head_dropout, name=f"head_dropout{d}")(x)
     if spec.head_dropout and not spec.dense:
         x = layers.Dropout(spec.head_dropout, name="head_dropout")(x)
-    x = layers.Dense(num_classes, name="logits")(x)
+    x = layers.Dense(num_classes, name="head_logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -23,11 +23,12 @@ def adapt_input(
     mean: Sequence[float] | None = None,
     variance: Sequence[float] | None = None,
     scale: float | None = None,
+    offset: float = 0.0,
 ) -> keras.KerasTensor:
     """Resize to ``image_size``, turn grey into ``channels`` = 3, then normalise.
 
     Normalisation is ``(x - mean) / sqrt(variance)`` per channel when ``mean`` is given,
-    else ``x * scale`` when ``scale`` is given.
+    else ``x * scale + offset`` when ``scale`` is given.
     """
     x = inputs
     height, width, in_channels = inputs.shape[1:]
@@ -40,5 +41,5 @@ def adapt_input(
     if mean is not None:
         x = layers.Normalization(mean=list(mean), variance=list(variance), name="normalize")(x)
     elif scale is not None:
-        x = layers.Rescaling(scale, name="rescale")(x)
+        x = layers.Rescaling(scale, offset=offset, name="rescale")(x)
     return x
