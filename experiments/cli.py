@@ -61,13 +61,14 @@ def setup_logging() -> None:
 
 
 def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
-         argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (kept as ``args.argv``), choose the backend, run ``body``.
+         argv: list[str] | None = None, known_only: bool = False) -> int:
+    """Parse ``argv`` (kept as ``args.argv``; ``known_only`` leaves unknown options to ``body``),
+    choose the backend, run ``body``.
 
     A `KerascnnError` becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_known_args(argv)[0] if known_only else parser.parse_args(argv)
     args.argv = argv
     setup_logging()
     try:

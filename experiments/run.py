@@ -33,13 +33,15 @@ def _opt(group, flag: str, help: str, **kwargs) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", nargs="?", help="fashion_mnist, digits, folder:PATH or csv:PATH (path,label[,split])")
+    p.add_argument("dataset", nargs="?", help="fashion_mnist, digits, animals10, deep_weeds, fer2013, folder:PATH, "
+                   "csv:PATH (path,label[,split] columns) or tfds:NAME[:CONFIG]")
     p.add_argument("model", nargs="?", help="cnn, cnn3, cnn2bn, cnn5, resnet18, resnet34, resnet50, mobilenet_v2, "
                    "mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0")
     p.add_argument("--list-stages", metavar="MODEL", help="print MODEL's stages with their parameter counts and exit")
     d = p.add_argument_group("data")
     _opt(d, "--data-dir", "folder holding the dataset (default: $KERASCNN_DATA, ~/.kerascnn/datasets/NAME)")
     _opt(d, "--split", "re-split all data: per-class counts 300,75,75 or fractions 0.7,0.15,0.15")
+    _opt(d, "--fold", "which official fold (deep_weeds: 0..4)", type=int)
     _opt(d, "--val-split", "fraction of each class of train kept for validation when a set has no validation split",
          type=float)
     _opt(d, "--image-size", "square size the model works at (resized inside the model; file datasets are "
@@ -87,6 +89,14 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--class-weight", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTS)
     _opt(t, "--seed", "seed of splits, initialisation, shuffling and augmentation", type=int)
     _opt(t, "--workers", "input pipeline threads (default: 0 = automatic)", type=int)
+    n = p.add_argument_group("devices and numerics")
+    _opt(n, "--devices", "N or all: data-parallel training on N devices (jax: keras.distribution.DataParallel, "
+         "tensorflow: MirroredStrategy; not on torch); --batch-size is per device", metavar="N|all")
+    _opt(n, "--lr-scaling", "with several devices: linear multiplies --lr by their number, none keeps it",
+         choices=("linear", "none"))
+    _opt(n, "--precision", "Keras dtype policy; softmax and loss stay float32",
+         choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    _opt(n, "--jit", "jit-compile the train step (default: Keras' auto)", action=argparse.BooleanOptionalAction)
     o = p.add_argument_group("output")
     _opt(o, "--out", "run folder to create (default: RUNS_DIR/DATASET-MODEL-TIMESTAMP); never overwritten")
     _opt(o, "--runs-dir", "where default run folders go")

@@ -12,6 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
+if os.environ.get("KERASCNN_EMULATE_DEVICES"):  # tests: one CPU seen as several devices
+    from kerascnn.distribute import emulate_devices
+
+    emulate_devices(int(os.environ["KERASCNN_EMULATE_DEVICES"]))
+
 _LAZY = {
     "RunConfig": ("kerascnn.config", "RunConfig"),
     "KerascnnError": ("kerascnn.errors", "KerascnnError"),

@@ -17,6 +17,8 @@ CLASS_WEIGHTS = ("none", "balanced")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LR_SCALINGS = ("linear", "none")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class RunConfig:
     split: str | None = None
     val_split: float = 0.1
     image_size: int | None = None
+    fold: int = 0
     # scratch CNN architecture (None: the preset's value)
     filters: list[int] | None = None
     convs_per_block: int | None = None
@@ -67,6 +70,11 @@ class RunConfig:
     class_weight: str = "none"
     seed: int = 0
     workers: int = 0
+    # devices and numerics
+    devices: str = "1"
+    lr_scaling: str = "linear"
+    precision: str = "float32"
+    jit: bool | None = None
     # outputs
     out: str | None = None
     runs_dir: str = "runs"
@@ -123,6 +131,10 @@ class RunConfig:
         if self.split is not None:
             parse_split(self.split)
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        if str(self.devices).lower() != "all" and not str(self.devices).isdigit() or str(self.devices) == "0":
+            raise KerascnnError(f"--devices takes a number >= 1 or all, got {self.devices!r}")
         if self.head_dropout is not None and not 0 <= self.head_dropout < 1:
             raise KerascnnError(f"--head-dropout must be in [0, 1), got {self.head_dropout}")
         if self.backbone_lr_scale < 0:

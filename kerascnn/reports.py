@@ -200,3 +200,44 @@ def _augment_text(config: RunConfig) -> str:
     parts += [f"rotate {config.rotate:g}°"] if config.rotate else []
     parts += [f"translate {config.translate:g}"] if config.translate else []
     return ", ".join(parts) or "none"
+
+
+SUMMARY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1")
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
+    """One row about a run folder: its settings that matter for comparison and its test metrics."""
+    run_dir = Path(run_dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise KerascnnError(f"{run_dir} is not a finished run folder (no metrics.json or config.json)") from None
+    row = {"run": run_dir.name, "dataset": config["dataset"], "model": config["model"],
+           "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config.get("unfreeze") or "all",
+           "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
+           "train_seconds": metrics["train_seconds"]}
+    row.update({m: metrics[m] for m in SUMMARY_METRICS})
+    return row
+
+
+def runs_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of `summarize_run` rows (scores in percent)."""
+    head = ["run", "model", "weights", "unfreeze", "trainable", "epochs", "train s", *SUMMARY_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r["run"], r["model"], r["weights"], r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
+                 f"{r['train_seconds']:.0f}", *(f"{100 * r[m]:.2f}" for m in SUMMARY_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_and_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation of each summary metric over ``rows``."""
+    import numpy as np
+
+    out = {}
+    for m in SUMMARY_METRICS:
+        values = np.array([r[m] for r in rows], dtype=float)
+        out[m] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return out

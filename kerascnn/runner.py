@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 import kerascnn
-from kerascnn import data, evaluation, models, plots, reports, training
+from kerascnn import data, distribute, evaluation, models, plots, reports, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
 from kerascnn.errors import KerascnnError
@@ -25,7 +25,7 @@ def load_dataset(config: RunConfig) -> Dataset:
     """The dataset of ``config``, decoded at the model's image size when it is made of files."""
     info = models.model_info(config.model)
     return data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
-                     seed=config.seed, image_size=config.image_size or info.file_image_size)
+                     seed=config.seed, image_size=config.image_size or info.file_image_size, fold=config.fold)
 
 
 def cnn_options(config: RunConfig) -> dict[str, Any]:
@@ -46,6 +46,7 @@ def architecture(config: RunConfig) -> dict[str, Any]:
 def resolve_config(config: RunConfig) -> RunConfig:
     """Validate ``config`` and fill its model-dependent defaults (weights, unfreeze)."""
     config.validate()
+    data.check_name(config.dataset)
     info = models.model_info(config.model)
     config.resolve(info.pretrained)
     if config.weights == "imagenet" and not info.pretrained:
@@ -124,23 +125,26 @@ def run(config: RunConfig) -> Path:
     resolve_config(config)
     reports.check_out_free(config)
     keras.utils.set_random_seed(config.seed)
+    devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
     log.info("loading %s", config.dataset)
     dataset = load_dataset(config)
     summary = dataset.summary()
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
-    model, weights = build_model(config, dataset)
-    run_dir = reports.create_run_dir(config)
-    config.architecture = architecture(config)
-    config.environment = {**reports.environment_info(), **config.environment}
-    config.save(run_dir / "config.json")
-    log.info("run folder %s; training %s (%s parameters) for up to %d epochs", run_dir, config.model,
-             f"{model.count_params():,}", config.epochs)
-    result = training.fit(model, dataset, config, run_dir)
-    save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
+    with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
+        model, weights = build_model(config, dataset)
+        run_dir = reports.create_run_dir(config)
+        config.architecture = architecture(config)
+        config.environment = {**reports.environment_info(), **config.environment}
+        config.save(run_dir / "config.json")
+        log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
+                 f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
+        effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
+        result = training.fit(model, dataset, effective, run_dir)
+        save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
+    metrics = evaluate_run(model, dataset, effective, run_dir)
     marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []
     plots.plot_curves(result.history, run_dir / "curves.png", marks=marks)
-    metrics = evaluate_run(model, dataset, config, run_dir)
     metrics.update({
         "trainable_params": models.trainable_params(model),
         "total_params": int(model.count_params()),
@@ -152,6 +156,8 @@ def run(config: RunConfig) -> Path:
         "train_seconds": round(result.train_seconds, 2),
         "seconds_per_epoch": round(result.seconds_per_epoch, 2),
         "skipped_files": dataset.skipped_files + len(result.skipped_files) + metrics.pop("skipped_in_test"),
+        "devices": {"count": devices.count, "effective_batch_size": devices.batch_size, "effective_lr": devices.lr},
+        "precision": config.precision,
         "dataset": summary,
     })
     reports.write_json(run_dir / "metrics.json", metrics)

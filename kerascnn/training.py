@@ -13,6 +13,7 @@ import numpy as np
 from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
 from kerascnn.data.pipeline import Batches, augmentation
+from kerascnn.distribute import replicas
 from kerascnn.errors import KerascnnError
 from kerascnn.models import set_trainable
 from kerascnn.optimizers import OPTIMIZERS
@@ -87,6 +88,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
         optimizer=make_optimizer(config, steps_per_epoch, phase),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile="auto" if config.jit is None else config.jit,
     )
 
 
@@ -130,19 +132,20 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return weights
 
 
-def train_batches(dataset: Dataset, config: RunConfig) -> Batches:
-    """The shuffled, augmented training pipeline for ``config``."""
+def train_batches(dataset: Dataset, config: RunConfig, multiple: int = 1) -> Batches:
+    """The shuffled, augmented training pipeline for ``config`` (batches divisible by ``multiple``)."""
     augment = augmentation(config.augment, flip=config.flip, rotate=config.rotate, translate=config.translate,
                            channels=dataset.image_shape[2], seed=config.seed)
     weights = class_weights(dataset.train.labels, dataset.num_classes) if config.class_weight == "balanced" else None
     return Batches(dataset.train, dataset.image_shape, dataset.num_classes, config.batch_size, shuffle=True,
-                   seed=config.seed, augment=augment, class_weights=weights, workers=config.workers or None)
+                   seed=config.seed, augment=augment, class_weights=weights, workers=config.workers or None,
+                   multiple=multiple)
 
 
-def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0) -> Batches:
+def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0, multiple: int = 1) -> Batches:
     """An unshuffled, unaugmented pipeline over ``split`` (train, val or test)."""
     return Batches(getattr(dataset, split), dataset.image_shape, dataset.num_classes, batch_size,
-                   workers=workers or None)
+                   workers=workers or None, multiple=multiple)
 
 
 def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | Path | None = None,
@@ -155,9 +158,10 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     ``unfreeze_at``), ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best
     weights checkpoint (``best.weights.h5``) and ``history.csv``; ``callbacks`` come after these.
     """
-    train = train_batches(dataset, config)
+    multiple = replicas()
+    train = train_batches(dataset, config, multiple)
     has_val = len(dataset.val) > 0
-    val = eval_batches(dataset, "val", max(config.batch_size, 256), config.workers) if has_val else None
+    val = eval_batches(dataset, "val", max(config.batch_size, 256), config.workers, multiple) if has_val else None
     monitor = "val_loss" if has_val else "loss"
     plan = phases(config)
     logs: dict[str, list[float]] = {}

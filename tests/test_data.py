@@ -67,7 +67,7 @@ def test_csv_errors_are_one_line(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(KerascnnError, match="fashion_mnist, digits, folder:PATH, csv:PATH"):
+    with pytest.raises(KerascnnError, match="fashion_mnist, digits, animals10, deep_weeds, fer2013, folder:PATH"):
         data.load("mnist_fashion")
 
 

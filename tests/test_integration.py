@@ -23,7 +23,8 @@ def test_real_fashion_mnist_subset(tmp_path):
             pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "fm"
-    argv = ["fashion_mnist", "cnn", "--split", "200,50,100", "--epochs", "3", "--out", str(out), "--verbose", "0"]
+    argv = ["fashion_mnist", "cnn", "--split", "200,50,100", "--epochs", "4", "--batch-size", "64", "--out", str(out),
+            "--verbose", "0"]
     assert main(run_cli.body, run_cli.parser(), argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"]["sizes"] == {"train": 2000, "val": 500, "test": 1000}

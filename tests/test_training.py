@@ -112,3 +112,12 @@ def test_divergence_is_reported_with_a_fix():
     model = models.build("cnn", ds.image_shape, ds.num_classes, batch_norm=False, dropout=0.0)
     with pytest.raises(KerascnnError, match="lower --lr"):
         training.fit(model, ds, config)
+
+
+def test_batches_for_several_devices_pad_the_last_batch_with_zero_weights():
+    split = data.Split(np.arange(7) % 2, images=np.arange(7, dtype=np.uint8).reshape(7, 1, 1, 1))
+    batches = Batches(split, (1, 1, 1), 2, 4, multiple=2)
+    x, y, w = batches[0]
+    assert len(x) == 4 and w.tolist() == [1, 1, 1, 1]
+    x, y, w = batches[1]
+    assert len(x) == 4 and w.tolist() == [1, 1, 1, 0] and x.reshape(-1).tolist() == [4, 5, 6, 4]

@@ -64,7 +64,9 @@ class Batches(keras.utils.PyDataset):
 
     Images are uint8 (array splits without augmentation) or float32 (0..255). ``shape`` is the
     (h, w, c) at which files are decoded. With ``shuffle`` the order is redrawn, seeded, every epoch.
-    Unreadable files met while streaming are dropped from their batch with a warning.
+    Unreadable files met while streaming are dropped from their batch with a warning. With
+    ``multiple`` > 1 (data parallelism) every batch has sample weights and a size divisible by
+    ``multiple``: the last one is padded with weight-0 copies.
     """
 
     def __init__(
@@ -79,12 +81,13 @@ class Batches(keras.utils.PyDataset):
         augment: keras.layers.Layer | None = None,
         class_weights: np.ndarray | None = None,
         workers: int | None = None,
+        multiple: int = 1,
     ) -> None:
         workers = workers or default_workers(split)
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
         self.split, self.shape, self.num_classes = split, tuple(shape), num_classes
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.class_weights = class_weights
+        self.class_weights, self.multiple = class_weights, multiple
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(len(split)) if shuffle else np.arange(len(split))
         self.skipped: set[str] = set()
@@ -118,6 +121,10 @@ class Batches(keras.utils.PyDataset):
             x = keras.ops.convert_to_numpy(self.augment(x.astype("float32"), training=True))
         labels = self.split.labels[index]
         y = np.eye(self.num_classes, dtype="float32")[labels]
-        if self.class_weights is not None:
-            return x, y, self.class_weights[labels].astype("float32")
-        return x, y
+        weights = None if self.class_weights is None else self.class_weights[labels].astype("float32")
+        if self.multiple > 1:
+            weights = np.ones(len(labels), "float32") if weights is None else weights
+            pad = np.arange(-len(labels) % self.multiple) % max(1, len(labels))
+            x, y, weights = (np.concatenate([a, a[pad]]) for a in (x, y, weights))
+            weights[len(labels):] = 0.0
+        return (x, y) if weights is None else (x, y, weights)

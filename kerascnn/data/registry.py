@@ -3,42 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kerascnn.config import parse_split
+from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
+from kerascnn.data.deep_weeds import load_deep_weeds
+from kerascnn.data.fer2013 import load_fer2013
 from kerascnn.data.sources import Source, load_csv, load_digits, load_fashion_mnist, load_folder
 from kerascnn.data.splits import carve_validation, check_nonempty, stratified_split
+from kerascnn.data.tfds import load_tfds
 from kerascnn.errors import KerascnnError, unknown_name
 
-# name -> loader(data_dir, channels)
-DATASETS: dict[str, Callable[[str | None, int | None], Source]] = {
-    "fashion_mnist": lambda data_dir, channels: load_fashion_mnist(data_dir),
-    "digits": lambda data_dir, channels: load_digits(),
-}
-# prefix -> loader(path, channels), for names such as folder:PATH
-PREFIXED: dict[str, Callable[[str, int | None], Source]] = {
-    "folder": load_folder,
-    "csv": load_csv,
-}
-# split used when a dataset has no official one and --split is not given
-DEFAULT_SPLITS: dict[str, str] = {}
-FALLBACK_SPLIT = "0.7,0.15,0.15"
 DEFAULT_FILE_IMAGE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a loader may use besides the dataset's name."""
+
+    data_dir: str | None = None
+    channels: int | None = None
+    fold: int = 0
+    image_size: int | None = None
+
+
+DATASETS: dict[str, Callable[[LoadOptions], Source]] = {
+    "fashion_mnist": lambda o: load_fashion_mnist(o.data_dir),
+    "digits": lambda o: load_digits(),
+    "animals10": lambda o: load_animals10(o.data_dir, o.channels),
+    "deep_weeds": lambda o: load_deep_weeds(o.data_dir, o.channels, o.fold),
+    "fer2013": lambda o: load_fer2013(o.data_dir, o.channels),
+}
+# prefix -> loader(rest of the name, options), for names such as folder:PATH
+PREFIXED: dict[str, Callable[[str, LoadOptions], Source]] = {
+    "folder": lambda path, o: load_folder(path, o.channels),
+    "csv": lambda path, o: load_csv(path, o.channels),
+    "tfds": lambda spec, o: load_tfds(spec, o.data_dir, o.channels, o.image_size),
+}
+PREFIX_ARGS = {"folder": "PATH", "csv": "PATH", "tfds": "NAME[:CONFIG]"}
 
 
 def dataset_names() -> list[str]:
     """Every dataset name accepted by `load`, prefixed ones shown as ``prefix:PATH``."""
-    return list(DATASETS) + [f"{p}:PATH" for p in PREFIXED]
+    return list(DATASETS) + [f"{p}:{PREFIX_ARGS[p]}" for p in PREFIXED]
 
 
-def get_source(name: str, data_dir: str | None = None, channels: int | None = None) -> Source:
-    """Run the loader registered for ``name``."""
+def check_name(name: str) -> None:
+    """Raise the unknown-name error (listing the valid ones) unless `load` knows ``name``."""
     prefix, _, rest = name.partition(":")
-    if rest and prefix in PREFIXED:
-        return PREFIXED[prefix](rest, channels)
-    if name in DATASETS:
-        return DATASETS[name](data_dir, channels)
-    raise unknown_name("dataset", name, dataset_names())
+    if not (name in DATASETS or (rest and prefix in PREFIXED)):
+        raise unknown_name("dataset", name, dataset_names())
+
+
+def get_source(name: str, options: LoadOptions) -> Source:
+    """Run the loader registered for ``name``."""
+    check_name(name)
+    prefix, _, rest = name.partition(":")
+    return DATASETS[name](options) if name in DATASETS else PREFIXED[prefix](rest, options)
 
 
 def load(
@@ -50,20 +72,23 @@ def load(
     seed: int = 0,
     image_size: int | None = None,
     channels: int | None = None,
+    fold: int = 0,
 ) -> Dataset:
     """Load dataset ``name`` as seeded, stratified train/val/test splits.
 
     Official splits are used when the data has them, with validation carved from train
-    (``val_split`` of each class) when it has none. ``split`` (``"300,75,75"`` per class or
-    ``"0.7,0.15,0.15"``) re-splits all of the data instead. File datasets are decoded at
-    ``image_size`` x ``image_size`` with ``channels`` (default: 1 if every image is grey, else 3).
+    (``val_split`` of each class) when it has none; data without official splits gets its
+    default split. ``split`` (``"300,75,75"`` per class or ``"0.7,0.15,0.15"``) re-splits all of
+    the data instead. File datasets are decoded at ``image_size`` x ``image_size`` with
+    ``channels`` (default: 1 if every image is grey, else 3). ``fold`` picks a fold of data that
+    has several (deep_weeds).
     """
-    source = get_source(name, data_dir, channels)
+    source = get_source(name, LoadOptions(data_dir, channels, fold, image_size))
     notes = list(source.notes)
     parts = source.splits
     if split is not None or "train" not in parts:
         if split is None:
-            split = DEFAULT_SPLITS.get(name, FALLBACK_SPLIT)
+            split = source.default_split
             notes.append(f"no official split: split {split} per class (train,val,test), seed {seed}")
         elif "train" in parts:
             notes.append(f"official splits pooled and re-split {split} per class, seed {seed}")
@@ -90,4 +115,3 @@ def load(
         shape = tuple(train.images.shape[1:])
     return Dataset(name, list(source.class_names), train, val, test, shape,  # type: ignore[arg-type]
                    skipped_files=source.skipped_files, notes=notes)
-

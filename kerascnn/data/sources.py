@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,18 +30,20 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 @dataclass
 class Source:
     """What a loader found: named splits (``train``/``val``/``test``, or ``all`` when the data
-    has no official split), class names, and for files the unreadable ones left out."""
+    has no official split, to be split by ``default_split``), class names, the channel count of
+    file datasets, and the unreadable files or rows left out."""
 
     splits: dict[str, Split]
     class_names: list[str]
-    image_shape: tuple[int, int, int] | None = None
     channels: int | None = None
     skipped_files: int = 0
     notes: list[str] = field(default_factory=list)
+    default_split: str = "0.7,0.15,0.15"
 
 
 def data_roots(data_dir: str | None, name: str) -> list[Path]:
-    """Folders searched for a dataset called ``name``, most specific first."""
+    """Folders searched for a dataset called ``name``, most specific first: ``--data-dir``,
+    ``$KERASCNN_DATA/<name>``, ``$KERASCNN_DATA``, ``~/.kerascnn/datasets/<name>``."""
     roots = []
     if data_dir:
         roots.append(Path(data_dir).expanduser())
@@ -49,6 +52,18 @@ def data_roots(data_dir: str | None, name: str) -> list[Path]:
         roots += [base / name, base]
     roots.append(Path.home() / ".kerascnn" / "datasets" / name)
     return roots
+
+
+def find_root(name: str, data_dir: str | None, found: Callable[[Path], bool], layout: str, source: str) -> Path:
+    """The first of `data_roots` holding dataset ``name`` (``found`` says whether a folder does);
+    otherwise an error naming where it looked, the ``layout`` expected and the ``source``."""
+    roots = data_roots(data_dir, name)
+    for root in roots:
+        if root.is_dir() and found(root):
+            return root
+    looked = ", ".join(str(r) for r in roots)
+    raise KerascnnError(f"{name} not found (looked in {looked}); get it from {source}, arrange it as {layout} "
+                        f"and pass --data-dir DIR or put it in ~/.kerascnn/datasets/{name}")
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------
@@ -103,10 +118,21 @@ def load_digits() -> Source:
     return Source({"all": Split(bunch.target, images=images)}, [str(d) for d in range(10)])
 
 
+def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV with a header holding ``required`` columns (names compared case-insensitively)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in reader.fieldnames or []]
+        missing = [c for c in required if c not in fields]
+        if missing:
+            raise KerascnnError(f"{path} needs columns {','.join(required)}; it has {','.join(fields)}")
+        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
 # --- image files: folder:PATH and csv:PATH -----------------------------------------------------
 
-def _file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str] | None,
-                 channels: int | None, origin: str) -> Source:
+def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str] | None,
+                channels: int | None, origin: str) -> Source:
     """Build a `Source` from ``{split: [(path, class name), ...]}``, leaving out unreadable files."""
     all_paths = [p for rows in records.values() for p, _ in rows]
     if not all_paths:
@@ -114,6 +140,9 @@ def _file_source(records: dict[str, list[tuple[str, str]]], class_names: list[st
     bad = set(find_unreadable(all_paths))
     names = class_names or sorted({c for rows in records.values() for _, c in rows})
     index = {c: i for i, c in enumerate(names)}
+    unknown = sorted({c for rows in records.values() for _, c in rows} - set(index))
+    if unknown:
+        raise KerascnnError(f"{origin}: unknown class(es) {', '.join(unknown)}; expected {', '.join(names)}")
     splits = {}
     for split, rows in records.items():
         kept = [(p, c) for p, c in rows if p not in bad]
@@ -125,7 +154,7 @@ def _file_source(records: dict[str, list[tuple[str, str]]], class_names: list[st
     return Source(splits, names, channels=channels, skipped_files=len(bad), notes=notes)
 
 
-def _class_folders(root: Path) -> dict[str, list[str]]:
+def class_folders(root: Path) -> dict[str, list[str]]:
     """``{class name: [image paths]}`` for each sub-folder of ``root`` that holds images."""
     classes = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -135,22 +164,23 @@ def _class_folders(root: Path) -> dict[str, list[str]]:
     return classes
 
 
-def load_folder(path: str, channels: int | None = None) -> Source:
+def load_folder(path: str, channels: int | None = None, class_names: list[str] | None = None) -> Source:
     """Images in one sub-folder per class, either directly under ``path`` or under split
-    folders ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``."""
+    folders ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``. Classes are
+    sorted by name unless ``class_names`` gives their order."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise KerascnnError(f"folder {str(root)!r} does not exist; give folder:PATH with one sub-folder per class")
     split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in root.iterdir()
                   if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
     if "train" in split_dirs:
-        per_split = {s: _class_folders(d) for s, d in split_dirs.items()}
-        names = sorted({c for classes in per_split.values() for c in classes})
+        per_split = {s: class_folders(d) for s, d in split_dirs.items()}
+        names = class_names or sorted({c for classes in per_split.values() for c in classes})
         records = {s: [(f, c) for c, files in classes.items() for f in files] for s, classes in per_split.items()}
-        return _file_source(records, names, channels, str(root))
-    classes = _class_folders(root)
+        return file_source(records, names, channels, str(root))
+    classes = class_folders(root)
     records = {"all": [(f, c) for c, files in classes.items() for f in files]}
-    return _file_source(records, sorted(classes), channels, str(root))
+    return file_source(records, class_names or sorted(classes), channels, str(root))
 
 
 def load_csv(path: str, channels: int | None = None) -> Source:
@@ -158,13 +188,8 @@ def load_csv(path: str, channels: int | None = None) -> Source:
     csv_path = Path(path).expanduser()
     if not csv_path.is_file():
         raise KerascnnError(f"CSV file {str(csv_path)!r} does not exist; give csv:PATH with columns path,label[,split]")
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in reader.fieldnames or []]
-        if "path" not in fields or "label" not in fields:
-            raise KerascnnError(f"{csv_path} needs a header with columns path,label[,split]; it has {fields}")
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    has_split = "split" in fields and any(r.get("split") for r in rows)
+    rows = read_csv_rows(csv_path, ("path", "label"))
+    has_split = any(r.get("split") for r in rows)
     records: dict[str, list[tuple[str, str]]] = {}
     for i, row in enumerate(rows, start=2):
         split = "all"
@@ -177,4 +202,4 @@ def load_csv(path: str, channels: int | None = None) -> Source:
         records.setdefault(split, []).append((str(file), row["label"]))
     if has_split and "train" not in records:
         raise KerascnnError(f"{csv_path} has a split column but no 'train' rows")
-    return _file_source(records, None, channels, str(csv_path))
+    return file_source(records, None, channels, str(csv_path))

@@ -3,6 +3,8 @@ take raw 0..255 pixels (preprocessing inside) and output class probabilities."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,18 @@ MODELS: dict[str, ModelInfo] = {
     "efficientnet_b0": ModelInfo("EfficientNet-B0 from keras.applications", 224, 224, True),
 }
 MIN_BACKBONE_SIZE = 32
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build (and train) models inside this context with Keras dtype policy ``name``
+    (``float32``, ``mixed_bfloat16``, ``mixed_float16``); the softmax output stays float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def model_names() -> list[str]:
@@ -95,5 +109,6 @@ def build(
     return keras.Model(inputs, outputs, name=name)
 
 
-__all__ = ["MODELS", "PRESETS", "CNNSpec", "ModelInfo", "build", "channel_stats", "load_weights", "model_info",
+__all__ = ["MODELS", "PRESETS", "CNNSpec", "ModelInfo", "build", "channel_stats", "dtype_policy", "load_weights",
+           "model_info",
            "model_names", "set_trainable", "stage_params", "trainable_params"]

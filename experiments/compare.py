@@ -1,0 +1,34 @@
+"""python -m experiments.compare RUN_DIR... : one table of several runs' settings and test metrics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments.cli import add_common_options, main
+from kerascnn.errors import KerascnnError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (each with config.json and metrics.json)")
+    p.add_argument("--markdown", metavar="OUT", help="also write the table to this file (never overwritten)")
+    add_common_options(p)
+    return p
+
+
+def body(args: argparse.Namespace) -> int:
+    from kerascnn.reports import runs_table, summarize_run
+
+    table = runs_table([summarize_run(r) for r in args.runs])
+    print(table, end="")
+    if args.markdown:
+        if Path(args.markdown).exists():
+            raise KerascnnError(f"{args.markdown} already exists; choose another --markdown file")
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(body, parser()))

@@ -1,0 +1,152 @@
+"""Data-parallel training with the engines Keras supports: ``keras.distribution.DataParallel`` on
+JAX and ``tf.distribute.MirroredStrategy`` on TensorFlow (multi-host: ``keras.distribution.initialize``
+from ``KERAS_DISTRIBUTION_*`` variables on JAX, ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` on
+TensorFlow). Keras 3.15's ``fit`` has no data parallelism on the PyTorch backend, so ``--devices``
+above 1 there is refused with a pointer to ``--backend jax``.
+
+This module imports no backend at import time: `emulate_devices` must run before one is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kerascnn.errors import KerascnnError
+
+log = logging.getLogger("kerascnn")
+EMULATE_VARIABLE = "KERASCNN_EMULATE_DEVICES"
+
+
+def emulate_devices(count: int) -> None:
+    """Make one CPU look like ``count`` devices, for tests: JAX through ``XLA_FLAGS`` (before JAX
+    is imported), TensorFlow through logical CPU devices (before TensorFlow initialises)."""
+    backend = os.environ.get("KERAS_BACKEND", "torch")
+    if backend == "jax":
+        flag = f"--xla_force_host_platform_device_count={count}"
+        if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def device_names() -> list[str]:
+    """The accelerators of the current backend, else its CPUs (several only when emulated)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+TORCH_MESSAGE = ("--devices above 1 needs the jax or tensorflow backend: Keras 3.15's fit has no data parallelism "
+                 "on torch; rerun with --backend jax (keras.distribution.DataParallel) or --backend tensorflow")
+
+
+def resolve_count(devices: str) -> int:
+    """``--devices N|all`` as a number of devices of this machine (all of them for ``all``)."""
+    import keras
+
+    available = len(device_names())
+    if keras.backend.backend() == "torch" and (available if str(devices).lower() == "all" else int(devices)) > 1:
+        raise KerascnnError(TORCH_MESSAGE)
+    if str(devices).lower() == "all":
+        return available
+    try:
+        count = int(devices)
+    except ValueError:
+        raise KerascnnError(f"--devices takes a number or all, got {devices!r}") from None
+    if not 1 <= count <= available:
+        raise KerascnnError(f"--devices {count}: this machine has {available} device(s) for this backend")
+    return count
+
+
+def replicas() -> int:
+    """How many devices the current Keras distribution (or TensorFlow strategy) splits a batch over."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        distribution = keras.distribution.distribution()
+        return int(distribution.device_mesh.devices.size) if distribution is not None else 1
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return int(tf.distribute.get_strategy().num_replicas_in_sync)
+    return 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a run uses its devices: ``count`` of them, ``batch_size`` images per step in all
+    (per-device batch x devices) and peak ``lr`` after the scaling rule."""
+
+    count: int
+    batch_size: int
+    lr: float
+    rule: str
+
+    def describe(self, per_device: int) -> str:
+        if self.count == 1:
+            return "1 device"
+        return (f"data parallel on {self.count} devices: effective batch {self.batch_size} = {per_device} per device "
+                f"x {self.count}; {self.rule}")
+
+
+def plan(devices: str, batch_size: int, lr: float, lr_scaling: str = "linear") -> Plan:
+    """The device count, effective batch and learning rate of ``--devices``/``--lr-scaling``."""
+    count = resolve_count(devices)
+    if count == 1:
+        return Plan(1, batch_size, lr, "")
+    if lr_scaling == "linear":
+        rule = f"learning rate {lr:g} x {count} = {lr * count:g} (linear scaling rule; --lr-scaling none keeps it)"
+        return Plan(count, batch_size * count, lr * count, rule)
+    return Plan(count, batch_size * count, lr, f"learning rate {lr:g} unchanged (--lr-scaling none)")
+
+
+@contextlib.contextmanager
+def data_parallel(count: int) -> Iterator[None]:
+    """Build, compile and fit inside this context to replicate the model on ``count`` devices."""
+    if count == 1:
+        yield
+        return
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        if os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"):
+            keras.distribution.initialize()
+        import jax
+
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()[:count]))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(None)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if os.environ.get("TF_CONFIG"):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            strategy = tf.distribute.MirroredStrategy(devices=device_names()[:count])
+        with strategy.scope():
+            yield
+    else:
+        raise KerascnnError(TORCH_MESSAGE)

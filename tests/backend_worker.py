@@ -1,0 +1,52 @@
+"""Run on one backend (KERAS_BACKEND) by tests/test_backends.py.
+
+    python tests/backend_worker.py train DIR     train the portability models, DIR/runs/<backend>-<kind>/
+    python tests/backend_worker.py predict DIR   predict with every run's model.keras into DIR/preds/<backend>/,
+                                                 then continue training from the other backends' cnn models
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import kerascnn
+from kerascnn.config import RunConfig
+
+COMMON = {"split": "30,5,5", "epochs": 1, "verbose": 0}
+KINDS = {
+    # a scratch CNN compiled with our discriminative optimizer
+    "cnn": {"model": "cnn", "backbone_lr_scale": 0.1},
+    "resnet18": {"model": "resnet18", "weights": "none", "image_size": 32, "unfreeze": "layer4,head"},
+    "mobilenet_v2": {"model": "mobilenet_v2", "weights": "none", "image_size": 32, "unfreeze": "all"},
+}
+
+
+def inputs() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1)).astype("uint8")
+
+
+def train(root: Path) -> None:
+    backend = __import__("keras").backend.backend()
+    for kind, options in KINDS.items():
+        kerascnn.run(RunConfig("digits", **(COMMON | options), out=str(root / "runs" / f"{backend}-{kind}")))
+
+
+def predict(root: Path) -> None:
+    backend = __import__("keras").backend.backend()
+    out = root / "preds" / backend
+    out.mkdir(parents=True, exist_ok=True)
+    for run in sorted((root / "runs").iterdir()):
+        if not (run / "model.keras").is_file():
+            continue
+        model, metadata = kerascnn.load_model(run)
+        assert metadata["class_names"] == [str(d) for d in range(10)]
+        np.save(out / f"{run.name}.npy", np.asarray(model.predict(inputs(), verbose=0), dtype=np.float64))
+    for run in sorted((root / "runs").glob("*-cnn")):
+        if not run.name.startswith(backend):  # continue training a model written on another backend
+            target = root / "continued" / f"{backend}-from-{run.name}"
+            kerascnn.run(RunConfig("digits", "cnn", weights=str(run / "model.keras"), **COMMON, out=str(target)))
+
+
+if __name__ == "__main__":
+    {"train": train, "predict": predict}[sys.argv[1]](Path(sys.argv[2]))

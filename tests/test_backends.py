@@ -1,0 +1,131 @@
+"""Backends: --backend, model files moving between backends, data parallelism, precision, jit."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from experiments.cli import select_backend
+from kerascnn import data, models, training
+from kerascnn.config import RunConfig
+from kerascnn.errors import KerascnnError
+
+BACKENDS = ("torch", "jax", "tensorflow")
+HERE = Path(__file__).parent
+BACKEND = keras.backend.backend()
+
+
+def subprocess_env(backend: str, **extra: str) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(HERE.parent), **extra)
+    return env
+
+
+def test_backend_option_is_checked_before_keras_loads(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    with pytest.raises(KerascnnError, match=r"backend 'jax' is not installed; pip install 'kerascnn\[jax\]'"):
+        select_backend("jax")
+
+
+def test_backend_option_sets_the_backend_of_a_run(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "experiments.run", "digits", "cnn", "--backend", BACKEND, "--epochs", "1",
+               "--split", "20,5,5", "--out", str(out), "--verbose", "0"]
+    done = subprocess.run(command, env=subprocess_env("not-a-backend"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    environment = json.loads((out / "config.json").read_text())["environment"]
+    assert environment["backend"] == BACKEND and environment["device"] and environment["versions"]["keras"]
+
+
+@pytest.mark.backends
+def test_model_files_move_between_backends(tmp_path):
+    missing = [b for b in BACKENDS if importlib.util.find_spec(b) is None]
+    if missing:
+        if os.environ.get("KERASCNN_REQUIRE_ALL_BACKENDS"):
+            pytest.fail(f"backends missing: {missing}")
+        pytest.skip(f"needs all three backends (missing {missing}); tox -e portability")
+    worker = str(HERE / "backend_worker.py")
+    for stage in ("train", "predict"):
+        for backend in BACKENDS:
+            done = subprocess.run([sys.executable, worker, stage, str(tmp_path)], env=subprocess_env(backend),
+                                  capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"{stage} on {backend}:\n{done.stderr[-3000:]}"
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 9
+    for run in runs:
+        predictions = {b: np.load(tmp_path / "preds" / b / f"{run}.npy") for b in BACKENDS}
+        for backend in BACKENDS:
+            difference = np.abs(predictions[backend] - predictions[run.split("-")[0]]).max()
+            assert difference <= 1e-4, f"{run} predicted on {backend}: max abs difference {difference:.2e}"
+    continued = sorted(p.name for p in (tmp_path / "continued").iterdir())
+    assert len(continued) == 6
+    for name in continued:
+        weights = json.loads((tmp_path / "continued" / name / "metrics.json").read_text())["weights"]
+        assert weights["layers_loaded"] > 0 and weights["layers_new"] == []
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="Keras 3.15 has no data parallelism in fit on torch")
+def test_two_device_data_parallel_training(tmp_path):
+    out = tmp_path / "dp"
+    command = [sys.executable, "-m", "experiments.run", "digits", "cnn", "--devices", "2", "--epochs", "3",
+               "--batch-size", "32", "--lr-schedule", "constant", "--lr", "0.002", "--out", str(out), "--verbose", "0"]
+    done = subprocess.run(command, env=subprocess_env(BACKEND, KERASCNN_EMULATE_DEVICES="2"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data parallel on 2 devices: effective batch 64 = 32 per device x 2" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["devices"] == {"count": 2, "effective_batch_size": 64, "effective_lr": 0.004}
+    losses = [float(row["loss"]) for row in csv.DictReader((out / "history.csv").open())]
+    assert losses[-1] < losses[0]
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    assert model.predict(np.zeros((2, 8, 8, 1), "float32"), verbose=0).shape == (2, 10)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the refusal is torch's")
+def test_torch_refuses_several_devices_and_points_to_jax():
+    from kerascnn import distribute
+
+    with pytest.raises(KerascnnError, match="--backend jax"):
+        distribute.plan("2", 32, 0.001)
+    assert distribute.plan("1", 32, 0.001).count == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):
+    ds = data.load("digits", split="40,10,10")
+    with models.dtype_policy(policy):
+        model = models.build("cnn", ds.image_shape, 10, batch_norm=False)
+        config = RunConfig("digits", "cnn", epochs=3, batch_size=32, lr_schedule="constant", lr=0.002, verbose=0,
+                           precision=policy, patience=0)
+        result = training.fit(model, ds, config)
+    assert keras.config.dtype_policy().name == "float32"  # restored
+    assert model.get_layer("block1_conv1").compute_dtype == policy.split("_")[1]
+    assert model.get_layer("block1_conv1").kernel.dtype == "float32"
+    assert model.get_layer("probabilities").compute_dtype == "float32" and model.output.dtype == "float32"
+    losses = result.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    if policy == "mixed_float16":
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    x = ds.test.images[:4]
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_jit_flag_reaches_compile(jit):
+    if jit and BACKEND == "torch":
+        pytest.skip("jit on torch is torch.compile, minutes on CPU; the flag is the same")
+    ds = data.load("digits", split="20,5,5")
+    model = models.build("cnn3", ds.image_shape, 10)
+    config = RunConfig("digits", "cnn3", epochs=1, jit=jit, verbose=0)
+    training.fit(model, ds, config)
+    assert model.jit_compile is jit
