@@ -1,7 +1,7 @@
 """Does the streaming input pipeline keep up with training? Images/s of the pipeline (decode, resize,
 augment) beside images/s of the model's training step, measured side by side in one process.
 
-    python benchmarks/pipeline_throughput.py [--images 512] [--size 224] [--model resnet18]
+    python benchmarks/pipeline_throughput.py [--images 512] [--size 224] [--model resnet18] [--workers 1,2,4,8]
 
 It writes a replica of JPEG photos (Animals-10-like: 300x225 to 640x480) to a temporary folder.
 """
@@ -49,7 +49,7 @@ def pipeline_rate(batches: Batches, repeats: int = 1) -> float:
     return count / (time.perf_counter() - start)
 
 
-def step_rate(model_name: str, size: int, batch: int, steps: int = 5) -> float:
+def step_rate(model_name: str, size: int, batch: int, steps: int) -> float:
     """Images/s of the model's training step on in-memory data (no input pipeline)."""
     model = models.build(model_name, (size, size, 3), 4, image_size=size, weights="none")
     training.compile_model(model, RunConfig("x", model_name), steps)
@@ -67,22 +67,30 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--model", default="resnet18")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps")
+    p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker-thread counts to try")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_photos(Path(tmp), args.images)
+        start = time.perf_counter()
         ds = data.load(f"folder:{tmp}", split="0.9,0.05,0.05", image_size=args.size)
+        check = args.images / (time.perf_counter() - start)
         shape = ds.image_shape
         rows = []
-        for workers in (1, 2, 4, 8):
+        for workers in map(int, args.workers.split(",")):
             for augment in ("none", "basic"):
                 layers = augmentation(augment, channels=3, seed=0)
                 batches = Batches(ds.train, shape, ds.num_classes, args.batch_size, shuffle=True, augment=layers,
                                   workers=workers)
                 rows.append((workers, augment, pipeline_rate(batches)))
-        model = step_rate(args.model, args.size, args.batch_size)
-    print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, {len(ds.train)} JPEGs at {args.size}x{args.size},"
+        model = step_rate(args.model, args.size, args.batch_size, args.steps)
+    from kerascnn.distribute import device_names
+
+    print(f"backend {keras.backend.backend()} on {device_names()[0]}, {os.cpu_count()} CPUs, {len(ds.train)} JPEGs "
+          f"at {args.size}x{args.size},"
           f" batch {args.batch_size}")
-    print(f"{args.model} training step: {model:.1f} images/s")
+    print(f"{args.model} training step: {model:.1f} images/s; loading (listing + checking every file decodes): "
+          f"{check:.0f} images/s")
     print("| workers | augmentation | pipeline images/s | pipeline / training step |")
     print("| --- | --- | --- | --- |")
     for workers, augment, rate in rows:

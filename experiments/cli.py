@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from kerascnn.errors import KerascnnError
 
-BACKENDS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
+BACKENDS = ("torch", "jax", "tensorflow")  # each is also the name of the package it needs
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--debug``."""
-    parser.add_argument("--backend", choices=list(BACKENDS),
+    parser.add_argument("--backend", choices=BACKENDS,
                         help="Keras backend (default: $KERAS_BACKEND, else torch); set before Keras is imported")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
@@ -28,7 +28,9 @@ def select_backend(name: str | None) -> str:
             raise KerascnnError(f"--backend {name} came after Keras was imported with another backend")
         os.environ["KERAS_BACKEND"] = name
     backend = os.environ.setdefault("KERAS_BACKEND", "torch")
-    if backend in BACKENDS and importlib.util.find_spec(BACKENDS[backend]) is None:
+    if backend not in BACKENDS:
+        raise KerascnnError(f"KERAS_BACKEND={backend!r} is not supported; use one of {', '.join(BACKENDS)}")
+    if importlib.util.find_spec(backend) is None:
         raise KerascnnError(f"backend {backend!r} is not installed; pip install 'kerascnn[{backend}]'")
     return backend
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from experiments import run as run_cli
-from experiments.cli import main
+from experiments.cli import add_common_options, main
 from kerascnn.errors import KerascnnError
 
 
@@ -25,8 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--folds", default="0,1,2,3,4", help="folds to run, comma-separated (default: 0,1,2,3,4)")
     p.add_argument("--out", help="study folder (default: runs/study-DATASET-MODEL-TIMESTAMP); never overwritten")
-    p.add_argument("--backend", choices=["torch", "jax", "tensorflow"], help="Keras backend")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    add_common_options(p)
     return p
 
 

@@ -30,7 +30,8 @@ def load_dataset(config: RunConfig) -> Dataset:
 
 def cnn_options(config: RunConfig) -> dict[str, Any]:
     """The scratch-CNN options given in ``config`` (None: the preset's value)."""
-    names = ("filters", "convs_per_block", "kernel_size", "batch_norm", "activation", "pool", "dropout", "dense")
+    names = ("filters", "convs_per_block", "kernel_size", "batch_norm", "activation", "pool", "dropout", "dense",
+             "head_dropout")
     return {name: getattr(config, name) for name in names}
 
 
@@ -58,20 +59,21 @@ def build_model(config: RunConfig, dataset: Dataset) -> tuple[keras.Model, dict[
     """The model of ``config`` for ``dataset`` with its weights; returns it and where the weights
     came from. Scratch CNNs normalise with the training set's channel statistics."""
     info = models.model_info(config.model)
-    if dataset.streamed:
-        rng = np.random.default_rng(config.seed)
-        sample = rng.choice(len(dataset.train), min(len(dataset.train), STATS_SAMPLE), replace=False)
-        images = dataset.train.pixels(np.sort(sample), dataset.image_shape)
-    else:
-        images = dataset.train.images
-    mean, variance = models.channel_stats(images)
     image_size = dataset.image_shape[0] if dataset.streamed else config.image_size or info.default_image_size
     pretrained = "imagenet" if config.weights == "imagenet" else "none"
-    extra = cnn_options(config) if config.model in models.PRESETS else {}
-    if config.head_dropout is not None:
-        extra["head_dropout"] = config.head_dropout
+    if config.model in models.PRESETS:
+        options = cnn_options(config)
+        if dataset.streamed:
+            rng = np.random.default_rng(config.seed)
+            sample = rng.choice(len(dataset.train), min(len(dataset.train), STATS_SAMPLE), replace=False)
+            images = dataset.train.pixels(np.sort(sample), dataset.image_shape)
+        else:
+            images = dataset.train.images
+        options["mean"], options["variance"] = models.channel_stats(images)
+    else:
+        options = {"head_dropout": config.head_dropout}
     model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=image_size,
-                         mean=mean, variance=variance, weights=pretrained, **extra)
+                         weights=pretrained, **options)
     source = {"source": config.weights}
     if config.weights not in ("imagenet", "none"):
         source = models.load_weights(model, config.weights)

@@ -1,6 +1,7 @@
 """The command lines end to end, on a tiny synthetic folder dataset."""
 
 import csv
+import functools
 import json
 
 import numpy as np
@@ -106,3 +107,23 @@ def test_predict_any_mode_and_writes_a_submission(trained_run, tmp_path, capsys)
 def test_predict_errors(tmp_path, capsys):
     assert predict([str(tmp_path), "x.png"]) == 2
     assert "no model at" in capsys.readouterr().err
+
+
+def test_compare_runs_table(trained_run, tmp_path, capsys):
+    from experiments import compare as compare_cli
+
+    out = tmp_path / "table.md"
+    compare = functools.partial(main, compare_cli.body, compare_cli.parser())
+    assert compare([str(trained_run), str(trained_run), "--markdown", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table == out.read_text() and table.count("| run1 | cnn | none | all |") == 2
+    assert compare([str(trained_run), "--markdown", str(out)]) == 2
+    assert compare([str(tmp_path)]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_list_stages(capsys):
+    assert run(["--list-stages", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4" in out and "8,393,728" in out and "5,130" in out
+    assert run(["--list-stages", "resnet9"]) == 2

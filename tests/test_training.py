@@ -121,3 +121,18 @@ def test_batches_for_several_devices_pad_the_last_batch_with_zero_weights():
     assert len(x) == 4 and w.tolist() == [1, 1, 1, 1]
     x, y, w = batches[1]
     assert len(x) == 4 and w.tolist() == [1, 1, 1, 0] and x.reshape(-1).tolist() == [4, 5, 6, 4]
+
+
+def test_a_seed_makes_a_run_repeatable():
+    ds = data.load("digits", split="30,5,5")
+    config = RunConfig("digits", "cnn", epochs=2, batch_size=32, augment="basic", seed=7, verbose=0)
+
+    def train():
+        keras.utils.set_random_seed(config.seed)
+        model = models.build("cnn", ds.image_shape, ds.num_classes)
+        history = training.fit(model, ds, config).history
+        return history["loss"], [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+    (loss_a, weights_a), (loss_b, weights_b) = train(), train()
+    assert loss_a == loss_b
+    assert all(np.array_equal(a, b) for a, b in zip(weights_a, weights_b))

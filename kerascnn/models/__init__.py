@@ -78,7 +78,7 @@ def build(
     mean: list[float] | None = None,
     variance: list[float] | None = None,
     weights: str = "none",
-    head_dropout: float = 0.0,
+    head_dropout: float | None = None,
     **options: Any,
 ) -> keras.Model:
     """Build model ``name`` for raw 0..255 images of ``input_shape`` (h, w, c).
@@ -87,11 +87,11 @@ def build(
     (per channel, 0..255 units) and take architecture ``options`` (``filters``, ``dropout``, ...)
     over their preset. Backbones use their ImageNet normalisation, turn grey into RGB, load
     ``weights`` (``imagenet`` or ``none``) and get a new head: global average pooling,
-    ``head_dropout`` and a dense softmax layer.
+    ``head_dropout`` (default 0; a CNN's default is its preset's) and a dense softmax layer.
     """
     info = model_info(name)
     if name in PRESETS:
-        spec = PRESETS[name].replace(**options)
+        spec = PRESETS[name].replace(head_dropout=head_dropout, **options)
         return build_cnn(spec, tuple(input_shape), num_classes, image_size=image_size, mean=mean,
                          variance=variance, name=name)
     size = image_size or info.default_image_size
