@@ -30,6 +30,7 @@ def measure(steps: int, batch_size: int, jit: bool | None) -> dict:
     from kerascnn.config import RunConfig
     from kerascnn.data import Split
     from kerascnn.data.pipeline import Batches
+    from kerascnn.distribute import device_names
 
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 10, steps * batch_size), images=rng.integers(0, 256, (steps * batch_size, 28, 28, 1),
@@ -44,8 +45,6 @@ def measure(steps: int, batch_size: int, jit: bool | None) -> dict:
     start = time.perf_counter()
     model.predict(batches, verbose=0)
     predict = (time.perf_counter() - start) / steps
-    from kerascnn.distribute import device_names
-
     return {"train_ms": 1000 * train, "predict_ms": 1000 * predict, "jit": str(model.jit_compile),
             "device": device_names()[0]}
 

@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 from kerascnn import data, models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.data.pipeline import Batches, augmentation  # noqa: E402
+from kerascnn.distribute import device_names  # noqa: E402
 
 
 def write_photos(root: Path, n: int, classes: int = 4) -> None:
@@ -84,8 +85,6 @@ def main() -> None:
                                   workers=workers)
                 rows.append((workers, augment, pipeline_rate(batches)))
         model = step_rate(args.model, args.size, args.batch_size, args.steps)
-    from kerascnn.distribute import device_names
-
     print(f"backend {keras.backend.backend()} on {device_names()[0]}, {os.cpu_count()} CPUs, {len(ds.train)} JPEGs "
           f"at {args.size}x{args.size},"
           f" batch {args.batch_size}")
