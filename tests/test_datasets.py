@@ -131,6 +131,15 @@ def test_fer2013_csv_splits_and_malformed_row(kerascnn_data):
     assert ds.skipped_files == 1
 
 
+def test_fer2013_csv_row_with_non_numeric_pixels_is_skipped(kerascnn_data):
+    root = kerascnn_data / "fer2013"
+    replicas.fer2013_csv(root)
+    with (root / "fer2013.csv").open("a") as f:
+        f.write("2," + " ".join(["7"] * (48 * 48 - 1)) + " x,Training\n")
+    ds = data.load("fer2013")
+    assert ds.skipped_files == 2 and ds.train.counts(7) == [4] * 7
+
+
 def test_fer2013_folders_end_to_end_with_class_weights(tmp_path):
     root = replicas.fer2013_folders(tmp_path / "fer")
     out = tmp_path / "run"

@@ -24,6 +24,14 @@ def _csv_file(root: Path) -> Path | None:
     return next((p for p in (root / "fer2013.csv", root / "fer2013" / "fer2013.csv") if p.is_file()), None)
 
 
+def _pixels(text: str) -> np.ndarray:
+    """The space-separated pixel values of a row; empty when any of them is not an integer."""
+    try:
+        return np.array(text.split(), dtype=np.int64)
+    except ValueError:
+        return np.zeros(0, np.int64)
+
+
 def load_fer2013(data_dir: str | None = None, channels: int | None = None) -> Source:
     """FER2013: CSV splits Training -> train, PublicTest -> val, PrivateTest -> test; folders
     train/ and test/ (validation carved from train)."""
@@ -38,7 +46,7 @@ def load_fer2013(data_dir: str | None = None, channels: int | None = None) -> So
     bad = 0
     for line, row in enumerate(read_csv_rows(csv_path, ("emotion", "pixels", "usage")), start=2):
         split = USAGE.get(row["usage"].lower())
-        pixels = np.array(row["pixels"].split(), dtype=np.int64) if row["pixels"] else np.zeros(0)
+        pixels = _pixels(row["pixels"])
         if split is None or pixels.size != SIZE * SIZE or not row["emotion"].isdigit() \
                 or int(row["emotion"]) >= len(CLASSES) or pixels.min() < 0 or pixels.max() > 255:
             log.warning("skipping bad row %d of %s", line, csv_path)
