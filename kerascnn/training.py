@@ -83,13 +83,28 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None 
 
 
 def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, phase: Phase | None = None) -> None:
-    """Compile with a fresh optimizer, label-smoothed cross-entropy on softmax outputs, and accuracy."""
+    """Compile with a fresh optimizer, label-smoothed cross-entropy on softmax outputs, and accuracy.
+
+    On the torch backend the model then gets kerascnn's fast steps (`kerascnn.torch_step`; with
+    ``jit`` True, compiled by ``torch.compile``) unless ``jit`` is False, which keeps Keras' own.
+    On JAX and TensorFlow ``jit`` is Keras' ``jit_compile`` (None: Keras' "auto").
+    """
+    fast = keras.backend.backend() == "torch" and config.jit is not False
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, phase),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile="auto" if config.jit is None else config.jit,
+        jit_compile=False if fast else "auto" if config.jit is None else config.jit,
     )
+    if fast:
+        from kerascnn import torch_step
+
+        torch_step.install(model, jit=bool(config.jit))
+
+
+def uses_fast_path(model: keras.Model) -> bool:
+    """Whether the compiled ``model`` trains through kerascnn's fast torch steps."""
+    return getattr(model.train_function, "__self__", None).__class__.__name__ == "FastSteps"
 
 
 class EpochLog(keras.callbacks.Callback):

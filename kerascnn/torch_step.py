@@ -1,0 +1,574 @@
+"""The fast training path on the torch backend: a Keras functional model run as plain torch ops.
+
+Keras 3 on torch pays a large per-layer cost (signature binding, tree mapping, name scopes; keras-team/
+keras#22561), composes batch norm from elementwise ops and permutes every channels-last convolution's
+input to NCHW and back. For the small, known set of layers our models use, `TorchProgram` runs the
+very same variables through ``torch.nn.functional`` in NCHW (channels-last memory on CUDA), and
+`install` gives a compiled Keras model train/test/predict functions built on it, so ``model.fit``
+with its callbacks, the optimizer, its schedule and the saved ``model.keras`` stay Keras' own. Layers
+it does not know run as Keras layers inside the program (correct, only slower).
+
+Training semantics are Keras': batch norm updates its moving statistics with the biased batch
+variance and Keras' momentum, frozen batch norm runs in inference mode, the loss is categorical
+cross-entropy on clipped probabilities with label smoothing and sample weights averaged over the
+batch, and the optimizer is the compiled Keras optimizer (`tests/test_torch_step.py` checks the
+losses and weights after several steps against Keras' own ``train_step``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import torch
+import torch.nn.functional as F
+from keras import layers
+
+Tensor = torch.Tensor
+NHWC_TO_NCHW = (0, 3, 1, 2)
+NCHW_TO_NHWC = (0, 2, 3, 1)
+EPSILON = 1e-7  # keras.backend.epsilon(): Keras' cross-entropy clips probabilities to [eps, 1 - eps]
+
+
+class Value:
+    """A tensor in the program: whether a 4-D one is NCHW (our ops) or NHWC (Keras' layout), a zero
+    padding (left, right, top, bottom) not yet applied, which a convolution (and a max-pool over
+    non-negative values) takes for free, and whether it is known to be >= 0 (after a ReLU)."""
+
+    __slots__ = ("tensor", "nchw", "pad", "nonneg")
+
+    def __init__(self, tensor: Tensor, nchw: bool = False, pad: tuple[int, int, int, int] | None = None,
+                 nonneg: bool = False) -> None:
+        self.tensor, self.nchw, self.pad, self.nonneg = tensor, nchw, pad, nonneg
+
+    def as_nchw(self, channels_last: bool) -> Tensor:
+        x = self.tensor
+        if not self.nchw and x.dim() == 4:
+            x = x.permute(*NHWC_TO_NCHW)  # an NHWC tensor seen as NCHW is channels-last memory
+            x = x if channels_last else x.contiguous()
+        return F.pad(x, self.pad) if self.pad else x
+
+    def as_nhwc(self) -> Tensor:
+        if self.pad:
+            return self.as_nchw(False).permute(*NCHW_TO_NHWC)
+        if not self.nchw or self.tensor.dim() != 4:
+            return self.tensor
+        return self.tensor.permute(*NCHW_TO_NHWC)
+
+    def applied(self, channels_last: bool) -> Value:
+        """This value with its padding applied (element-wise ops need the real zeros)."""
+        return Value(self.as_nchw(channels_last), True, nonneg=self.nonneg) if self.pad else self
+
+
+def _variable(v: keras.Variable | None) -> Tensor | None:
+    return None if v is None else v.value
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow/Keras "same" padding (before, after) of one spatial axis."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+              value: float = 0.0) -> Tensor:
+    (top, bottom), (left, right) = (_same_padding(x.shape[2 + i], kernel[i], stride[i], dilation[i]) for i in (0, 1))
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+ACTIVATIONS: dict[Any, Callable[[Tensor], Tensor]] = {
+    keras.activations.linear: lambda x: x,
+    keras.activations.relu: F.relu,
+    keras.activations.relu6: F.relu6,
+    keras.activations.sigmoid: torch.sigmoid,
+    keras.activations.tanh: torch.tanh,
+    keras.activations.silu: F.silu,
+    keras.activations.hard_sigmoid: F.hardsigmoid,
+    keras.activations.hard_silu: F.hardswish,
+}
+
+
+def _activation(fn: Any) -> Callable[[Tensor], Tensor] | None:
+    """The torch function of an element-wise Keras activation, None when we do not know it."""
+    return ACTIVATIONS.get(fn)
+
+
+CONV_KERNEL = (3, 2, 0, 1)  # Keras (h, w, in, out) -> torch (out, in, h, w)
+DEPTHWISE_KERNEL = (2, 3, 0, 1)  # Keras (h, w, in, multiplier) -> (in, multiplier, h, w)
+
+
+@torch.no_grad()
+def relayout(param: Tensor, torch_order: tuple[int, ...], channels_last: bool = False) -> None:
+    """Store ``param`` (shape unchanged) so that ``param.permute(*torch_order)`` is contiguous (or
+    channels-last), the layout torch's kernels read, instead of copying it on every call. The same
+    Python object keeps its values, so Keras, its optimizer and saving see no difference."""
+    target = param.permute(*torch_order)
+    fmt = torch.channels_last if channels_last and target.dim() == 4 else torch.contiguous_format
+    if target.is_contiguous(memory_format=fmt):
+        return
+    inverse = tuple(torch_order.index(i) for i in range(len(torch_order)))
+    param.data = target.contiguous(memory_format=fmt).permute(*inverse)
+
+
+class Unsupported(Exception):
+    """A layer (or configuration of one) the program runs through Keras instead."""
+
+
+class TorchProgram:
+    """The forward pass of a Keras functional ``model`` as a list of torch operations.
+
+    Calling it with a batch of images (NHWC, any dtype) returns the output of the model's last
+    layer, or with ``logits=True`` and a softmax last layer, that layer's input. ``keras_layers``
+    names the layers run through Keras (none for our models).
+    """
+
+    def __init__(self, model: keras.Model, *, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
+        self.keras_layers: list[str] = []
+        self._steps: list[tuple[Callable[..., Value], list[int], list[int]]] = []
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise Unsupported("one input and one output")
+        self._input = id(model.inputs[0])
+        self._output, self.softmax_output = self._compile(model, {id(model.inputs[0]): id(model.inputs[0])})
+
+    # -- building ---------------------------------------------------------------------------------
+    def _compile(self, model: keras.Model, aliases: dict[int, int]) -> tuple[int, bool]:
+        """Append ``model``'s nodes (nested functional models inlined); return the output's key."""
+        last_softmax = False
+        for depth in sorted(model._nodes_by_depth, reverse=True):
+            for node in model._nodes_by_depth[depth]:
+                layer = node.operation
+                if node.is_input or isinstance(layer, layers.InputLayer):
+                    continue
+                inputs = [aliases[id(t)] for t in node.input_tensors]
+                outputs = [id(t) for t in node.outputs]
+                if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth") and len(layer.inputs) == 1:
+                    inner = {id(layer.inputs[0]): inputs[0]}
+                    out, last_softmax = self._compile(layer, inner)
+                    aliases[outputs[0]] = out
+                    continue
+                fn = self._op(layer, len(inputs))
+                last_softmax = isinstance(layer, layers.Activation) and layer.activation is keras.activations.softmax
+                self._steps.append((fn, inputs, outputs))
+                for key in outputs:
+                    aliases[key] = key
+        return aliases[id(model.outputs[0])], last_softmax
+
+    def _op(self, layer: layers.Layer, n_inputs: int) -> Callable[..., Value]:
+        try:
+            return self._torch_op(layer, n_inputs)
+        except Unsupported:
+            self.keras_layers.append(layer.name)
+            return self._keras_op(layer)
+
+    def _keras_op(self, layer: layers.Layer) -> Callable[..., Value]:
+        def run(training: bool, *values: Value) -> Value:
+            args = [v.as_nhwc() for v in values]
+            out = layer(args if len(args) > 1 else args[0], training=training)
+            return Value(out)
+        return run
+
+    def _torch_op(self, layer: layers.Layer, n_inputs: int) -> Callable[..., Value]:  # noqa: C901 - one table
+        cl = self.channels_last
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise Unsupported("channels_first layers")
+        if isinstance(layer, layers.DepthwiseConv2D):
+            kernel, bias = layer.kernel.value, _variable(layer.bias)
+            act = _activation(layer.activation)
+            if act is None:
+                raise Unsupported(layer.activation)
+            kh, kw, cin, mult = kernel.shape
+            relayout(kernel, DEPTHWISE_KERNEL)
+            k, s, d = (kh, kw), tuple(layer.strides), tuple(layer.dilation_rate)
+            same = layer.padding == "same"
+
+            def depthwise(training: bool, v: Value) -> Value:
+                x = v.as_nchw(cl)
+                if same:
+                    x = _pad_same(x, k, s, d)
+                w = kernel.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
+                return Value(act(F.conv2d(x, w, bias, s, 0, d, cin)), True)
+            return depthwise
+        if type(layer) is layers.Conv2D:
+            kernel, bias = layer.kernel.value, _variable(layer.bias)
+            act = _activation(layer.activation)
+            if act is None:
+                raise Unsupported(layer.activation)
+            k, s, d = tuple(kernel.shape[:2]), tuple(layer.strides), tuple(layer.dilation_rate)
+            groups, same = layer.groups, layer.padding == "same"
+            stride_one = s == (1, 1)
+            nonneg = layer.activation in (keras.activations.relu, keras.activations.relu6)
+            relayout(kernel, CONV_KERNEL, channels_last=cl)
+
+            def conv(training: bool, v: Value) -> Value:
+                w, b = kernel.permute(3, 2, 0, 1), bias
+                pad = v.pad
+                if pad and not same and pad[0] == pad[1] and pad[2] == pad[3]:  # ZeroPadding2D + valid conv
+                    x = Value(v.tensor, v.nchw).as_nchw(cl)
+                    return Value(act(F.conv2d(x, w, b, s, (pad[2], pad[0]), d, groups)), True, nonneg=nonneg)
+                x = v.as_nchw(cl)
+                if same and stride_one:
+                    y = F.conv2d(x, w, b, 1, "same", d, groups)
+                else:
+                    y = F.conv2d(_pad_same(x, k, s, d) if same else x, w, b, s, 0, d, groups)
+                return Value(act(y), True, nonneg=nonneg)
+            conv.takes_padding = True
+            return conv
+        if type(layer) is layers.BatchNormalization:
+            return self._batch_norm(layer)
+        if type(layer) is layers.Dense:
+            kernel, bias = layer.kernel.value, _variable(layer.bias)
+            act = _activation(layer.activation)
+            if act is None or getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+                raise Unsupported("dense variant")
+
+            def dense(training: bool, v: Value) -> Value:
+                x = v.as_nhwc()
+                return Value(act(F.linear(x, kernel.t(), bias)))
+            return dense
+        if type(layer) is layers.Activation:
+            if layer.activation is keras.activations.softmax:
+                return lambda training, v: Value(torch.softmax(v.as_nhwc().float(), dim=-1))
+            act = _activation(layer.activation)
+            if act is None:
+                raise Unsupported(layer.activation)
+            nonneg = layer.activation in (keras.activations.relu, keras.activations.relu6)
+            return lambda training, v: Value(act(v.tensor), v.nchw, nonneg=nonneg)
+        if type(layer) is layers.ReLU:
+            if layer.negative_slope or layer.threshold:
+                raise Unsupported("ReLU with slope or threshold")
+            if layer.max_value is None:
+                return lambda training, v: Value(F.relu(v.tensor), v.nchw, nonneg=True)
+            top = float(layer.max_value)
+            return lambda training, v: Value(F.hardtanh(v.tensor, 0.0, top), v.nchw, nonneg=True)
+        if type(layer) is layers.LeakyReLU:
+            slope = float(layer.negative_slope)
+            return lambda training, v: Value(F.leaky_relu(v.tensor, slope), v.nchw)
+        if type(layer) in (layers.MaxPooling2D, layers.AveragePooling2D):
+            size, stride = tuple(layer.pool_size), tuple(layer.strides)
+            if type(layer) is layers.AveragePooling2D:
+                if layer.padding == "same":
+                    raise Unsupported("same-padded average pooling")
+                return lambda training, v: Value(F.avg_pool2d(v.as_nchw(cl), size, stride), True)
+            same = layer.padding == "same"
+
+            def max_pool(training: bool, v: Value) -> Value:
+                pad = v.pad
+                if pad and not same and v.nonneg and pad[0] == pad[1] and pad[2] == pad[3] \
+                        and 2 * max(pad) <= min(size):  # zero padding of values >= 0 is -inf padding
+                    x = Value(v.tensor, v.nchw).as_nchw(cl)
+                    return Value(F.max_pool2d(x, size, stride, (pad[2], pad[0])), True, nonneg=True)
+                x = v.as_nchw(cl)
+                x = _pad_same(x, size, stride, (1, 1), -math.inf) if same else x
+                return Value(F.max_pool2d(x, size, stride), True, nonneg=v.nonneg)
+            max_pool.takes_padding = True
+            return max_pool
+        if type(layer) is layers.GlobalAveragePooling2D:
+            keep = layer.keepdims
+            return lambda training, v: Value(v.as_nchw(cl).mean((2, 3), keepdim=keep), keep)
+        if type(layer) is layers.GlobalMaxPooling2D:
+            keep = layer.keepdims
+            return lambda training, v: Value(v.as_nchw(cl).amax((2, 3), keepdim=keep), keep)
+        if type(layer) is layers.ZeroPadding2D:
+            (top, bottom), (left, right) = layer.padding
+
+            def zero_pad(training: bool, v: Value) -> Value:
+                v = v.applied(cl)
+                return Value(v.tensor, v.nchw, (left, right, top, bottom), v.nonneg)
+            zero_pad.takes_padding = True
+            return zero_pad
+        if type(layer) is layers.Dropout:
+            if layer.noise_shape is not None:
+                raise Unsupported("dropout noise_shape")
+            rate = float(layer.rate)
+            return lambda training, v: Value(F.dropout(v.tensor, rate, training) if rate else v.tensor, v.nchw,
+                                             nonneg=v.nonneg)
+        if type(layer) is layers.Flatten:
+            return lambda training, v: Value(v.as_nhwc().flatten(1))
+        if type(layer) in (layers.Add, layers.Multiply):
+            combine = torch.add if type(layer) is layers.Add else torch.mul
+
+            def merge(training: bool, *values: Value) -> Value:
+                if len({v.nchw for v in values if v.tensor.dim() == 4}) > 1:
+                    values = tuple(Value(v.as_nchw(cl), True) for v in values)
+                out = values[0].tensor
+                for v in values[1:]:
+                    out = combine(out, v.tensor)
+                return Value(out, values[0].nchw)
+            return merge
+        if type(layer) is layers.Rescaling:
+            scale, offset = layer.scale, layer.offset
+            if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):
+                raise Unsupported("per-channel rescaling")
+            return lambda training, v: Value(v.tensor.float() * scale + offset, v.nchw)
+        if type(layer) is layers.Normalization:
+            if layer.invert or layer.axis != (-1,) and layer.axis != (3,):
+                raise Unsupported("normalization axis")
+            mean = layer.mean.detach().float().reshape(-1) if torch.is_tensor(layer.mean) else None
+            variance = layer.variance.detach().float().reshape(-1) if torch.is_tensor(layer.variance) else None
+            if mean is None or variance is None:
+                raise Unsupported("unadapted normalization")
+            std = torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon())
+
+            def normalize(training: bool, v: Value) -> Value:
+                x = v.tensor.float()
+                shape = (1, -1, 1, 1) if v.nchw and x.dim() == 4 else (-1,)
+                return Value((x - mean.to(x.device).view(shape)) / std.to(x.device).view(shape), v.nchw)
+            return normalize
+        raise Unsupported(type(layer).__name__)
+
+    def _batch_norm(self, layer: layers.BatchNormalization) -> Callable[..., Value]:
+        if layer.renorm or getattr(layer, "synchronized", False):
+            raise Unsupported("batch renormalization")
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        ndim = len(layer.input.shape) if hasattr(layer, "input") else 4
+        if axis not in (-1, ndim - 1):
+            raise Unsupported("batch norm over a non-channel axis")
+        gamma, beta = _variable(layer.gamma), _variable(layer.beta)
+        moving_mean, moving_var = layer.moving_mean.value, layer.moving_variance.value
+        momentum, eps, train = float(layer.momentum), float(layer.epsilon), layer.trainable
+        cl = self.channels_last
+
+        def batch_norm(training: bool, v: Value) -> Value:
+            x = v.as_nchw(cl) if v.tensor.dim() == 4 else v.tensor
+            dtype = x.dtype
+            x = x.float()
+            if training and train:
+                y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
+                with torch.no_grad():  # Keras' update: the biased batch variance, Keras' momentum
+                    moving_mean.mul_(momentum).add_(mean, alpha=1.0 - momentum)
+                    moving_var.mul_(momentum).add_(invstd.pow(-2).sub_(eps), alpha=1.0 - momentum)
+            else:
+                y = F.batch_norm(x, moving_mean, moving_var, gamma, beta, False, 0.0, eps)
+            return Value(y.to(dtype), x.dim() == 4)
+        return batch_norm
+
+    # -- running ----------------------------------------------------------------------------------
+    def __call__(self, images: Tensor, training: bool = False, logits: bool = False) -> Tensor:
+        if not images.is_floating_point():
+            images = images.float()
+        values: dict[int, Value] = {self._input: Value(images)}
+        for fn, inputs, outputs in self._steps:
+            if logits and outputs[0] == self._output and self.softmax_output:
+                return values[inputs[0]].as_nhwc()
+            args = [values[k] for k in inputs]
+            if not getattr(fn, "takes_padding", False):
+                args = [v.applied(self.channels_last) for v in args]
+            values[outputs[0]] = fn(training, *args)
+        return values[self._output].as_nhwc()
+
+
+def categorical_crossentropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0,
+                             sample_weight: Tensor | None = None) -> Tensor:
+    """Keras' `CategoricalCrossentropy` on ``softmax(logits)``: probabilities clipped to
+    [1e-7, 1 - 1e-7], smoothed one-hot ``targets``, sample weights summed over the batch size."""
+    log_p = torch.log_softmax(logits.float(), dim=-1).clamp(math.log(EPSILON), math.log1p(-EPSILON))
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[-1]
+    per_sample = -(targets * log_p).sum(-1)
+    if sample_weight is not None:
+        per_sample = per_sample * sample_weight
+    return per_sample.sum() / per_sample.shape[0]
+
+
+class LeanAdam:
+    """Keras' Adam/AdamW update, in fewer passes over memory than Keras' torch version.
+
+    Exactly Keras' arithmetic (up to float rounding): decoupled weight decay ``p *= 1 - wd * lr``
+    on the variables Keras decays, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, then ``iterations += 1``; the
+    state lives in the Keras optimizer's own variables (stored in the layout of their weights).
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> None:
+        if not optimizer.built:
+            optimizer.build(variables)
+        self.optimizer = optimizer
+        index = [optimizer._get_variable_index(v) for v in variables]
+        params = [v.value for v in variables]
+        momentums = [optimizer._momentums[i].value for i in index]
+        velocities = [optimizer._velocities[i].value for i in index]
+        with torch.no_grad():
+            for p, m, v in zip(params, momentums, velocities):
+                if m.stride() != p.stride():  # the weight's layout (see `relayout`)
+                    m.data, v.data = torch.empty_like(p).copy_(m), torch.empty_like(p).copy_(v)
+        # Flat views in each weight's memory order: element-wise updates on contiguous vectors.
+        self.orders = [sorted(range(p.dim()), key=lambda d, p=p: -p.stride(d)) for p in params]
+        if not all(p.permute(*o).is_contiguous() for p, o in zip(params, self.orders)):
+            raise Unsupported("weights with overlapping or gapped memory")
+        self.params, self.momentums, self.velocities = ([_flat(x, o) for x, o in zip(xs, self.orders)]
+                                                        for xs in (params, momentums, velocities))
+        self.decayed = [optimizer.weight_decay is not None and optimizer._use_weight_decay(v) for v in variables]
+        self.cpu = self.params[0].device.type == "cpu" if self.params else True
+
+    @classmethod
+    def for_optimizer(cls, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> LeanAdam | None:
+        """A `LeanAdam` for a plain Keras Adam or AdamW, None for anything it would not reproduce."""
+        plain = isinstance(optimizer, keras.optimizers.Adam) and type(optimizer).__module__.startswith("keras.")
+        extras = (optimizer.amsgrad if plain else True, optimizer.clipnorm, optimizer.clipvalue,
+                  optimizer.global_clipnorm, optimizer.use_ema, optimizer.gradient_accumulation_steps)
+        if not plain or any(extras) or not variables:
+            return None
+        try:
+            return cls(optimizer, variables)
+        except Unsupported:
+            return None
+
+    @torch.no_grad()
+    def apply(self, grads: tuple[Tensor | None, ...]) -> None:
+        opt = self.optimizer
+        kept = [i for i, g in enumerate(grads) if g is not None]
+        params, momentums, velocities = ([xs[i] for i in kept] for xs in (self.params, self.momentums,
+                                                                           self.velocities))
+        grads = [_flat(grads[i], self.orders[i]) for i in kept]
+        lr = opt._get_current_learning_rate()
+        decayed = [self.params[i] for i in kept if self.decayed[i]]
+        if decayed:
+            torch._foreach_mul_(decayed, 1 - opt.weight_decay * lr)
+        step = opt.iterations.value.float() + 1
+        alpha = lr * torch.sqrt(1 - opt.beta_2 ** step) / (1 - opt.beta_1 ** step)
+        torch._foreach_lerp_(momentums, grads, 1 - opt.beta_1)
+        torch._foreach_mul_(velocities, opt.beta_2)
+        torch._foreach_addcmul_(velocities, grads, grads, value=1 - opt.beta_2)
+        denominators = torch._foreach_sqrt(velocities)
+        torch._foreach_add_(denominators, opt.epsilon)
+        if self.cpu:  # reading alpha costs nothing on the CPU
+            torch._foreach_addcdiv_(params, momentums, denominators, value=-float(alpha))
+        else:  # no host synchronisation on an accelerator
+            updates = torch._foreach_div(momentums, denominators)
+            torch._foreach_mul_(updates, alpha)
+            torch._foreach_sub_(params, updates)
+        opt.iterations.value.add_(1)
+
+
+def _flat(x: Tensor, order: list[int]) -> Tensor:
+    """``x`` as a vector in the memory order ``order`` (a view when ``x`` is laid out that way)."""
+    return x.permute(*order).reshape(-1)
+
+
+def _metric(model: keras.Model, cls: type) -> keras.metrics.Metric | None:
+    """The compiled metric of class ``cls`` (the loss tracker is ``model._loss_tracker``)."""
+    for metric in model.metrics:
+        for m in getattr(metric, "metrics", [metric]):
+            if type(m) is cls:
+                return m
+    return None
+
+
+class FastSteps:
+    """Train, test and predict functions for a compiled Keras ``model`` on top of `TorchProgram`.
+
+    They update the same Keras objects as Keras' own steps (weights, batch-norm statistics, the
+    optimizer and its iteration count, the loss tracker and accuracy metric), so callbacks, history
+    and saving are unchanged. On CUDA the logs handed to callbacks are read back every
+    ``sync_every`` steps instead of every step (the epoch's logs are always exact).
+    """
+
+    def __init__(self, model: keras.Model, *, jit: bool = False, sync_every: int | None = None) -> None:
+        loss = model.loss
+        if not isinstance(loss, keras.losses.CategoricalCrossentropy) or loss.from_logits:
+            raise Unsupported("the loss must be CategoricalCrossentropy on probabilities")
+        if model.losses:
+            raise Unsupported("models with regularisation losses")
+        self.model = model
+        self.variables = list(model.trainable_variables)
+        self.params = [v.value for v in self.variables]
+        self.device = next(iter(self.params or [w.value for w in model.weights])).device
+        self.program = TorchProgram(model, channels_last=self.device.type == "cuda")
+        if not self.program.softmax_output:
+            raise Unsupported("the model must end in a softmax activation")
+        self.label_smoothing = float(loss.label_smoothing or 0.0)
+        compute = keras.backend.standardize_dtype(model.dtype_policy.compute_dtype)
+        self.autocast = getattr(torch, compute) if compute in ("bfloat16", "float16") else None
+        self.sync_every = sync_every or (25 if self.device.type == "cuda" else 1)
+        self._forward = torch.compile(self._forward_loss) if jit else self._forward_loss
+        self._adam = LeanAdam.for_optimizer(model.optimizer, self.variables)
+        self._logs: dict[str, Any] = {}
+        self._steps = 0
+        self._tracked: tuple[keras.metrics.Metric, keras.metrics.Metric] | None = None
+
+    def _metrics(self, data) -> tuple[keras.metrics.Metric, keras.metrics.Metric]:
+        """The loss tracker and accuracy metric, built from ``data`` as ``fit`` would (once)."""
+        if self._tracked is None:
+            if self.model._compile_metrics is not None and not self.model._compile_metrics.built:
+                self.model._symbolic_build(data_batch=data[0])
+            accuracy = _metric(self.model, keras.metrics.CategoricalAccuracy)
+            if accuracy is None or len(self.model.metrics) != 2:
+                raise RuntimeError("kerascnn's fast steps track loss and accuracy only; compile with jit=False")
+            self._tracked = (self.model._loss_tracker, accuracy)
+        return self._tracked
+
+    def _batch(self, data) -> tuple[Tensor, Tensor, Tensor | None]:
+        batch = data[0]
+        x, y, weights = (tuple(batch) + (None,))[:3] if isinstance(batch, (tuple, list)) else (batch, None, None)
+        to = lambda t: None if t is None else torch.as_tensor(t).to(self.device, non_blocking=True)  # noqa: E731
+        y = to(y)
+        return to(x), y.float() if y is not None else None, None if weights is None else to(weights).float()
+
+    def _forward_loss(self, x: Tensor, y: Tensor, weights: Tensor | None, training: bool) -> tuple[Tensor, Tensor]:
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits = self.program(x, training=training, logits=True)
+        return categorical_crossentropy(logits, y, self.label_smoothing, weights), logits.float()
+
+    @torch.no_grad()
+    def _update_metrics(self, data, loss: Tensor, logits: Tensor, y: Tensor, weights: Tensor | None
+                        ) -> dict[str, Any]:
+        tracker, accuracy = self._metrics(data)
+        n = y.shape[0]
+        tracker.total.value.add_(loss.detach() * n)
+        tracker.count.value.add_(n)
+        correct = (logits.argmax(-1) == y.argmax(-1)).float()
+        if weights is None:
+            accuracy.total.value.add_(correct.sum())
+            accuracy.count.value.add_(n)
+        else:
+            accuracy.total.value.add_((correct * weights).sum())
+            accuracy.count.value.add_(weights.sum())
+        self._steps += 1
+        if self._steps % self.sync_every == 0 or not self._logs:
+            logs = {"loss": tracker.total.value / tracker.count.value,
+                    "accuracy": accuracy.total.value / accuracy.count.value}
+            self._logs = logs if self.sync_every == 1 else {k: float(v) for k, v in logs.items()}
+        return self._logs
+
+    def train_function(self, data) -> dict[str, Any]:
+        x, y, weights = self._batch(data)
+        loss, logits = self._forward(x, y, weights, True)
+        optimizer = self.model.optimizer
+        grads = torch.autograd.grad(optimizer.scale_loss(loss), self.params, allow_unused=True)
+        with torch.no_grad():
+            if self._adam is not None:
+                self._adam.apply(grads)
+            else:
+                optimizer.apply(list(grads), self.variables)
+        return self._update_metrics(data, loss, logits, y, weights)
+
+    @torch.no_grad()
+    def test_function(self, data) -> dict[str, Any]:
+        x, y, weights = self._batch(data)
+        loss, logits = self._forward(x, y, weights, False)
+        return self._update_metrics(data, loss, logits, y, weights)
+
+    @torch.no_grad()
+    def predict_function(self, data) -> Tensor:
+        x, _, _ = self._batch(data)
+        return self.program(x, training=False)
+
+
+def install(model: keras.Model, *, jit: bool = False) -> FastSteps | None:
+    """Give the compiled ``model`` the fast train/test/predict functions; None (Keras' own steps
+    stay) when the model or its compile settings are outside what `FastSteps` reproduces."""
+    try:
+        steps = FastSteps(model, jit=jit)
+    except Unsupported:
+        return None
+    model.train_function = steps.train_function
+    model.test_function = steps.test_function
+    if steps.autocast is None:  # in mixed precision Keras' own predict matches a reloaded model.keras
+        model.predict_function = steps.predict_function
+    return steps

@@ -1,0 +1,189 @@
+"""The fast torch path (`kerascnn.torch_step`) computes what Keras' own steps compute."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+if keras.backend.backend() != "torch":
+    pytest.skip("the fast path is the torch backend's", allow_module_level=True)
+
+import torch  # noqa: E402
+
+from kerascnn import models, training  # noqa: E402
+from kerascnn.config import RunConfig  # noqa: E402
+from kerascnn.saving import load_model, save_model  # noqa: E402
+from kerascnn.torch_step import TorchProgram, relayout  # noqa: E402
+
+STEPS = 6
+# Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
+LOSS_RTOL = 1e-4
+
+
+def images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+def build(name: str, size: int, channels: int, **options) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return models.build(name, (size, size, channels), 4, **options)
+
+
+def twin(model: keras.Model) -> keras.Model:
+    """A second model with the same architecture and weights."""
+    other = keras.Model.from_config(model.get_config())
+    other.set_weights(model.get_weights())
+    return other
+
+
+CASES = {  # name, size, channels, build options
+    "cnn": ("cnn", 16, 1, {"mean": [100.0], "variance": [3000.0]}),
+    "resnet18": ("resnet18", 32, 3, {"image_size": 32}),
+    "mobilenet_v2": ("mobilenet_v2", 32, 3, {"image_size": 32}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_program_runs_our_models_without_keras_layers_and_matches_their_forward(case):
+    name, size, channels, options = CASES[case]
+    model = build(name, size, channels, **options)
+    program = TorchProgram(model)
+    assert program.keras_layers == [] and program.softmax_output
+    x = torch.from_numpy(images(8, size, channels))
+    expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
+    np.testing.assert_allclose(program(x).detach().numpy(), expected, atol=1e-5)
+
+
+def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does():
+    model = build("cnn", 16, 1, mean=[100.0], variance=[3000.0], dropout=0.0, head_dropout=0.0)
+    reference = twin(model)
+    x = torch.from_numpy(images(16, 16, 1)).float()
+    ours = TorchProgram(model)(x, training=True)
+    theirs = reference(x, training=True)
+    np.testing.assert_allclose(ours.detach().numpy(), keras.ops.convert_to_numpy(theirs), atol=1e-5)
+    for a, b in zip(model.non_trainable_weights, reference.non_trainable_weights):  # moving mean and variance
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unknown_layer_runs_through_keras_inside_the_program():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.UpSampling2D()(x)  # not in the program's table
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(x))
+    model = keras.Model(inputs, outputs)
+    program = TorchProgram(model)
+    assert program.keras_layers == [model.layers[2].name]
+    x = torch.from_numpy(images(2, 8, 3)).float()
+    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_relayout_keeps_values_and_the_parameter_object():
+    p = torch.nn.Parameter(torch.randn(3, 3, 4, 5))
+    before, identity = p.detach().clone(), id(p)
+    relayout(p, (3, 2, 0, 1))
+    assert id(p) == identity and p.permute(3, 2, 0, 1).is_contiguous()
+    torch.testing.assert_close(p.detach(), before, rtol=0, atol=0)
+
+
+def train_losses(model: keras.Model, config: RunConfig, batches: list) -> list[float]:
+    training.compile_model(model, config, steps_per_epoch=len(batches))
+    assert training.uses_fast_path(model) is (config.jit is not False)
+    model.make_train_function()
+    step, losses = model.train_function, []
+    for batch in batches:
+        logs = step([tuple(torch.from_numpy(a) for a in batch)])
+        losses.append(float(logs["loss"]))
+    return losses
+
+
+def batches_of(size: int, channels: int, weighted: bool, steps: int = STEPS, n: int = 8) -> list[tuple]:
+    rng = np.random.default_rng(1)
+    batches = []
+    for i in range(steps):
+        x, y = images(n, size, channels, seed=i), np.eye(4, dtype="float32")[rng.integers(0, 4, n)]
+        batches.append((x, y, rng.uniform(0.5, 2, n).astype("float32")) if weighted else (x, y))
+    return batches
+
+
+@pytest.mark.parametrize("optimizer,weighted", [("adamw", True), ("adam", False), ("sgd", True)])
+def test_fast_steps_train_as_keras_train_step(optimizer, weighted):
+    """Same weights, same batches: the loss of each of STEPS steps, the weights, the batch-norm
+    statistics and the optimizer's step count agree with Keras' own ``train_step`` (``--no-jit``)."""
+    ours = build("cnn", 16, 1, mean=[100.0], variance=[3000.0], dropout=0.0, head_dropout=0.0)  # no random masks
+    theirs = twin(ours)
+    batches = batches_of(16, 1, weighted)
+    config = RunConfig("bench", "cnn", optimizer=optimizer, lr=1e-3, label_smoothing=0.1, weights="none")
+    fast = train_losses(ours, config, batches)
+    keras_losses = train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}), batches)
+    np.testing.assert_allclose(fast, keras_losses, rtol=LOSS_RTOL)
+    assert fast[-1] != fast[0]  # it trained
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
+    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == STEPS
+
+
+# Largest gradient error measured: resnet18 1.4e-5; mobilenet_v2 4.4e-2, where 17 batch norms over
+# 1x1 and 2x2 maps (32x32 input, batch 16) amplify float32 rounding (its forward agrees to 1e-5).
+GRADIENT_RTOL = {"resnet18": 1e-4, "mobilenet_v2": 0.1}
+
+
+@pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2"])
+def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
+    """One step on a backbone: the loss and every gradient as Keras computes them; then the lean
+    AdamW update of those gradients as Keras' own optimizer applies them (weights stored in
+    torch's layout by the fast path)."""
+    name, size, channels, options = CASES[case]
+    ours = build(name, size, channels, **options)
+    theirs = twin(ours)
+    config = RunConfig("bench", name, optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none")
+    for model, jit in ((ours, None), (theirs, False)):
+        training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=1)
+    x, y, w = (torch.from_numpy(a) for a in batches_of(size, channels, True, steps=1, n=16)[0])
+    fast = ours.train_function.__self__
+    loss, _ = fast._forward(x, y, w, True)
+    grads = torch.autograd.grad(loss, fast.params)
+    expected_loss = theirs.compute_loss(x, y, theirs(x.float(), training=True), w)
+    expected_grads = torch.autograd.grad(expected_loss, [v.value for v in theirs.trainable_variables])
+    assert float(loss.detach()) == pytest.approx(float(expected_loss.detach()), rel=1e-5)
+    scale = max(float(e.abs().max()) for e in expected_grads)
+    for v, g, e in zip(theirs.trainable_variables, grads, expected_grads):
+        # relative to the variable's own gradient, or to 1e-3 of the largest one for gradients that
+        # vanish analytically (the shift of a batch norm that feeds another one in training mode)
+        err = float((g - e).abs().max()) / max(float(e.abs().max()), 1e-3 * scale)
+        assert err < GRADIENT_RTOL[case], v.path
+    for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):  # batch-norm statistics
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
+    with torch.no_grad():
+        fast._adam.apply(expected_grads)
+        theirs.optimizer.apply(list(expected_grads), theirs.trainable_variables)
+    for a, b in zip(ours.trainable_weights, theirs.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
+
+
+def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
+    model = build("resnet18", 32, 3, image_size=32)
+    x, y = images(16, 32, 3), np.eye(4, dtype="float32")[np.arange(16) % 4]
+    training.compile_model(model, RunConfig("bench", "resnet18", weights="none", epochs=2), steps_per_epoch=2)
+    assert training.uses_fast_path(model)
+    history = model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0)
+    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    reference = twin(model)
+    reference.compile(loss=keras.losses.CategoricalCrossentropy(), metrics=[keras.metrics.CategoricalAccuracy(
+        name="accuracy")])
+    got, expected = model.evaluate(x, y, verbose=0, return_dict=True), reference.evaluate(x, y, verbose=0,
+                                                                                           return_dict=True)
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4)
+    assert got["accuracy"] == pytest.approx(expected["accuracy"])
+    proba = model.predict(x, verbose=0)
+    np.testing.assert_allclose(proba, reference.predict(x, verbose=0), atol=1e-5)
+    save_model(model, tmp_path / "model.keras", {"class_names": list("abcd")})
+    loaded, _ = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), proba, atol=1e-5)
+
+
+def test_no_jit_keeps_keras_own_steps():
+    model = build("cnn", 16, 1, mean=[100.0], variance=[3000.0])
+    training.compile_model(model, RunConfig("bench", "cnn", jit=False), steps_per_epoch=1)
+    assert not training.uses_fast_path(model)
