@@ -1,7 +1,7 @@
 """The framework tax: kerascnn's training path against a hand-written PyTorch loop, side by side.
 
-    python benchmarks/framework_tax.py [--json] [--cases cnn,resnet18] [--repeats 3] [--steps N]
-                                       [--no-jit] [--best-practice/--no-best-practice]
+    python benchmarks/framework_tax.py [--json] [--cases cnn,resnet18] [--repeats 5] [--steps N]
+                                       [--jit/--no-jit] [--keras] [--best-practice/--no-best-practice]
 
 Both sides train the same network (the default ``cnn`` at 28x28x1, batch 128; ``resnet18`` at 64x64
 on CPU with batch 32, at 224 on CUDA with batch 64) with AdamW (3e-3, weight decay 1e-4 off biases and
@@ -12,9 +12,11 @@ norms) and a one-cycle schedule, on the same batches already in memory, for the 
 - plain PyTorch: an ``nn.Module`` of the same architecture, ``torch.optim.AdamW`` (fused on CUDA),
   ``OneCycleLR``, the idiomatic loop (``zero_grad``, ``backward``, ``step``), NCHW batches.
 
-The two alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
-ratio is kerascnn's median time per step over plain PyTorch's. The best-practice row (channels_last,
-bf16 autocast on CUDA, ``torch.compile``) is the limit to aim at. Torch backend only.
+The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
+ratio is kerascnn's median time per step over plain PyTorch's. ``--keras`` adds Keras' own train
+step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path; the
+best-practice path (channels_last, bf16 autocast on CUDA, ``torch.compile``) is the limit to aim at.
+Torch backend only.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ def timed(path, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool) -> dict:
+def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool
+            ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, channels, classes, batch = case_shape(name, device.type == "cuda")
     steps = steps or (50 if name == "cnn" else 30) * (2 if device.type == "cuda" else 1)
@@ -206,6 +209,8 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     labels = rng.integers(0, classes, steps * batch)
     paths = {"kerascnn": KerascnnPath(name, images, labels, classes, batch, steps, jit),
              "pytorch": PlainPath(name, images, labels, classes, batch, steps, device)}
+    if keras_steps:
+        paths["keras"] = KerascnnPath(name, images, labels, classes, batch, steps, jit=False)
     if best_practice:
         paths["pytorch_best"] = PlainPath(name, images, labels, classes, batch, steps, device, best_practice=True)
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -221,6 +226,8 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
            **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
            **{f"{k}_images_per_s": round(1000 * batch / v, 1) for k, v in ms.items()},
            "ratio": round(ms["kerascnn"] / ms["pytorch"], 3)}
+    if keras_steps:
+        row["keras_ratio"] = round(ms["keras"] / ms["pytorch"], 3)
     if best_practice:
         row["ratio_vs_best"] = round(ms["kerascnn"] / ms["pytorch_best"], 3)
     return row
@@ -229,12 +236,13 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="cnn,resnet18")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, help="steps per timed epoch (default: 50 cnn, 30 resnet18; x2 on CUDA)")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="kerascnn's --jit/--no-jit (default: the default path)")
     p.add_argument("--best-practice", action=argparse.BooleanOptionalAction, default=None,
                    help="add the channels_last + compile (+ bf16 on CUDA) PyTorch row (default: on CUDA only)")
+    p.add_argument("--keras", action="store_true", help="add Keras' own train step (--no-jit) as a path")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per case")
     args = p.parse_args()
     import keras
@@ -242,16 +250,18 @@ def main() -> None:
     if keras.backend.backend() != "torch":
         sys.exit("framework_tax.py measures the torch backend; unset KERAS_BACKEND or set it to torch")
     best = torch.cuda.is_available() if args.best_practice is None else args.best_practice
-    rows = [measure(name, args.repeats, args.steps, args.jit, best) for name in args.cases.split(",")]
+    rows = [measure(name, args.repeats, args.steps, args.jit, best, args.keras) for name in args.cases.split(",")]
     if args.json:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return
-    print("| case | device | image, batch | kerascnn ms/step | PyTorch ms/step | ratio | best practice ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | device | image, batch | kerascnn ms/step | PyTorch ms/step | ratio | Keras' step (ratio) "
+          "| best practice ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        keras_ms = f"{r['keras_ms']:.1f} ({r['keras_ratio']:.2f}x)" if "keras_ms" in r else "-"
         best_ms = f"{r['pytorch_best_ms']:.1f}" if "pytorch_best_ms" in r else "-"
         print(f"| {r['case']} | {r['device']} | {r['image']}, {r['batch']} | {r['kerascnn_ms']:.1f} "
-              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {best_ms} |")
+              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {best_ms} |")
 
 
 if __name__ == "__main__":

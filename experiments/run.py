@@ -15,7 +15,16 @@ import shlex
 import sys
 
 from experiments.cli import add_common_options, int_list, main
-from kerascnn.config import ACTIVATIONS, AUGMENTS, CLASS_WEIGHTS, LR_SCHEDULES, OPTIMIZERS, POOLS, RunConfig
+from kerascnn.config import (
+    ACTIVATIONS,
+    AUGMENTS,
+    CLASS_WEIGHTS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    POOLS,
+    PRECISIONS,
+    RunConfig,
+)
 from kerascnn.errors import KerascnnError
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -75,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--momentum", "SGD momentum", type=float)
     _opt(t, "--nesterov", "Nesterov momentum for SGD", action="store_true")
     _opt(t, "--weight-decay", "decoupled weight decay (not on biases and norms)", type=float)
-    _opt(t, "--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    _opt(t, "--label-smoothing", "label smoothing of the cross-entropy (default: the model's, 0.1 for cnn, else 0)",
+         type=float)
     _opt(t, "--lr-schedule", "learning-rate schedule (default: step with --lr-step, else onecycle)",
          choices=LR_SCHEDULES)
     _opt(t, "--lr-step", "epochs between step decays (implies --lr-schedule step)", type=int)
@@ -94,9 +104,11 @@ def parser() -> argparse.ArgumentParser:
          "tensorflow: MirroredStrategy; not on torch); --batch-size is per device", metavar="N|all")
     _opt(n, "--lr-scaling", "with several devices: linear multiplies --lr by their number, none keeps it",
          choices=("linear", "none"))
-    _opt(n, "--precision", "Keras dtype policy; softmax and loss stay float32",
-         choices=("float32", "mixed_bfloat16", "mixed_float16"))
-    _opt(n, "--jit", "jit-compile the train step (default: Keras' auto)", action=argparse.BooleanOptionalAction)
+    _opt(n, "--precision", "Keras dtype policy (auto: mixed_bfloat16 on a GPU that has bfloat16, else float32); "
+         "softmax and loss stay float32", choices=PRECISIONS)
+    _opt(n, "--jit", "torch: --no-jit trains with Keras' own steps instead of kerascnn's fast torch steps, "
+         "--jit compiles those with torch.compile; jax/tensorflow: jit_compile (default: Keras' auto)",
+         action=argparse.BooleanOptionalAction)
     o = p.add_argument_group("output")
     _opt(o, "--out", "run folder to create (default: RUNS_DIR/DATASET-MODEL-TIMESTAMP); never overwritten")
     _opt(o, "--runs-dir", "where default run folders go")
@@ -118,18 +130,22 @@ def list_stages(model_name: str) -> None:
         print(f"  {stage:<12} {params:>12,}")
 
 
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` of parsed ``experiments.run`` arguments (with the command line recorded)."""
+    if not args.dataset or not args.model:
+        raise KerascnnError("give a DATASET and a MODEL, e.g. python -m experiments.run fashion_mnist cnn")
+    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv", "list_stages")}
+    command = shlex.join(["python", "-m", "experiments.run", *args.argv])
+    return RunConfig(**options, environment={"command": command})
+
+
 def body(args: argparse.Namespace) -> int:
     from kerascnn.runner import run
 
     if args.list_stages:
         list_stages(args.list_stages)
         return 0
-    if not args.dataset or not args.model:
-        raise KerascnnError("give a DATASET and a MODEL, e.g. python -m experiments.run fashion_mnist cnn")
-    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv", "list_stages")}
-    command = shlex.join(["python", "-m", "experiments.run", *args.argv])
-    run_dir = run(RunConfig(**options, environment={"command": command}))
-    print(run_dir)
+    print(run(config_from_args(args)))
     return 0
 
 

@@ -17,7 +17,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see distribute.auto_precision
 LR_SCALINGS = ("linear", "none")
 
 
@@ -51,14 +51,14 @@ class RunConfig:
     bn_policy: str = "train"
     backbone_lr_scale: float = 1.0
     # training
-    epochs: int = 12
+    epochs: int = 14
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 3e-3
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: the model's default (ModelInfo.label_smoothing)
     lr_schedule: str | None = None
     lr_step: int | None = None
     lr_gamma: float = 0.1
@@ -73,7 +73,7 @@ class RunConfig:
     # devices and numerics
     devices: str = "1"
     lr_scaling: str = "linear"
-    precision: str = "float32"
+    precision: str = "auto"
     jit: bool | None = None
     # outputs
     out: str | None = None
@@ -103,7 +103,7 @@ class RunConfig:
             raise KerascnnError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.val_split < 1:
             raise KerascnnError(f"--val-split must be in [0, 1), got {self.val_split}")
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise KerascnnError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule == "step" and not self.lr_step:
             raise KerascnnError("--lr-schedule step needs --lr-step N (epochs between decays)")
@@ -149,10 +149,12 @@ class RunConfig:
                 raise KerascnnError("--unfreeze-at needs stages to unfreeze; give --unfreeze all or STAGE[,STAGE...]")
         return self
 
-    def resolve(self, pretrained: bool) -> RunConfig:
+    def resolve(self, pretrained: bool, label_smoothing: float = 0.0) -> RunConfig:
         """Fill the defaults that depend on the model: ``weights`` (imagenet for a ``pretrained``
-        model, else none) and ``unfreeze`` (none for pretrained weights, all when training from
-        scratch or with ``unfreeze_at``)."""
+        model, else none), ``unfreeze`` (none for pretrained weights, all when training from
+        scratch or with ``unfreeze_at``) and ``label_smoothing`` (the model's)."""
+        if self.label_smoothing is None:
+            self.label_smoothing = label_smoothing
         if self.weights is None:
             self.weights = "imagenet" if pretrained else "none"
         if self.unfreeze is None:

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from kerascnn.errors import KerascnnError
 
@@ -53,6 +54,55 @@ def device_names() -> list[str]:
     import torch
 
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def auto_precision() -> str:
+    """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
+    with bfloat16 arithmetic, ``float32`` on CPUs (where bfloat16 is emulated and slower)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    elif backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        bf16 = device.platform == "tpu" or (device.platform == "gpu" and _compute_capability(device) >= 8)
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+        bf16 = bool(gpus) and details.get("compute_capability", (0, 0)) >= (8, 0)
+    return "mixed_bfloat16" if bf16 else "float32"
+
+
+def enable_compilation_cache() -> Path | None:
+    """On JAX, keep compiled steps across runs in a persistent cache (``$JAX_COMPILATION_CACHE_DIR``,
+    else ``~/.cache/kerascnn/jax``), so a rerun or a study's next run skips most of the first
+    epoch's compilation. Returns the folder, or None on other backends."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    folder = Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or Path.home() / ".cache" / "kerascnn" / "jax")
+    if not jax.config.jax_compilation_cache_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return Path(jax.config.jax_compilation_cache_dir)
+
+
+def _compute_capability(device) -> float:
+    try:
+        return float(device.compute_capability)
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
 
 
 TORCH_MESSAGE = ("--devices above 1 needs the jax or tensorflow backend: Keras 3.15's fit has no data parallelism "

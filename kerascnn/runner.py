@@ -45,11 +45,14 @@ def architecture(config: RunConfig) -> dict[str, Any]:
 
 
 def resolve_config(config: RunConfig) -> RunConfig:
-    """Validate ``config`` and fill its model-dependent defaults (weights, unfreeze)."""
+    """Validate ``config`` and fill its model- and device-dependent defaults (weights, unfreeze,
+    precision)."""
     config.validate()
     data.check_name(config.dataset)
     info = models.model_info(config.model)
-    config.resolve(info.pretrained)
+    config.resolve(info.pretrained, info.label_smoothing)
+    if config.precision == "auto":
+        config.precision = distribute.auto_precision()
     if config.weights == "imagenet" and not info.pretrained:
         raise KerascnnError(f"{config.model} has no ImageNet weights; use --weights none or --weights PATH")
     return config
@@ -118,8 +121,9 @@ def evaluate_run(model: keras.Model, dataset: Dataset, config: RunConfig, run_di
     return metrics
 
 
-def run(config: RunConfig) -> Path:
-    """Train, evaluate and report one experiment; return its run folder.
+def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = None) -> Path:
+    """Train, evaluate and report one experiment; return its run folder. ``callbacks`` are added
+    to training's own (`kerascnn.training.fit`).
 
     The folder holds ``config.json``, ``model.keras``, ``best.weights.h5``, ``history.csv``,
     ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``mistakes.png`` and ``report.md``.
@@ -127,6 +131,7 @@ def run(config: RunConfig) -> Path:
     resolve_config(config)
     reports.check_out_free(config)
     keras.utils.set_random_seed(config.seed)
+    distribute.enable_compilation_cache()
     devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
     log.info("loading %s", config.dataset)
     dataset = load_dataset(config)
@@ -142,7 +147,7 @@ def run(config: RunConfig) -> Path:
         log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
                  f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
         effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
-        result = training.fit(model, dataset, effective, run_dir)
+        result = training.fit(model, dataset, effective, run_dir, callbacks)
         save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
     metrics = evaluate_run(model, dataset, effective, run_dir)
     marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []

@@ -1,8 +1,8 @@
 """The fast training path on the torch backend: a Keras functional model run as plain torch ops.
 
-Keras 3 on torch pays a large per-layer cost (signature binding, tree mapping, name scopes; keras-team/
-keras#22561), composes batch norm from elementwise ops and permutes every channels-last convolution's
-input to NCHW and back. For the small, known set of layers our models use, `TorchProgram` runs the
+Keras 3 on torch pays a large per-layer cost (signature binding, tree mapping, name scopes:
+keras-team/keras#22561), composes batch norm from elementwise ops and permutes every channels-last
+convolution's input to NCHW and back. For the small, known set of layers our models use, `TorchProgram` runs the
 very same variables through ``torch.nn.functional`` in NCHW (channels-last memory on CUDA), and
 `install` gives a compiled Keras model train/test/predict functions built on it, so ``model.fit``
 with its callbacks, the optimizer, its schedule and the saved ``model.keras`` stay Keras' own. Layers
@@ -11,13 +11,17 @@ it does not know run as Keras layers inside the program (correct, only slower).
 Training semantics are Keras': batch norm updates its moving statistics with the biased batch
 variance and Keras' momentum, frozen batch norm runs in inference mode, the loss is categorical
 cross-entropy on clipped probabilities with label smoothing and sample weights averaged over the
-batch, and the optimizer is the compiled Keras optimizer (`tests/test_torch_step.py` checks the
-losses and weights after several steps against Keras' own ``train_step``).
+batch, and the optimizer is the compiled Keras optimizer (a plain Adam/AdamW applied by `LeanAdam`
+in fewer passes over memory). `tests/test_torch_step.py` checks losses, gradients, weights and
+batch-norm statistics against Keras' own ``train_step``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +100,18 @@ ACTIVATIONS: dict[Any, Callable[[Tensor], Tensor]] = {
 def _activation(fn: Any) -> Callable[[Tensor], Tensor] | None:
     """The torch function of an element-wise Keras activation, None when we do not know it."""
     return ACTIVATIONS.get(fn)
+
+
+def dropout(x: Tensor, rate: float) -> Tensor:
+    """Keras' ``Dropout``: zero each element with probability ``rate``, scale the rest by
+    ``1 / (1 - rate)``. On the CPU the keep mask comes from 16-bit slices of 32-bit random integers
+    (the rate rounded to 1/65536), three times faster than ``F.dropout``'s Bernoulli draw."""
+    if x.is_cuda:
+        return F.dropout(x, rate, True)
+    n = x.numel()
+    bits = torch.randint(-(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32).view(torch.int16)[:n]
+    keep = bits.view(x.shape) >= round(rate * 65536) - 32768
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - rate))
 
 
 CONV_KERNEL = (3, 2, 0, 1)  # Keras (h, w, in, out) -> torch (out, in, h, w)
@@ -286,7 +302,7 @@ class TorchProgram:
             if layer.noise_shape is not None:
                 raise Unsupported("dropout noise_shape")
             rate = float(layer.rate)
-            return lambda training, v: Value(F.dropout(v.tensor, rate, training) if rate else v.tensor, v.nchw,
+            return lambda training, v: Value(dropout(v.tensor, rate) if training and rate else v.tensor, v.nchw,
                                              nonneg=v.nonneg)
         if type(layer) is layers.Flatten:
             return lambda training, v: Value(v.as_nhwc().flatten(1))
@@ -313,12 +329,15 @@ class TorchProgram:
             variance = layer.variance.detach().float().reshape(-1) if torch.is_tensor(layer.variance) else None
             if mean is None or variance is None:
                 raise Unsupported("unadapted normalization")
-            std = torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon())
+            stats = {mean.device: (mean, torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon()))}
 
             def normalize(training: bool, v: Value) -> Value:
                 x = v.tensor.float()
+                if x.device not in stats:  # copied to the device once, not every step
+                    stats[x.device] = tuple(t.to(x.device) for t in next(iter(stats.values())))
+                m, std = stats[x.device]
                 shape = (1, -1, 1, 1) if v.nchw and x.dim() == 4 else (-1,)
-                return Value((x - mean.to(x.device).view(shape)) / std.to(x.device).view(shape), v.nchw)
+                return Value((x - m.view(shape)) / std.view(shape), v.nchw)
             return normalize
         raise Unsupported(type(layer).__name__)
 
@@ -327,8 +346,8 @@ class TorchProgram:
             raise Unsupported("batch renormalization")
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
         ndim = len(layer.input.shape) if hasattr(layer, "input") else 4
-        if axis not in (-1, ndim - 1):
-            raise Unsupported("batch norm over a non-channel axis")
+        if ndim not in (2, 4) or axis not in (-1, ndim - 1):
+            raise Unsupported("batch norm other than over the channels of 2-D or 4-D inputs")
         gamma, beta = _variable(layer.gamma), _variable(layer.beta)
         moving_mean, moving_var = layer.moving_mean.value, layer.moving_variance.value
         momentum, eps, train = float(layer.momentum), float(layer.epsilon), layer.trainable
@@ -337,7 +356,8 @@ class TorchProgram:
         def batch_norm(training: bool, v: Value) -> Value:
             x = v.as_nchw(cl) if v.tensor.dim() == 4 else v.tensor
             dtype = x.dtype
-            x = x.float()
+            if not x.is_cuda:  # cuDNN takes bfloat16/float16 input with float32 statistics as it is
+                x = x.float()
             if training and train:
                 y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
                 with torch.no_grad():  # Keras' update: the biased batch variance, Keras' momentum
@@ -560,6 +580,24 @@ class FastSteps:
         return self.program(x, training=False)
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MiB (mallopt) instead of returning them
+    to the OS, so every training step does not page-fault its activations in afresh (it did: 18% of
+    the CPU went to the kernel; `benchmarks/framework_tax.py` measured 104 -> 88 ms per step for
+    the default CNN). The remedy PyTorch's CPU tuning guide gives with jemalloc or tcmalloc, for the
+    allocator already loaded. Once per process, Linux only; returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(libc.mallopt(option, value) == 1 for option, value in (
+        (m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
+
+
 def install(model: keras.Model, *, jit: bool = False) -> FastSteps | None:
     """Give the compiled ``model`` the fast train/test/predict functions; None (Keras' own steps
     stay) when the model or its compile settings are outside what `FastSteps` reproduces."""
@@ -567,6 +605,8 @@ def install(model: keras.Model, *, jit: bool = False) -> FastSteps | None:
         steps = FastSteps(model, jit=jit)
     except Unsupported:
         return None
+    if steps.device.type == "cpu":
+        keep_freed_memory()
     model.train_function = steps.train_function
     model.test_function = steps.test_function
     if steps.autocast is None:  # in mixed precision Keras' own predict matches a reloaded model.keras

@@ -92,7 +92,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
     fast = keras.backend.backend() == "torch" and config.jit is not False
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, phase),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing or 0.0),  # None: unresolved
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False if fast else "auto" if config.jit is None else config.jit,
     )

@@ -51,6 +51,7 @@ def test_run_folder_has_every_file(trained_run):
     assert config["epochs"] == 3 and config["environment"]["backend"] in ("torch", "jax", "tensorflow")
     assert config["environment"]["command"].startswith("python -m experiments.run folder:")
     assert config["architecture"]["filters"] == [32, 64]
+    assert config["precision"] == "float32"  # --precision auto on a CPU, resolved before it is saved
     report = (trained_run / "report.md").read_text()
     for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1"):
         assert text in report

@@ -42,3 +42,11 @@ def test_lr_step_implies_step_schedule(tmp_path):
     assert RunConfig("digits", "cnn").lr_schedule == "onecycle"
     config.save(tmp_path / "c.json")
     assert RunConfig.load(tmp_path / "c.json") == config
+
+
+@pytest.mark.parametrize("model, label_smoothing", [("cnn", 0.1), ("cnn3", 0.0), ("resnet18", 0.0)])
+def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(model, label_smoothing):
+    from kerascnn.runner import resolve_config
+
+    assert resolve_config(RunConfig("digits", model, weights="none")).label_smoothing == label_smoothing
+    assert resolve_config(RunConfig("digits", model, weights="none", label_smoothing=0.0)).label_smoothing == 0.0

@@ -187,3 +187,11 @@ def test_no_jit_keeps_keras_own_steps():
     model = build("cnn", 16, 1, mean=[100.0], variance=[3000.0])
     training.compile_model(model, RunConfig("bench", "cnn", jit=False), steps_per_epoch=1)
     assert not training.uses_fast_path(model)
+
+
+def test_cpu_training_keeps_freed_memory_on_linux():
+    import sys
+
+    from kerascnn.torch_step import keep_freed_memory
+
+    assert keep_freed_memory() is sys.platform.startswith("linux")

@@ -55,6 +55,22 @@ def test_batches_shuffle_weight_and_one_hot():
     assert sorted(seen) == list(range(10)) and seen != list(range(10))
 
 
+def test_flips_run_in_numpy_on_about_half_the_images_seeded_by_epoch_and_batch():
+    images = np.random.default_rng(0).integers(0, 256, (400, 5, 6, 1), dtype=np.uint8)
+    split = data.Split(np.zeros(400, int), images=images)
+    batches = Batches(split, (5, 6, 1), 2, 400, augment=augmentation("none", flip=True, seed=3), seed=3)
+    assert batches.flip and batches.augment is None
+    x = batches[0][0]
+    flipped = np.all(x == images[:, :, ::-1], axis=(1, 2, 3))
+    assert x.dtype == np.uint8 and np.all(flipped | np.all(x == images, axis=(1, 2, 3)))
+    assert 150 < flipped.sum() < 250
+    np.testing.assert_array_equal(batches[0][0], x)  # the same batch of the same epoch
+    batches.on_epoch_end()
+    assert not np.array_equal(batches[0][0], x)
+    rest = Batches(split, (5, 6, 1), 2, 8, augment=augmentation("none", flip=True, rotate=10))
+    assert rest.flip and [type(layer).__name__ for layer in rest.augment.layers] == ["RandomRotation"]
+
+
 def test_augmentation_changes_images_but_not_their_shape():
     layers = augmentation("strong", channels=3, seed=1)
     x = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 3)).astype("float32")

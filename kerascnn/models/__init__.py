@@ -27,10 +27,11 @@ class ModelInfo:
     default_image_size: int | None = None  # None: the data's own size (array datasets)
     file_image_size: int = 64  # decoding size for image-file datasets when --image-size is not given
     pretrained: bool = False  # has ImageNet weights (--weights imagenet is its default)
+    label_smoothing: float = 0.0  # the --label-smoothing default when training this model
 
 
 MODELS: dict[str, ModelInfo] = {
-    "cnn": ModelInfo("configurable CNN (default: 2 VGG blocks 32/64 with batch norm, FC 128)"),
+    "cnn": ModelInfo("configurable CNN (default: 2 VGG blocks 32/64 with batch norm, FC 128)", label_smoothing=0.1),
     "cnn3": ModelInfo("3 conv + ReLU + max-pool + dropout + FC"),
     "cnn2bn": ModelInfo("two 5x5 convs 32/64 with batch norm and LeakyReLU(0.01), FC 1000"),
     "cnn5": ModelInfo("5 conv layers + one FC, for 256x256 colour images", file_image_size=256),
