@@ -104,7 +104,11 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
 
 def uses_fast_path(model: keras.Model) -> bool:
     """Whether the compiled ``model`` trains through kerascnn's fast torch steps."""
-    return getattr(model.train_function, "__self__", None).__class__.__name__ == "FastSteps"
+    if keras.backend.backend() != "torch":
+        return False
+    from kerascnn.torch_step import FastSteps
+
+    return isinstance(getattr(model.train_function, "__self__", None), FastSteps)
 
 
 class EpochLog(keras.callbacks.Callback):
