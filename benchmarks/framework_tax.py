@@ -160,8 +160,8 @@ class PlainPath:
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
         self.data = [(x[i:i + batch].to(device), torch.from_numpy(labels[i:i + batch]).long().to(device))
                      for i in range(0, steps * batch, batch)]
-        decay = [p for n, p in self.model.named_parameters() if p.dim() > 1]
-        rest = [p for n, p in self.model.named_parameters() if p.dim() <= 1]
+        decay = [p for p in self.model.parameters() if p.dim() > 1]
+        rest = [p for p in self.model.parameters() if p.dim() <= 1]
         groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW(groups, lr=LR, eps=EPSILON, fused=device.type == "cuda" or None)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, LR, total_steps=1000 * steps,

@@ -146,7 +146,7 @@ class TorchProgram:
     def __init__(self, model: keras.Model, *, channels_last: bool = False) -> None:
         self.channels_last = channels_last
         self.keras_layers: list[str] = []
-        self._steps: list[tuple[Callable[..., Value], list[int], list[int]]] = []
+        self._steps: list[tuple[Callable[..., Value], bool, list[int], list[int]]] = []  # fn, takes padding, in, out
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             raise Unsupported("one input and one output")
         self._input = id(model.inputs[0])
@@ -168,16 +168,16 @@ class TorchProgram:
                     out, last_softmax = self._compile(layer, inner)
                     aliases[outputs[0]] = out
                     continue
-                fn = self._op(layer, len(inputs))
+                fn = self._op(layer)
                 last_softmax = isinstance(layer, layers.Activation) and layer.activation is keras.activations.softmax
-                self._steps.append((fn, inputs, outputs))
+                self._steps.append((fn, getattr(fn, "takes_padding", False), inputs, outputs))
                 for key in outputs:
                     aliases[key] = key
         return aliases[id(model.outputs[0])], last_softmax
 
-    def _op(self, layer: layers.Layer, n_inputs: int) -> Callable[..., Value]:
+    def _op(self, layer: layers.Layer) -> Callable[..., Value]:
         try:
-            return self._torch_op(layer, n_inputs)
+            return self._torch_op(layer)
         except Unsupported:
             self.keras_layers.append(layer.name)
             return self._keras_op(layer)
@@ -189,7 +189,7 @@ class TorchProgram:
             return Value(out)
         return run
 
-    def _torch_op(self, layer: layers.Layer, n_inputs: int) -> Callable[..., Value]:  # noqa: C901 - one table
+    def _torch_op(self, layer: layers.Layer) -> Callable[..., Value]:  # noqa: C901 - one table
         cl = self.channels_last
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise Unsupported("channels_first layers")
@@ -373,11 +373,11 @@ class TorchProgram:
         if not images.is_floating_point():
             images = images.float()
         values: dict[int, Value] = {self._input: Value(images)}
-        for fn, inputs, outputs in self._steps:
+        for fn, takes_padding, inputs, outputs in self._steps:
             if logits and outputs[0] == self._output and self.softmax_output:
                 return values[inputs[0]].as_nhwc()
             args = [values[k] for k in inputs]
-            if not getattr(fn, "takes_padding", False):
+            if not takes_padding:
                 args = [v.applied(self.channels_last) for v in args]
             values[outputs[0]] = fn(training, *args)
         return values[self._output].as_nhwc()
