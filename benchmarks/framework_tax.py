@@ -129,12 +129,12 @@ class KerascnnPath:
 
         kwargs = {}
         if name == "cnn":
-            kwargs["mean"], kwargs["variance"] = models.channel_stats(images)
+            kwargs["sample"] = images
         else:
             kwargs["image_size"] = images.shape[1]
         self.model = models.build(CASES[name][0], images.shape[1:], classes, **kwargs)
         config = RunConfig("bench", CASES[name][0], batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
-                           weights="none", epochs=1000)
+                           weights="none", label_smoothing=0.0, epochs=1000)
         training.compile_model(self.model, config, steps)
         self.batches = Batches(Split(labels, images=images), images.shape[1:], classes, batch, shuffle=True)
         self.fast = training.uses_fast_path(self.model)

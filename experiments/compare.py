@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from experiments.cli import add_common_options, main
-from kerascnn.errors import KerascnnError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,15 +19,21 @@ def parser() -> argparse.ArgumentParser:
 
 def body(args: argparse.Namespace) -> int:
     from kerascnn.reports import runs_table, summarize_run
+    from kerascnn.rundir import check_free
 
+    if args.markdown:
+        check_free(args.markdown, "--markdown", folder=False)
     table = runs_table([summarize_run(r) for r in args.runs])
     print(table, end="")
     if args.markdown:
-        if Path(args.markdown).exists():
-            raise KerascnnError(f"{args.markdown} already exists; choose another --markdown file")
         Path(args.markdown).write_text(table)
     return 0
 
 
+def cli() -> int:
+    """The ``kerascnn-compare`` console script."""
+    return main(body, parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main(body, parser()))
+    sys.exit(cli())

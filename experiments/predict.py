@@ -32,11 +32,12 @@ def parser() -> argparse.ArgumentParser:
 
 def body(args: argparse.Namespace) -> int:
     from kerascnn.prediction import predict
+    from kerascnn.rundir import check_free
 
     if args.top_k < 1:
         raise KerascnnError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.csv and Path(args.csv).exists():
-        raise KerascnnError(f"{args.csv} already exists; choose another --csv file")
+    if args.csv:
+        check_free(args.csv, "--csv", folder=False)
     predictions, skipped = predict(args.model, args.images, top_k=args.top_k, invert=args.invert,
                                    batch_size=args.batch_size)
     for p in predictions:
@@ -54,5 +55,10 @@ def body(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli() -> int:
+    """The ``kerascnn-predict`` console script."""
+    return main(body, parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main(body, parser()))
+    sys.exit(cli())

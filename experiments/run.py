@@ -13,19 +13,24 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 
 from experiments.cli import add_common_options, int_list, main
 from kerascnn.config import (
     ACTIVATIONS,
     AUGMENTS,
+    BN_POLICIES,
     CLASS_WEIGHTS,
+    LR_SCALINGS,
     LR_SCHEDULES,
     OPTIMIZERS,
     POOLS,
     PRECISIONS,
     RunConfig,
 )
+from kerascnn.data.registry import DEFAULT_FILE_IMAGE_SIZE, FOLDS, dataset_names
 from kerascnn.errors import KerascnnError
+from kerascnn.models.registry import MODELS, ModelSpec, model_names
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
@@ -39,22 +44,33 @@ def _opt(group, flag: str, help: str, **kwargs) -> None:
     group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help, **kwargs)
 
 
+def _by_model(value: Callable[[ModelSpec], object], otherwise: object) -> str:
+    """A registry default for the help: ``"224 for resnet18, ...; else 64"``, read from the records."""
+    groups: dict[object, list[str]] = {}
+    for name, spec in MODELS.items():
+        if value(spec) not in (None, otherwise):
+            groups.setdefault(value(spec), []).append(name)
+    return ", ".join(f"{v} for {'/'.join(names)}" for v, names in groups.items()) + f"; else {otherwise}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", nargs="?", help="fashion_mnist, digits, animals10, deep_weeds, fer2013, folder:PATH, "
-                   "csv:PATH (path,label[,split] columns) or tfds:NAME[:CONFIG]")
-    p.add_argument("model", nargs="?", help="cnn, cnn3, cnn2bn, cnn5, resnet18, resnet34, resnet50, mobilenet_v2, "
-                   "mobilenet_v3_small, mobilenet_v3_large or efficientnet_b0")
-    p.add_argument("--list-stages", metavar="MODEL", help="print MODEL's stages with their parameter counts and exit")
+    p.add_argument("dataset", nargs="?", help=", ".join(dataset_names()) + " (CSV columns: path,label[,split])")
+    p.add_argument("model", nargs="?", help=", ".join(model_names()))
+    p.add_argument("--list-stages", metavar="MODEL",
+                   help="print MODEL's stages with their parameter counts (at --image-size) and exit")
     d = p.add_argument_group("data")
     _opt(d, "--data-dir", "folder holding the dataset (default: $KERASCNN_DATA, ~/.kerascnn/datasets/NAME)")
     _opt(d, "--split", "re-split all data: per-class counts 300,75,75 or fractions 0.7,0.15,0.15")
-    _opt(d, "--fold", "which official fold (deep_weeds: 0..4)", type=int)
+    _opt(d, "--fold", "which official fold (" + ", ".join(f"{name}: 0..{n - 1}" for name, n in FOLDS.items()) + ")",
+         type=int)
     _opt(d, "--val-split", "fraction of each class of train kept for validation when a set has no validation split",
          type=float)
+    working = _by_model(lambda s: s.image_size, "the data's own size")
+    decoded = _by_model(lambda s: s.decode_size(None), DEFAULT_FILE_IMAGE_SIZE)
     _opt(d, "--image-size", "square size the model works at (resized inside the model; file datasets are "
-         "decoded at it; default: the data's own size, 64 for image files, 256 for cnn5)", type=int)
+         f"decoded at it; default: {working}; image files: {decoded})", type=int)
     m = p.add_argument_group("scratch CNN architecture (defaults: the model preset)")
     _opt(m, "--filters", "conv widths, one block each, e.g. 32,64 (preset)", type=int_list)
     _opt(m, "--convs-per-block", "convolutions per block (preset)", type=int)
@@ -66,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(m, "--dense", "hidden fully connected layers, e.g. 128 or none (preset)", type=int_list)
     _opt(m, "--head-dropout", "dropout before the classifier (preset; 0 for backbones)", type=float)
     f = p.add_argument_group("transfer learning")
-    _opt(f, "--weights", "imagenet, none, or a .pth (resnet18/34), .weights.h5 or earlier run's model.keras "
+    ported = "/".join(name for name, spec in MODELS.items() if spec.torchvision_url)
+    _opt(f, "--weights", f"imagenet, none, or a .pth ({ported}), .weights.h5 or earlier run's model.keras "
          "(default: imagenet for pretrained models, else none)")
     _opt(f, "--unfreeze", "none, all or STAGE[,STAGE...] (e.g. layer3,layer4) trained beside the head "
          "(default: none with pretrained weights, all from scratch); see --list-stages")
@@ -74,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
          metavar="EPOCH")
     _opt(f, "--finetune-lr", "peak LR after --unfreeze-at (default: --lr / 10)", type=float)
     _opt(f, "--bn-policy", "batch norms of unfrozen stages: train (update statistics) or frozen",
-         choices=("train", "frozen"))
+         choices=BN_POLICIES)
     _opt(f, "--backbone-lr-scale", "backbone LR = this x the head's LR (discriminative learning rates)", type=float)
     t = p.add_argument_group("training")
     _opt(t, "--epochs", "maximum epochs", type=int)
@@ -84,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--momentum", "SGD momentum", type=float)
     _opt(t, "--nesterov", "Nesterov momentum for SGD", action="store_true")
     _opt(t, "--weight-decay", "decoupled weight decay (not on biases and norms)", type=float)
-    _opt(t, "--label-smoothing", "label smoothing of the cross-entropy (default: the model's, 0.1 for cnn, else 0)",
+    _opt(t, "--label-smoothing", "label smoothing of the cross-entropy "
+         f"(default: {_by_model(lambda s: s.label_smoothing, 0.0)})",
          type=float)
     _opt(t, "--lr-schedule", "learning-rate schedule (default: step with --lr-step, else onecycle)",
          choices=LR_SCHEDULES)
@@ -103,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
     _opt(n, "--devices", "N or all: data-parallel training on N devices (jax: keras.distribution.DataParallel, "
          "tensorflow: MirroredStrategy; not on torch); --batch-size is per device", metavar="N|all")
     _opt(n, "--lr-scaling", "with several devices: linear multiplies --lr by their number, none keeps it",
-         choices=("linear", "none"))
+         choices=LR_SCALINGS)
     _opt(n, "--precision", "Keras dtype policy (auto: mixed_bfloat16 on a GPU that has bfloat16, else float32); "
          "softmax and loss stay float32", choices=PRECISIONS)
     _opt(n, "--jit", "torch: --no-jit trains with Keras' own steps instead of kerascnn's fast torch steps, "
@@ -118,14 +136,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def list_stages(model_name: str) -> None:
-    """Print each stage of ``model_name`` with its parameters (head for 10 classes)."""
-    from kerascnn import models
+def list_stages(model_name: str, image_size: int | None) -> None:
+    """Print each stage of ``model_name`` with its learnable parameters (head for 10 classes), at
+    ``image_size`` (default: the model's own size, else the size image files are decoded at)."""
+    from kerascnn import data, models
 
-    info = models.model_info(model_name)
-    shape = (info.default_image_size or 28, info.default_image_size or 28, 3 if info.pretrained else 1)
-    model = models.build(model_name, shape, 10)
-    print(f"{model_name} stages (--unfreeze names; head for 10 classes):")
+    spec = models.get(model_name)
+    size = image_size or spec.decode_size(None) or data.DEFAULT_FILE_IMAGE_SIZE
+    model = models.build(model_name, (size, size, 1 if spec.cnn else 3), 10)
+    print(f"{model_name} stages at {size}x{size} (--unfreeze names; head for 10 classes):")
     for stage, params in models.stage_params(model).items():
         print(f"  {stage:<12} {params:>12,}")
 
@@ -143,11 +162,16 @@ def body(args: argparse.Namespace) -> int:
     from kerascnn.runner import run
 
     if args.list_stages:
-        list_stages(args.list_stages)
+        list_stages(args.list_stages, getattr(args, "image_size", None))
         return 0
     print(run(config_from_args(args)))
     return 0
 
 
+def cli() -> int:
+    """The ``kerascnn-run`` console script."""
+    return main(body, parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main(body, parser()))
+    sys.exit(cli())

@@ -58,7 +58,7 @@ class RunConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    label_smoothing: float | None = None  # None: the model's default (ModelInfo.label_smoothing)
+    label_smoothing: float | None = None  # None: the model's default (ModelSpec.label_smoothing)
     lr_schedule: str | None = None
     lr_step: int | None = None
     lr_gamma: float = 0.1
@@ -141,6 +141,10 @@ class RunConfig:
             raise KerascnnError(f"--backbone-lr-scale must be >= 0, got {self.backbone_lr_scale}")
         if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise KerascnnError(f"--finetune-lr must be > 0, got {self.finetune_lr}")
+        if self.finetune_lr is not None and self.unfreeze_at is None:
+            raise KerascnnError("--finetune-lr is the LR after --unfreeze-at EPOCH; give that too or leave it out")
+        if self.nesterov and self.optimizer != "sgd":
+            raise KerascnnError(f"--nesterov applies to --optimizer sgd, not {self.optimizer}")
         if self.unfreeze_at is not None:
             if not isinstance(self.unfreeze_at, int) or not 1 <= self.unfreeze_at < self.epochs:
                 raise KerascnnError(f"--unfreeze-at must be an epoch in 1..{self.epochs - 1} (--epochs {self.epochs}), "
@@ -149,14 +153,18 @@ class RunConfig:
                 raise KerascnnError("--unfreeze-at needs stages to unfreeze; give --unfreeze all or STAGE[,STAGE...]")
         return self
 
-    def resolve(self, pretrained: bool, label_smoothing: float = 0.0) -> RunConfig:
-        """Fill the defaults that depend on the model: ``weights`` (imagenet for a ``pretrained``
-        model, else none), ``unfreeze`` (none for pretrained weights, all when training from
-        scratch or with ``unfreeze_at``) and ``label_smoothing`` (the model's)."""
+    def resolve(self) -> RunConfig:
+        """Fill the defaults that depend on the model (its `kerascnn.models.ModelSpec`): ``weights``
+        (imagenet for a pretrained model, else none), ``unfreeze`` (none for pretrained weights, all
+        when training from scratch or with ``unfreeze_at``) and ``label_smoothing`` (the model's).
+        Settings already given are kept, so resolving twice changes nothing; returns self."""
+        from kerascnn.models.registry import get  # imports Keras: not at module level
+
+        spec = get(self.model)
         if self.label_smoothing is None:
-            self.label_smoothing = label_smoothing
+            self.label_smoothing = spec.label_smoothing
         if self.weights is None:
-            self.weights = "imagenet" if pretrained else "none"
+            self.weights = "imagenet" if spec.pretrained else "none"
         if self.unfreeze is None:
             self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
         return self

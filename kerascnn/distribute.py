@@ -12,9 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 from kerascnn.errors import KerascnnError
 
@@ -54,6 +59,47 @@ def device_names() -> list[str]:
     import torch
 
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    """Backend, device, package versions and command line, for ``config.json``."""
+    import keras
+
+    backend = keras.backend.backend()
+    device = "cpu"
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    elif backend == "jax":
+        import jax
+
+        device = ", ".join(sorted({f"{d.platform}" for d in jax.devices()})) + f" x{jax.device_count()}"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        device = f"gpu x{len(gpus)}" if gpus else "cpu"
+    packages = ["kerascnn", "keras", "numpy", "scikit-learn", "pillow", "matplotlib", "torch", "jax", "jaxlib",
+                "tensorflow", "tensorflow-cpu"]
+    return {
+        "backend": backend,
+        "device": device,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": {p: v for p in packages if (v := _version(p))},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def auto_precision() -> str:
@@ -110,19 +156,14 @@ TORCH_MESSAGE = ("--devices above 1 needs the jax or tensorflow backend: Keras 3
 
 
 def resolve_count(devices: str) -> int:
-    """``--devices N|all`` as a number of devices of this machine (all of them for ``all``)."""
+    """``--devices N|all`` (checked by `RunConfig.validate`) as a number of devices of this machine."""
     import keras
 
     available = len(device_names())
-    if keras.backend.backend() == "torch" and (available if str(devices).lower() == "all" else int(devices)) > 1:
+    count = available if str(devices).lower() == "all" else int(devices)
+    if keras.backend.backend() == "torch" and count > 1:
         raise KerascnnError(TORCH_MESSAGE)
-    if str(devices).lower() == "all":
-        return available
-    try:
-        count = int(devices)
-    except ValueError:
-        raise KerascnnError(f"--devices takes a number or all, got {devices!r}") from None
-    if not 1 <= count <= available:
+    if count > available:
         raise KerascnnError(f"--devices {count}: this machine has {available} device(s) for this backend")
     return count
 

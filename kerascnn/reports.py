@@ -1,96 +1,13 @@
-"""The run folder: its creation (never over an existing one), ``metrics.json`` and ``report.md``."""
+"""Rendering: a run's ``report.md`` and the comparison table of several runs."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import re
-import sys
-import time
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of a dataset or model name (``folder:/x/pets`` -> ``folder-pets``)."""
-    prefix, _, rest = text.partition(":")
-    if rest:
-        text = f"{prefix}-{Path(rest.rstrip('/')).stem or 'data'}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
-def check_out_free(config: RunConfig) -> None:
-    """Fail early when ``--out`` names a folder that already holds files."""
-    if config.out and Path(config.out).exists() and any(Path(config.out).iterdir()):
-        raise KerascnnError(f"run folder {config.out!r} already exists and is not empty; choose another --out")
-
-
-def create_run_dir(config: RunConfig) -> Path:
-    """Create the run folder: ``--out`` (new or empty) or ``runs/<dataset>-<model>-<timestamp>[-N]``."""
-    if config.out:
-        check_out_free(config)
-        path = Path(config.out)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    base = Path(config.runs_dir) / f"{slug(config.dataset)}-{slug(config.model)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 1000):
-        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise KerascnnError(f"could not create a new run folder next to {base}")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return None
-
-
-def environment_info() -> dict[str, Any]:
-    """Backend, device, package versions and command line, for ``config.json``."""
-    import keras
-
-    backend = keras.backend.backend()
-    device = "cpu"
-    if backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    elif backend == "jax":
-        import jax
-
-        device = ", ".join(sorted({f"{d.platform}" for d in jax.devices()})) + f" x{jax.device_count()}"
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        device = f"gpu x{len(gpus)}" if gpus else "cpu"
-    packages = ["kerascnn", "keras", "numpy", "scikit-learn", "pillow", "matplotlib", "torch", "jax", "jaxlib",
-                "tensorflow", "tensorflow-cpu"]
-    return {
-        "backend": backend,
-        "device": device,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "versions": {p: v for p in packages if (v := _version(p))},
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _pct(value: float) -> str:
@@ -214,7 +131,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise KerascnnError(f"{run_dir} is not a finished run folder (no metrics.json or config.json)") from None
     row = {"run": run_dir.name, "dataset": config["dataset"], "model": config["model"],
-           "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config.get("unfreeze") or "all",
+           "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config["unfreeze"],
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
            "train_seconds": metrics["train_seconds"]}
     row.update({m: metrics[m] for m in SUMMARY_METRICS})

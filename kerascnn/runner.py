@@ -11,76 +11,37 @@ import keras
 import numpy as np
 
 import kerascnn
-from kerascnn import data, distribute, evaluation, models, plots, reports, training
+from kerascnn import data, distribute, evaluation, models, plots, reports, rundir, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
-from kerascnn.errors import KerascnnError
+from kerascnn.models.freezing import resolve_stages
 from kerascnn.saving import save_model
 
 log = logging.getLogger("kerascnn")
-STATS_SAMPLE = 512  # training images decoded to estimate normalisation statistics of file datasets
 
 
 def load_dataset(config: RunConfig) -> Dataset:
-    """The dataset of ``config``, decoded at the model's image size when it is made of files."""
-    info = models.model_info(config.model)
+    """The dataset of ``config``, image files decoded at the size its model works at."""
     return data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
-                     seed=config.seed, image_size=config.image_size or info.file_image_size, fold=config.fold)
+                     seed=config.seed, image_size=models.get(config.model).decode_size(config.image_size),
+                     fold=config.fold)
 
 
 def cnn_options(config: RunConfig) -> dict[str, Any]:
-    """The scratch-CNN options given in ``config`` (None: the preset's value)."""
-    names = ("filters", "convs_per_block", "kernel_size", "batch_norm", "activation", "pool", "dropout", "dense",
-             "head_dropout")
-    return {name: getattr(config, name) for name in names}
-
-
-def architecture(config: RunConfig) -> dict[str, Any]:
-    """The resolved architecture of ``config.model``: a CNN preset with the options applied, or the
-    backbone with its head."""
-    if config.model in models.PRESETS:
-        return dataclasses.asdict(models.PRESETS[config.model].replace(**cnn_options(config)))
-    return {"backbone": config.model, "head": "global average pool, dropout, dense softmax",
-            "head_dropout": config.head_dropout or 0.0}
+    """The scratch-CNN architecture options of ``config`` (None: not given, the preset's value)."""
+    return {name: getattr(config, name) for name in models.CNN_OPTIONS}
 
 
 def resolve_config(config: RunConfig) -> RunConfig:
-    """Validate ``config`` and fill its model- and device-dependent defaults (weights, unfreeze,
-    precision)."""
+    """Validate ``config`` against the data and model registries (before anything is created) and
+    fill its model- and device-dependent defaults: weights, unfreeze, label smoothing, precision."""
     config.validate()
-    data.check_name(config.dataset)
-    info = models.model_info(config.model)
-    config.resolve(info.pretrained, info.label_smoothing)
+    data.check(config.dataset, config.fold)
+    config.resolve()
+    models.check(config.model, config.weights, **cnn_options(config))
     if config.precision == "auto":
         config.precision = distribute.auto_precision()
-    if config.weights == "imagenet" and not info.pretrained:
-        raise KerascnnError(f"{config.model} has no ImageNet weights; use --weights none or --weights PATH")
     return config
-
-
-def build_model(config: RunConfig, dataset: Dataset) -> tuple[keras.Model, dict[str, Any]]:
-    """The model of ``config`` for ``dataset`` with its weights; returns it and where the weights
-    came from. Scratch CNNs normalise with the training set's channel statistics."""
-    info = models.model_info(config.model)
-    image_size = dataset.image_shape[0] if dataset.streamed else config.image_size or info.default_image_size
-    pretrained = "imagenet" if config.weights == "imagenet" else "none"
-    if config.model in models.PRESETS:
-        options = cnn_options(config)
-        if dataset.streamed:
-            rng = np.random.default_rng(config.seed)
-            sample = rng.choice(len(dataset.train), min(len(dataset.train), STATS_SAMPLE), replace=False)
-            images = dataset.train.pixels(np.sort(sample), dataset.image_shape)
-        else:
-            images = dataset.train.images
-        options["mean"], options["variance"] = models.channel_stats(images)
-    else:
-        options = {"head_dropout": config.head_dropout}
-    model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=image_size,
-                         weights=pretrained, **options)
-    source = {"source": config.weights}
-    if config.weights not in ("imagenet", "none"):
-        source = models.load_weights(model, config.weights)
-    return model, source
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
@@ -129,7 +90,8 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``mistakes.png`` and ``report.md``.
     """
     resolve_config(config)
-    reports.check_out_free(config)
+    if config.out:
+        rundir.check_free(config.out, "--out")
     keras.utils.set_random_seed(config.seed)
     distribute.enable_compilation_cache()
     devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
@@ -139,10 +101,14 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
     with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
-        model, weights = build_model(config, dataset)
-        run_dir = reports.create_run_dir(config)
-        config.architecture = architecture(config)
-        config.environment = {**reports.environment_info(), **config.environment}
+        sample = dataset.statistics_sample(config.seed) if models.get(config.model).cnn is not None else None
+        model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=config.image_size,
+                             weights=config.weights, sample=sample, head_dropout=config.head_dropout,
+                             **cnn_options(config))
+        resolve_stages(model, config.unfreeze)  # an unknown stage fails here, before the folder exists
+        run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
+        config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
+        config.environment = {**distribute.environment_info(), **config.environment}
         config.save(run_dir / "config.json")
         log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
                  f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
@@ -155,7 +121,7 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     metrics.update({
         "trainable_params": models.trainable_params(model),
         "total_params": int(model.count_params()),
-        "weights": weights,
+        "weights": model.weights_source,
         **result.stages,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
@@ -167,7 +133,7 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
         "precision": config.precision,
         "dataset": summary,
     })
-    reports.write_json(run_dir / "metrics.json", metrics)
+    rundir.write_json(run_dir / "metrics.json", metrics)
     reports.write_report(run_dir, config, summary, metrics)
     log.info("test accuracy %.2f%%, macro F1 %.2f%%; report %s", 100 * metrics["accuracy"],
              100 * metrics["macro_f1"], run_dir / "report.md")

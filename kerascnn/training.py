@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,11 +40,17 @@ class Phase:
 def phases(config: RunConfig) -> list[Phase]:
     """One phase, or with ``unfreeze_at`` the head alone first, then the ``unfreeze`` stages with
     ``finetune_lr`` (default ``lr / 10``)."""
-    unfreeze = config.unfreeze or "all"
+    config = resolved(config)
     if not config.unfreeze_at:
-        return [Phase(0, config.epochs, unfreeze, config.lr)]
+        return [Phase(0, config.epochs, config.unfreeze, config.lr)]
     at, finetune = config.unfreeze_at, config.finetune_lr or config.lr / 10
-    return [Phase(0, at, "none", config.lr), Phase(at, config.epochs, unfreeze, finetune)]
+    return [Phase(0, at, "none", config.lr), Phase(at, config.epochs, config.unfreeze, finetune)]
+
+
+def resolved(config: RunConfig) -> RunConfig:
+    """``config`` with its model-dependent defaults filled (`RunConfig.resolve`), the caller's left as is."""
+    return config if config.unfreeze is not None and config.label_smoothing is not None else (
+        dataclasses.replace(config).resolve())
 
 
 def learning_rate(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None
@@ -92,7 +99,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
     fast = keras.backend.backend() == "torch" and config.jit is not False
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, phase),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing or 0.0),  # None: unresolved
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=resolved(config).label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False if fast else "auto" if config.jit is None else config.jit,
     )

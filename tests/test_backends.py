@@ -35,6 +35,7 @@ def test_backend_option_is_checked_before_keras_loads(monkeypatch):
         select_backend("jax")
 
 
+@pytest.mark.slow
 def test_backend_option_sets_the_backend_of_a_run(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "experiments.run", "digits", "cnn", "--backend", BACKEND, "--epochs", "1",
@@ -45,6 +46,7 @@ def test_backend_option_sets_the_backend_of_a_run(tmp_path):
     assert environment["backend"] == BACKEND and environment["device"] and environment["versions"]["keras"]
 
 
+@pytest.mark.slow
 @pytest.mark.backends
 def test_model_files_move_between_backends(tmp_path):
     missing = [b for b in BACKENDS if importlib.util.find_spec(b) is None]
@@ -72,6 +74,7 @@ def test_model_files_move_between_backends(tmp_path):
         assert weights["layers_loaded"] > 0 and weights["layers_new"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras 3.15 has no data parallelism in fit on torch")
 def test_two_device_data_parallel_training(tmp_path):
     out = tmp_path / "dp"
@@ -98,6 +101,7 @@ def test_torch_refuses_several_devices_and_points_to_jax():
     assert distribute.plan("1", 32, 0.001).count == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):
     ds = data.load("digits", split="40,10,10")
@@ -120,6 +124,7 @@ def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_jit_flag_reaches_compile(jit):
     """jax/tensorflow: ``jit_compile``. torch: --no-jit is Keras' own steps, --jit kerascnn's fast

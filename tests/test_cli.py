@@ -10,7 +10,7 @@ from PIL import Image
 
 from experiments import predict as predict_cli
 from experiments import run as run_cli
-from experiments.cli import main
+from experiments.cli import main, setup_logging
 
 RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png",
              "mistakes.png", "report.md", "best.weights.h5"}
@@ -27,9 +27,17 @@ def predict(argv):
     return main(predict_cli.body, predict_cli.parser(), argv)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cli_logging_outside_capsys():
+    """``setup_logging`` binds its handler to the ``sys.stderr`` of its first call. Made inside a test's
+    ``capsys``, that stream closes with the test and later CLI calls print "--- Logging error ---", so
+    make the first call here, before any ``capsys`` (as ``trained_run`` did when every test ran)."""
+    setup_logging()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from conftest import write_folder
+    from helpers import write_folder
 
     root = write_folder(tmp_path_factory.mktemp("data") / "colours", per_class=10)
     (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -40,6 +48,7 @@ def trained_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_file(trained_run):
     assert RUN_FILES <= {p.name for p in trained_run.iterdir()}
     metrics = json.loads((trained_run / "metrics.json").read_text())
@@ -57,6 +66,7 @@ def test_run_folder_has_every_file(trained_run):
         assert text in report
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_never_overwritten(trained_run, capsys):
     before = (trained_run / "metrics.json").read_bytes()
     assert run(["digits", "cnn", "--out", str(trained_run)]) == 2
@@ -82,6 +92,7 @@ def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_predict_any_mode_and_writes_a_submission(trained_run, tmp_path, capsys):
     images = tmp_path / "mine"
     images.mkdir()
@@ -110,6 +121,7 @@ def test_predict_errors(tmp_path, capsys):
     assert "no model at" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_runs_table(trained_run, tmp_path, capsys):
     from experiments import compare as compare_cli
 

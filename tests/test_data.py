@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import write_folder, write_idx_gz
+from helpers import write_folder, write_idx_gz
 from PIL import Image
 
 from kerascnn import data

@@ -44,6 +44,7 @@ def test_animals10_english_names_balanced_split_and_skipped_file(kerascnn_data):
     assert any("300,75,75" in note for note in ds.notes)
 
 
+@pytest.mark.slow
 def test_animals10_takes_300_75_75_per_class_when_it_has_enough(tmp_path):
     replicas.animals10(tmp_path / "big", per_class=460, size=4)
     ds = data.load("animals10", data_dir=str(tmp_path / "big"), image_size=8)
@@ -54,6 +55,7 @@ def test_animals10_takes_300_75_75_per_class_when_it_has_enough(tmp_path):
     assert len(fractions.train) == 3_682 and len(fractions.test) == 460  # 46 a class; dog has 462 images
 
 
+@pytest.mark.slow
 def test_the_design_card_command_on_the_animals10_replica(kerascnn_data, tmp_path, monkeypatch):
     """python -m experiments.run animals10 resnet18 --unfreeze layer3,layer4, with ImageNet weights
     from the Keras cache (here random ones, since nothing can be downloaded)."""
@@ -101,6 +103,7 @@ def test_deep_weeds_without_split_files_falls_back_and_says_so(tmp_path):
     assert_disjoint(ds)
 
 
+@pytest.mark.slow
 def test_deep_weeds_end_to_end(kerascnn_data, tmp_path):
     replicas.deep_weeds(kerascnn_data / "deep_weeds")
     out = tmp_path / "dw"
@@ -110,6 +113,7 @@ def test_deep_weeds_end_to_end(kerascnn_data, tmp_path):
     assert metrics["skipped_files"] == 1 and len(metrics["per_class"]) == 9
 
 
+@pytest.mark.slow
 def test_study_over_folds_reports_the_mean(kerascnn_data, tmp_path):
     replicas.deep_weeds(kerascnn_data / "deep_weeds")
     out = tmp_path / "study"
@@ -140,6 +144,7 @@ def test_fer2013_csv_row_with_non_numeric_pixels_is_skipped(kerascnn_data):
     assert ds.skipped_files == 2 and ds.train.counts(7) == [4] * 7
 
 
+@pytest.mark.slow
 def test_fer2013_folders_end_to_end_with_class_weights(tmp_path):
     root = replicas.fer2013_folders(tmp_path / "fer")
     out = tmp_path / "run"

@@ -47,8 +47,8 @@ def test_options_override_the_preset():
 
 
 def test_preprocessing_inside_takes_raw_pixels():
-    mean, variance = [100.0], [400.0]
-    model = models.build("cnn", (12, 12, 1), 2, image_size=16, mean=mean, variance=variance)
+    sample = np.stack([np.full((12, 12, 1), 80), np.full((12, 12, 1), 120)]).astype(np.uint8)  # mean 100, var 400
+    model = models.build("cnn", (12, 12, 1), 2, image_size=16, sample=sample)
     normalise = keras.Model(model.input, model.get_layer("normalize").output)
     out = keras.ops.convert_to_numpy(normalise(np.full((1, 12, 12, 1), 120.0, "float32")))
     assert out.shape == (1, 16, 16, 1)

@@ -21,6 +21,9 @@ STEPS = 6
 LOSS_RTOL = 1e-4
 
 
+GREY_SAMPLE = np.array([45, 155], np.uint8).reshape(2, 1, 1, 1)  # normalisation statistics: mean 100, variance 3025
+
+
 def images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
 
@@ -38,7 +41,7 @@ def twin(model: keras.Model) -> keras.Model:
 
 
 CASES = {  # name, size, channels, build options
-    "cnn": ("cnn", 16, 1, {"mean": [100.0], "variance": [3000.0]}),
+    "cnn": ("cnn", 16, 1, {"sample": GREY_SAMPLE}),
     "resnet18": ("resnet18", 32, 3, {"image_size": 32}),
     "mobilenet_v2": ("mobilenet_v2", 32, 3, {"image_size": 32}),
 }
@@ -56,7 +59,7 @@ def test_program_runs_our_models_without_keras_layers_and_matches_their_forward(
 
 
 def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does():
-    model = build("cnn", 16, 1, mean=[100.0], variance=[3000.0], dropout=0.0, head_dropout=0.0)
+    model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
     reference = twin(model)
     x = torch.from_numpy(images(16, 16, 1)).float()
     ours = TorchProgram(model)(x, training=True)
@@ -111,7 +114,7 @@ def batches_of(size: int, channels: int, weighted: bool, steps: int = STEPS, n: 
 def test_fast_steps_train_as_keras_train_step(optimizer, weighted):
     """Same weights, same batches: the loss of each of STEPS steps, the weights, the batch-norm
     statistics and the optimizer's step count agree with Keras' own ``train_step`` (``--no-jit``)."""
-    ours = build("cnn", 16, 1, mean=[100.0], variance=[3000.0], dropout=0.0, head_dropout=0.0)  # no random masks
+    ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)  # no random masks
     theirs = twin(ours)
     batches = batches_of(16, 1, weighted)
     config = RunConfig("bench", "cnn", optimizer=optimizer, lr=1e-3, label_smoothing=0.1, weights="none")
@@ -162,6 +165,7 @@ def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
+@pytest.mark.slow
 def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
     model = build("resnet18", 32, 3, image_size=32)
     x, y = images(16, 32, 3), np.eye(4, dtype="float32")[np.arange(16) % 4]
@@ -184,7 +188,7 @@ def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
 
 
 def test_no_jit_keeps_keras_own_steps():
-    model = build("cnn", 16, 1, mean=[100.0], variance=[3000.0])
+    model = build("cnn", 16, 1, sample=GREY_SAMPLE)
     training.compile_model(model, RunConfig("bench", "cnn", jit=False), steps_per_epoch=1)
     assert not training.uses_fast_path(model)
 

@@ -106,6 +106,7 @@ class SpoilLastEpoch(keras.callbacks.Callback):
                 w.assign(value + rng.normal(0, 1.0, value.shape).astype(value.dtype))
 
 
+@pytest.mark.slow
 def test_fit_learns_and_restores_the_best_weights(tmp_path):
     ds = data.load("digits")
     config = RunConfig("digits", "cnn", epochs=4, patience=4, lr_schedule="constant", verbose=0)
@@ -139,6 +140,7 @@ def test_batches_for_several_devices_pad_the_last_batch_with_zero_weights():
     assert len(x) == 4 and w.tolist() == [1, 1, 1, 0] and x.reshape(-1).tolist() == [4, 5, 6, 4]
 
 
+@pytest.mark.slow
 def test_a_seed_makes_a_run_repeatable():
     ds = data.load("digits", split="30,5,5")
     config = RunConfig("digits", "cnn", epochs=2, batch_size=32, augment="basic", seed=7, verbose=0)

@@ -70,7 +70,7 @@ def test_keras_application_backbones_match_torchvision_counts(name):
                 and any(w.trainable for w in layer.weights)]
     assert unstaged == []
     stages = list(models.stage_params(model))
-    assert stages[-1] == "head" and len(stages) == len(models.backbones.BACKBONES[name].stages) + 1
+    assert stages[-1] == "head" and len(stages) == len(models.get(name).stages) + 1
 
 
 def test_resnet50_layer4_count():
@@ -151,6 +151,7 @@ def digits_small():
     return data.load("digits", split="40,10,10")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_policy", ["train", "frozen"])
 def test_frozen_stages_do_not_change_while_unfrozen_ones_train(digits_small, bn_policy):
     config = RunConfig("digits", "resnet18", epochs=1, batch_size=32, image_size=32, unfreeze="layer4",
@@ -178,6 +179,7 @@ class TrainableCount(keras.callbacks.Callback):
         self.counts.append(models.trainable_params(self.model))
 
 
+@pytest.mark.slow
 def test_unfreeze_at_trains_the_head_first_then_the_stages(digits_small):
     config = RunConfig("digits", "resnet18", epochs=3, batch_size=32, image_size=32, weights="none",
                        unfreeze="layer4", unfreeze_at=1, verbose=0)
@@ -192,6 +194,7 @@ def test_unfreeze_at_trains_the_head_first_then_the_stages(digits_small):
                              "frozen_stages": ["conv1", "layer1", "layer2", "layer3"]}
 
 
+@pytest.mark.slow
 def test_backbone_lr_scale_zero_keeps_the_backbone_and_survives_saving(digits_small, tmp_path):
     config = RunConfig("digits", "cnn", epochs=1, batch_size=32, optimizer="sgd", lr=0.05, backbone_lr_scale=0.0,
                        weight_decay=1e-3, verbose=0, patience=0)
@@ -209,6 +212,7 @@ def test_backbone_lr_scale_zero_keeps_the_backbone_and_survives_saving(digits_sm
     assert type(loaded.optimizer).__name__ == "DiscriminativeSGD" and loaded.optimizer.backbone_lr_scale == 0.0
 
 
+@pytest.mark.slow
 def test_weights_from_an_earlier_run_rebuild_a_head_of_another_size(tmp_path):
     earlier = models.build("resnet18", (28, 28, 1), 10, image_size=32, weights="none")
     earlier.save(tmp_path / "earlier.keras")

@@ -2,6 +2,6 @@
 
 from kerascnn.data.dataset import Dataset, Split
 from kerascnn.data.images import read_image
-from kerascnn.data.registry import check_name, dataset_names, load
+from kerascnn.data.registry import DEFAULT_FILE_IMAGE_SIZE, check, dataset_names, load
 
-__all__ = ["Dataset", "Split", "check_name", "dataset_names", "load", "read_image"]
+__all__ = ["DEFAULT_FILE_IMAGE_SIZE", "Dataset", "Split", "check", "dataset_names", "load", "read_image"]

@@ -93,6 +93,14 @@ class Dataset:
     def streamed(self) -> bool:
         return self.train.streamed
 
+    def statistics_sample(self, seed: int, size: int = 512) -> np.ndarray:
+        """Training images to estimate normalisation statistics from: all of an array dataset,
+        ``size`` decoded at random (seeded) from a file dataset."""
+        if not self.streamed:
+            return self.train.images
+        sample = np.random.default_rng(seed).choice(len(self.train), min(len(self.train), size), replace=False)
+        return self.train.pixels(np.sort(sample), self.image_shape)
+
     def summary(self) -> dict:
         """Sizes and per-class counts of each split, for reports."""
         return {

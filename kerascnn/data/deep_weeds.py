@@ -26,9 +26,7 @@ def _rows(path: Path) -> list[tuple[str, int]]:
 
 def load_deep_weeds(data_dir: str | None = None, channels: int | None = None, fold: int = 0) -> Source:
     """DeepWeeds with the official split of ``fold`` (0..4), or a seeded stratified 60/20/20 split
-    when the split CSVs are absent."""
-    if not 0 <= fold < FOLDS:
-        raise KerascnnError(f"--fold must be 0..{FOLDS - 1} for deep_weeds, got {fold}")
+    when the split CSVs are absent. `kerascnn.data.check` has checked ``fold``."""
     root = find_root("deep_weeds", data_dir, lambda p: (p / "labels" / "labels.csv").is_file(), LAYOUT, SOURCE)
     labels = root / "labels"
     image = {name: str(root / "images" / name) for name, _ in _rows(labels / "labels.csv")}

@@ -6,16 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kerascnn.config import parse_split
+from kerascnn.data import deep_weeds
 from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
-from kerascnn.data.deep_weeds import load_deep_weeds
 from kerascnn.data.fer2013 import load_fer2013
 from kerascnn.data.sources import Source, load_csv, load_digits, load_fashion_mnist, load_folder
 from kerascnn.data.splits import carve_validation, check_nonempty, stratified_split
 from kerascnn.data.tfds import load_tfds
 from kerascnn.errors import KerascnnError, unknown_name
 
-DEFAULT_FILE_IMAGE_SIZE = 64
+DEFAULT_FILE_IMAGE_SIZE = 64  # what image files are decoded at when neither --image-size nor the model says
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ DATASETS: dict[str, Callable[[LoadOptions], Source]] = {
     "fashion_mnist": lambda o: load_fashion_mnist(o.data_dir),
     "digits": lambda o: load_digits(),
     "animals10": lambda o: load_animals10(o.data_dir, o.channels),
-    "deep_weeds": lambda o: load_deep_weeds(o.data_dir, o.channels, o.fold),
+    "deep_weeds": lambda o: deep_weeds.load_deep_weeds(o.data_dir, o.channels, o.fold),
     "fer2013": lambda o: load_fer2013(o.data_dir, o.channels),
 }
 # prefix -> loader(rest of the name, options), for names such as folder:PATH
@@ -42,6 +42,7 @@ PREFIXED: dict[str, Callable[[str, LoadOptions], Source]] = {
     "tfds": lambda spec, o: load_tfds(spec, o.data_dir, o.channels, o.image_size),
 }
 PREFIX_ARGS = {"folder": "PATH", "csv": "PATH", "tfds": "NAME[:CONFIG]"}
+FOLDS = {"deep_weeds": deep_weeds.FOLDS}  # datasets with several official folds; the others have one
 
 
 def dataset_names() -> list[str]:
@@ -49,16 +50,21 @@ def dataset_names() -> list[str]:
     return list(DATASETS) + [f"{p}:{PREFIX_ARGS[p]}" for p in PREFIXED]
 
 
-def check_name(name: str) -> None:
-    """Raise the unknown-name error (listing the valid ones) unless `load` knows ``name``."""
+def check(name: str, fold: int = 0) -> None:
+    """Raise `KerascnnError` unless `load` knows ``name`` (the error lists the valid names) and the
+    dataset has fold ``fold``."""
     prefix, _, rest = name.partition(":")
     if not (name in DATASETS or (rest and prefix in PREFIXED)):
         raise unknown_name("dataset", name, dataset_names())
+    folds = FOLDS.get(name, 1)
+    if not (isinstance(fold, int) and 0 <= fold < folds):
+        which = f"0..{folds - 1} for {name}" if folds > 1 else f"0: {name} has one split (folds: {', '.join(FOLDS)})"
+        raise KerascnnError(f"--fold must be {which}, got {fold}")
 
 
 def get_source(name: str, options: LoadOptions) -> Source:
     """Run the loader registered for ``name``."""
-    check_name(name)
+    check(name, options.fold)
     prefix, _, rest = name.partition(":")
     return DATASETS[name](options) if name in DATASETS else PREFIXED[prefix](rest, options)
 
@@ -83,6 +89,7 @@ def load(
     ``channels`` (default: 1 if every image is grey, else 3). ``fold`` picks a fold of data that
     has several (deep_weeds).
     """
+    image_size = image_size or DEFAULT_FILE_IMAGE_SIZE
     source = get_source(name, LoadOptions(data_dir, channels, fold, image_size))
     notes = list(source.notes)
     parts = source.splits
@@ -109,8 +116,7 @@ def load(
                 notes.append(f"validation carved from train: {val_split:g} of each class, seed {seed}")
     check_nonempty(len(train), len(val), len(test), name)
     if train.streamed:
-        size = image_size or DEFAULT_FILE_IMAGE_SIZE
-        shape = (size, size, source.channels or 3)
+        shape = (image_size, image_size, source.channels or 3)
     else:
         shape = tuple(train.images.shape[1:])
     return Dataset(name, list(source.class_names), train, val, test, shape,  # type: ignore[arg-type]

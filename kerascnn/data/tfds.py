@@ -25,8 +25,7 @@ def _fit(image: np.ndarray, size: int | None, channels: int) -> np.ndarray:
     return to_array(pil, channels)
 
 
-def load_tfds(spec: str, data_dir: str | None = None, channels: int | None = None,
-              image_size: int | None = None) -> Source:
+def load_tfds(spec: str, data_dir: str | None, channels: int | None, image_size: int) -> Source:
     """Load ``NAME[:CONFIG]`` through ``tensorflow_datasets`` (downloads and prepares it the first time)."""
     name, _, config = spec.partition(":")
     full = f"{name}/{config}" if config else name
@@ -59,7 +58,7 @@ def load_tfds(spec: str, data_dir: str | None = None, channels: int | None = Non
     shapes = {im.shape for images, _ in raw.values() for im in images}
     if channels is None:
         channels = 1 if all(s[-1] == 1 for s in shapes) else 3
-    size = None if len({s[:2] for s in shapes}) == 1 else image_size or 64  # resize only mixed sizes
+    size = None if len({s[:2] for s in shapes}) == 1 else image_size  # resize only mixed sizes
     splits = {ours: Split(np.array(labels), images=np.stack([_fit(im, size, channels) for im in images]))
               for ours, (images, labels) in raw.items()}
     return Source(splits, class_names, channels=channels, notes=[f"TensorFlow Datasets {full}"])

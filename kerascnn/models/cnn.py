@@ -2,62 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import keras
 from keras import layers
 
 from kerascnn.errors import KerascnnError
 from kerascnn.models.preprocessing import adapt_input
-
-
-@dataclass(frozen=True)
-class CNNSpec:
-    """Architecture of a plain CNN.
-
-    ``filters`` gives one block per entry, each of ``convs_per_block`` convolutions (with batch
-    norm if set) and the activation, then 2x2 pooling and ``dropout``. The head flattens (or
-    global-average-pools), applies ``dense`` hidden layers (with batch norm if ``head_batch_norm``)
-    and ``head_dropout``, and a softmax.
-    """
-
-    filters: tuple[int, ...] = (32, 64)
-    convs_per_block: int = 2
-    kernel_size: int = 3
-    batch_norm: bool = True
-    activation: str = "relu"
-    pool: str = "max"
-    dropout: float = 0.25
-    dense: tuple[int, ...] = (128,)
-    head_dropout: float = 0.5
-    head_batch_norm: bool = True
-    global_pool: bool = False
-
-    def replace(self, **changes) -> CNNSpec:
-        """A copy with the changes that are not None."""
-        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in changes.items() if v is not None}
-        return dataclasses.replace(self, **changes)
-
+from kerascnn.models.registry import CNNSpec
 
 # PyTorch's batch-norm momentum (0.1, i.e. Keras' 0.9): moving statistics that catch up within a few
 # dozen steps, so short runs on small sets validate in inference mode correctly (Keras' 0.99 lags).
 BN_MOMENTUM = 0.9
 
-PRESETS: dict[str, CNNSpec] = {
-    # The default: two VGG-style blocks with batch norm, light dropout (0.1) in the blocks; with label
-    # smoothing 0.1 (its ModelInfo) the main job's recipe (see README).
-    "cnn": CNNSpec(dropout=0.1),
-    # 3 conv + ReLU + max-pool + dropout + FC.
-    "cnn3": CNNSpec(filters=(32, 64, 128), convs_per_block=1, batch_norm=False, dropout=0.25,
-                    dense=(128,), head_dropout=0.5, head_batch_norm=False),
-    # Two 5x5 convs 32/64 with batch norm, LeakyReLU(0.01), max-pool, FC 1000, FC out.
-    "cnn2bn": CNNSpec(filters=(32, 64), convs_per_block=1, kernel_size=5, activation="leaky_relu",
-                      dropout=0.0, dense=(1000,), head_dropout=0.0, head_batch_norm=False),
-    # 5 conv layers + one FC, for 256x256 colour images.
-    "cnn5": CNNSpec(filters=(32, 64, 128, 256, 256), convs_per_block=1, dropout=0.0, dense=(),
-                    head_dropout=0.5, head_batch_norm=False),
-}
 
 
 def _activation(name: str, label: str) -> layers.Layer:

@@ -12,7 +12,7 @@ import re
 import keras
 
 from kerascnn.errors import KerascnnError
-from kerascnn.models.backbones import BACKBONES
+from kerascnn.models.registry import MODELS
 
 HEAD = "head"
 HEAD_ALIASES = {"head": HEAD, "fc": HEAD, "classifier": HEAD}
@@ -25,7 +25,8 @@ def layer_stages(model: keras.Model) -> list[tuple[keras.layers.Layer, str | Non
     out: list[tuple[keras.layers.Layer, str | None]] = []
     for layer in model.layers:
         if isinstance(layer, keras.Model) and layer.name == "backbone":
-            stage_of = BACKBONES[model.name].stage_of if model.name in BACKBONES else (lambda name: None)
+            spec = MODELS.get(model.name)
+            stage_of = spec.stage_of if spec is not None and spec.stage_of else (lambda name: None)
             out += [(inner, stage_of(inner.name)) for inner in layer.layers]
         elif layer.name.startswith("head_"):
             out.append((layer, HEAD))

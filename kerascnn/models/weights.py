@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from kerascnn.errors import KerascnnError
+from kerascnn.models.registry import MODELS
 from kerascnn.models.resnet import port_torchvision_resnet
 
 PREPROCESSING = ("normalize", "rescale", "resize", "grey_to_rgb")
@@ -41,12 +42,18 @@ def copy_matching(source: keras.Model, target: keras.Model) -> dict[str, Any]:
     return {"layers_loaded": len(loaded), "layers_new": new}
 
 
-def load_weights(model: keras.Model, path: str | Path) -> dict[str, Any]:
-    """Load ``path`` into ``model`` (see module doc); returns what was loaded and what stays new."""
+def weights_file(path: str | Path) -> Path:
+    """``--weights PATH`` as an existing file; one error line otherwise."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise KerascnnError(f"--weights {str(path)!r}: no such file; give imagenet, none, or a .pth, "
                             ".weights.h5 or model.keras file")
+    return path
+
+
+def load_weights(model: keras.Model, path: str | Path) -> dict[str, Any]:
+    """Load ``path`` into ``model`` (see module doc); returns what was loaded and what stays new."""
+    path = weights_file(path)
     report: dict[str, Any] = {"source": str(path)}
     if path.suffix in (".pth", ".pt"):
         return report | _load_torchvision(model, path)
@@ -67,8 +74,9 @@ def load_weights(model: keras.Model, path: str | Path) -> dict[str, Any]:
 def _load_torchvision(model: keras.Model, path: Path) -> dict[str, Any]:
     from kerascnn.models.torch_state import read_state_dict
 
-    if model.name not in ("resnet18", "resnet34"):
-        raise KerascnnError(f"--weights {path}: torchvision .pth checkpoints port to resnet18 and resnet34 only")
+    ported = [name for name, spec in MODELS.items() if spec.torchvision_url]
+    if model.name not in ported:
+        raise KerascnnError(f"--weights {path}: torchvision .pth checkpoints port to {' and '.join(ported)} only")
     try:
         state = read_state_dict(path)
     except (zipfile.BadZipFile, ValueError) as exc:

@@ -1,0 +1,216 @@
+"""The model registry: one `ModelSpec` per model name, read by building, preprocessing, stage
+names and freezing, weights, the command line's choices and help, and the README's model table.
+
+Adding a backbone is one `register` call with its builder and stage mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kerascnn.errors import KerascnnError, unknown_name
+from kerascnn.models.stages import (
+    efficientnet_stage,
+    features,
+    keras_resnet_stage,
+    mobilenet_v2_stage,
+    mobilenet_v3_stage,
+    resnet_stage,
+)
+
+PREPROCESSINGS = ("torch", "caffe", "tf", "inside")
+# (input_shape, imagenet) -> a functional keras.Model named "backbone"
+BackboneBuilder = Callable[[tuple[int, int, int], bool], Any]
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """Architecture of a plain CNN.
+
+    ``filters`` gives one block per entry, each of ``convs_per_block`` convolutions (with batch
+    norm if set) and the activation, then 2x2 pooling and ``dropout``. The head flattens (or
+    global-average-pools), applies ``dense`` hidden layers (with batch norm if ``head_batch_norm``)
+    and ``head_dropout``, and a softmax.
+    """
+
+    filters: tuple[int, ...] = (32, 64)
+    convs_per_block: int = 2
+    kernel_size: int = 3
+    batch_norm: bool = True
+    activation: str = "relu"
+    pool: str = "max"
+    dropout: float = 0.25
+    dense: tuple[int, ...] = (128,)
+    head_dropout: float = 0.5
+    head_batch_norm: bool = True
+    global_pool: bool = False
+
+    def replace(self, **changes) -> CNNSpec:
+        """A copy with the changes that are not None."""
+        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+
+def keras_application(class_name: str) -> BackboneBuilder:
+    """A builder of ``keras.applications.<class_name>`` without its top, ImageNet weights if asked."""
+
+    def build(input_shape: tuple[int, int, int], imagenet: bool) -> Any:
+        import keras
+
+        app = getattr(keras.applications, class_name)
+        return app(include_top=False, weights="imagenet" if imagenet else None, input_shape=input_shape,
+                   name="backbone")
+
+    return build
+
+
+def torchvision_resnet(name: str) -> BackboneBuilder:
+    """A builder of our ResNet ``name`` (torchvision's layout); its ImageNet weights are ported."""
+
+    def build(input_shape: tuple[int, int, int], imagenet: bool) -> Any:
+        from kerascnn.models.resnet import resnet_backbone
+
+        return resnet_backbone(name, input_shape)
+
+    return build
+RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything kerascnn knows about one model name.
+
+    A scratch CNN has a ``cnn`` architecture preset; it normalises with the training set's
+    statistics and its stages are its ``blockN``. A backbone has a ``backbone`` builder
+    ``(input_shape, imagenet) -> keras.Model`` (a functional model named ``backbone``), its ImageNet
+    ``preprocess``ing (``torch``: 0..1 then ImageNet mean/std; ``caffe``: minus the mean pixel;
+    ``tf``: -1..1; ``inside``: the Keras model does it), its ``stages`` in input order with
+    ``stage_of(layer_name)``, and where ImageNet weights come from: ``keras.applications``
+    (``imagenet="keras"``) or a torchvision checkpoint ported once (``torchvision_url``).
+    ``image_size`` is the working size when ``--image-size`` is not given (None: the data's own
+    size); ``file_image_size`` the size image files are decoded at then (None: ``image_size``, else
+    the data's default, 64).
+    """
+
+    name: str
+    description: str
+    cnn: CNNSpec | None = None
+    backbone: BackboneBuilder | None = None
+    preprocess: str = "inside"
+    stages: tuple[str, ...] = ()
+    stage_of: Callable[[str], str | None] | None = None
+    imagenet: str | None = None  # "keras" or "torchvision": who provides ImageNet weights; None: none
+    torchvision_url: str | None = None
+    image_size: int | None = None
+    file_image_size: int | None = None
+    label_smoothing: float = 0.0  # the --label-smoothing default when training this model
+
+    def __post_init__(self) -> None:
+        if (self.cnn is None) == (self.backbone is None):
+            raise ValueError(f"model {self.name!r}: give exactly one of cnn= and backbone=")
+        if self.backbone is not None and (not self.stages or self.stage_of is None):
+            raise ValueError(f"model {self.name!r}: a backbone needs stages= and stage_of=")
+        if self.preprocess not in PREPROCESSINGS:
+            raise ValueError(f"model {self.name!r}: preprocess must be one of {PREPROCESSINGS}")
+        if (self.imagenet == "torchvision") != bool(self.torchvision_url):
+            raise ValueError(f"model {self.name!r}: imagenet='torchvision' goes with torchvision_url=")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether ImageNet weights exist (then ``--weights imagenet`` is the default)."""
+        return self.imagenet is not None
+
+    @property
+    def kind(self) -> str:
+        return "scratch CNN" if self.cnn is not None else "backbone"
+
+    def decode_size(self, image_size: int | None) -> int | None:
+        """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
+        return image_size or self.file_image_size or self.image_size
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (its name must be new); return it."""
+    if spec.name in MODELS:
+        raise KerascnnError(f"model {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    """Every model name accepted by `kerascnn.models.build`."""
+    return list(MODELS)
+
+
+def get(name: str) -> ModelSpec:
+    """The registry entry for ``name``; unknown names list the valid ones."""
+    if name not in MODELS:
+        raise unknown_name("model", name, model_names())
+    return MODELS[name]
+
+
+def markdown_table() -> str:
+    """The README's model table: name, what it is, ImageNet weights, stages."""
+    lines = ["| name | what | ImageNet weights | stages (`--unfreeze` names) |", "| --- | --- | --- | --- |"]
+    for spec in MODELS.values():
+        if spec.cnn is not None:
+            blocks = [f"`block{i}`" for i in range(1, len(spec.cnn.filters) + 1)]
+            stages = ", ".join(blocks if len(blocks) <= 2 else [f"{blocks[0]}..{blocks[-1]}"]) + ", `head`"
+            weights = "-"
+        else:
+            stages = ", ".join(f"`{s}`" for s in (spec.stages[0], spec.stages[-1]))
+            stages = stages.replace(", ", "..") if len(spec.stages) > 2 else stages
+            stages += ", `head`"
+            weights = {"keras": "keras.applications", "torchvision": "torchvision's, ported", None: "-"}[spec.imagenet]
+        lines.append(f"| `{spec.name}` | {spec.description} | {weights} | {stages} |")
+    return "\n".join(lines) + "\n"
+
+
+def _resnet(name: str, url: str) -> ModelSpec:
+    return ModelSpec(name, f"{name[:6].replace('resnet', 'ResNet')}-{name[6:]}, our functional model with "
+                     "torchvision's layout and layer names",
+                     backbone=torchvision_resnet(name), preprocess="torch",
+                     stages=RESNET_STAGES, stage_of=resnet_stage, imagenet="torchvision", torchvision_url=url,
+                     image_size=224)
+
+
+def _application(name: str, class_name: str, description: str, preprocess: str, stages: tuple[str, ...],
+                 stage_of: Callable[[str], str | None]) -> ModelSpec:
+    return ModelSpec(name, description, backbone=keras_application(class_name), preprocess=preprocess,
+                     stages=stages, stage_of=stage_of, imagenet="keras", image_size=224)
+
+
+for _spec in (
+    # The default: two VGG-style blocks with batch norm, light dropout (0.1) in the blocks, label
+    # smoothing 0.1: the main job's recipe (see README).
+    ModelSpec("cnn", "the configurable CNN: 2 VGG blocks 32/64 (two 3x3 convs, batch norm, max-pool, dropout "
+              "0.1), FC 128; every architecture option applies", cnn=CNNSpec(dropout=0.1), label_smoothing=0.1),
+    ModelSpec("cnn3", "3 conv (32/64/128) + ReLU + max-pool + dropout, FC 128",
+              cnn=CNNSpec(filters=(32, 64, 128), convs_per_block=1, batch_norm=False, dropout=0.25, dense=(128,),
+                          head_dropout=0.5, head_batch_norm=False)),
+    ModelSpec("cnn2bn", "two 5x5 convs 32/64 with batch norm and LeakyReLU(0.01), max-pool, FC 1000, FC out",
+              cnn=CNNSpec(filters=(32, 64), convs_per_block=1, kernel_size=5, activation="leaky_relu", dropout=0.0,
+                          dense=(1000,), head_dropout=0.0, head_batch_norm=False)),
+    ModelSpec("cnn5", "5 conv layers (32...256) with batch norm + one FC, for 256x256 colour images",
+              cnn=CNNSpec(filters=(32, 64, 128, 256, 256), convs_per_block=1, dropout=0.0, dense=(),
+                          head_dropout=0.5, head_batch_norm=False), file_image_size=256),
+    _resnet("resnet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+    _resnet("resnet34", "https://download.pytorch.org/models/resnet34-b627a593.pth"),
+    _application("resnet50", "ResNet50", "ResNet-50 from keras.applications (its conv2_..conv5_ are layer1..layer4)",
+                 "caffe", RESNET_STAGES, keras_resnet_stage),
+    _application("mobilenet_v2", "MobileNetV2", "MobileNetV2 from keras.applications, torchvision's stage names",
+                 "tf", features(19), mobilenet_v2_stage),
+    _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications", "inside",
+                 features(13), mobilenet_v3_stage(12)),
+    _application("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3-Large from keras.applications", "inside",
+                 features(17), mobilenet_v3_stage(16)),
+    _application("efficientnet_b0", "EfficientNetB0", "EfficientNet-B0 from keras.applications", "inside",
+                 features(9), efficientnet_stage),
+):
+    register(_spec)

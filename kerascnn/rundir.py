@@ -1,0 +1,58 @@
+"""A run folder's life: choosing its name, refusing to write over existing work (one check for
+every file and folder kerascnn writes), creating it and writing its JSON files."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from kerascnn.errors import KerascnnError
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a dataset or model name (``folder:/x/pets`` -> ``folder-pets``)."""
+    prefix, _, rest = text.partition(":")
+    if rest:
+        text = f"{prefix}-{Path(rest.rstrip('/')).stem or 'data'}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def check_free(path: str | Path, option: str, folder: bool = True) -> Path:
+    """Raise unless ``path`` can be written without losing anything: absent (or, for a ``folder``,
+    an empty folder) with its parent folder in place for a file. ``option`` names it in the error."""
+    path = Path(path).expanduser()
+    if path.exists() and not (folder and path.is_dir() and not any(path.iterdir())):
+        if folder and not path.is_dir():
+            what = "is a file"
+        else:
+            what = "already exists and is not empty" if folder else "already exists"
+        raise KerascnnError(f"{option} {str(path)!r} {what}; choose another {option}")
+    if not folder and not path.parent.is_dir():
+        raise KerascnnError(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it or "
+                            f"choose another {option}")
+    return path
+
+
+def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: str = "--out") -> Path:
+    """Create the folder ``out`` (new or empty), or with ``out`` None a new
+    ``RUNS_DIR/<names>-<timestamp>[-N]``; return it."""
+    if out:
+        path = check_free(out, option)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(runs_dir).expanduser() / "-".join([*map(slug, names), time.strftime("%Y%m%d-%H%M%S")])
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise KerascnnError(f"could not create a new folder next to {base}")
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
