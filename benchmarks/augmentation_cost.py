@@ -41,7 +41,7 @@ def step_rate(x: np.ndarray, y: np.ndarray, batch: int, in_model: bool) -> float
     model = models.build("resnet18", (size, size, 3), y.shape[1], weights="none")
     if in_model:
         model = keras.Sequential([keras.Input((size, size, 3)), augmentation("basic", seed=0), model])
-    training.compile_model(model, RunConfig("bench", "resnet18"), len(x) // batch)
+    training.compile_model(model, RunConfig("bench", "resnet18", weights="none", label_smoothing=0.0), len(x) // batch)
     model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)  # warm-up
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, verbose=0)

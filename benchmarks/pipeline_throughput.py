@@ -53,7 +53,7 @@ def pipeline_rate(batches: Batches, repeats: int = 1) -> float:
 def step_rate(model_name: str, size: int, batch: int, steps: int) -> float:
     """Images/s of the model's training step on in-memory data (no input pipeline)."""
     model = models.build(model_name, (size, size, 3), 4, image_size=size, weights="none")
-    training.compile_model(model, RunConfig("x", model_name), steps)
+    training.compile_model(model, RunConfig("x", model_name, weights="none", label_smoothing=0.0), steps)
     x = np.random.default_rng(0).integers(0, 255, (batch * steps, size, size, 3)).astype("uint8")
     y = np.eye(4, dtype="float32")[np.arange(batch * steps) % 4]
     model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)

@@ -14,6 +14,18 @@ from kerascnn.errors import KerascnnError
 BACKENDS = ("torch", "jax", "tensorflow")  # each is also the name of the package it needs
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with whole option names only (``--epoch`` is not ``--epochs``) and usage errors as
+    one line that points to ``--help``."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--debug``."""
     parser.add_argument("--backend", choices=BACKENDS,
@@ -45,6 +57,18 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each message (not as it was when logging was set up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
@@ -55,7 +79,7 @@ def setup_logging() -> None:
     """kerascnn's messages on stderr: progress plainly, warnings prefixed."""
     logger = logging.getLogger("kerascnn")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(_Formatter())
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -70,7 +94,10 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
     A `KerascnnError` becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_known_args(argv)[0] if known_only else parser.parse_args(argv)
+    try:
+        args = parser.parse_known_args(argv)[0] if known_only else parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, one line already printed)
+        return int(exc.code or 0)
     args.argv = argv
     setup_logging()
     try:

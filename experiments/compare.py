@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from experiments.cli import add_common_options, main
+from experiments.cli import Parser, add_common_options, main
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__)
+    p = Parser(prog="python -m experiments.compare", description=__doc__)
     p.add_argument("runs", nargs="+", help="run folders (each with config.json and metrics.json)")
     p.add_argument("--markdown", metavar="OUT", help="also write the table to this file (never overwritten)")
     add_common_options(p)
@@ -21,12 +20,11 @@ def body(args: argparse.Namespace) -> int:
     from kerascnn.reports import runs_table, summarize_run
     from kerascnn.rundir import check_free
 
-    if args.markdown:
-        check_free(args.markdown, "--markdown", folder=False)
+    markdown = check_free(args.markdown, "--markdown", folder=False) if args.markdown else None
     table = runs_table([summarize_run(r) for r in args.runs])
     print(table, end="")
-    if args.markdown:
-        Path(args.markdown).write_text(table)
+    if markdown:
+        markdown.write_text(table)
     return 0
 
 

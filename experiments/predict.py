@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
-from experiments.cli import add_common_options, main
+from experiments.cli import Parser, add_common_options, main
 from kerascnn.errors import KerascnnError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m experiments.predict", description=__doc__)
     p.add_argument("model", help="a model.keras file or a run folder")
     p.add_argument("images", nargs="+", help="image files or folders of images (any format and mode)")
     p.add_argument("--top-k", type=int, default=3, help="labels shown per image (default: 3)")
@@ -30,24 +30,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def submission_ids(paths: list[str]) -> list[str]:
+    """One id per file: its name without extension, or, where two files share that, its path
+    relative to the folder the files have in common (``a/x.jpg``, ``a/x.png``, ``b/x.jpg``)."""
+    stems = [Path(p).stem for p in paths]
+    if not paths:
+        return []
+    root = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in paths]))
+    return [stem if stems.count(stem) == 1 else Path(p).resolve().relative_to(root).as_posix()
+            for stem, p in zip(stems, paths)]
+
+
 def body(args: argparse.Namespace) -> int:
     from kerascnn.prediction import predict
     from kerascnn.rundir import check_free
 
     if args.top_k < 1:
         raise KerascnnError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.csv:
-        check_free(args.csv, "--csv", folder=False)
+    csv_path = check_free(args.csv, "--csv", folder=False) if args.csv else None
     predictions, skipped = predict(args.model, args.images, top_k=args.top_k, invert=args.invert,
                                    batch_size=args.batch_size)
     for p in predictions:
         ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
         print(f"{p.path}: {ranked}")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "label"])
-            writer.writerows((Path(p.path).stem, p.labels[0]) for p in predictions)
+            writer.writerows(zip(submission_ids([p.path for p in predictions]), (p.labels[0] for p in predictions)))
     if skipped:
         print(f"{len(skipped)} unreadable image(s) skipped", file=sys.stderr)
     if not predictions:

@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Callable
 
-from experiments.cli import add_common_options, int_list, main
+from experiments.cli import Parser, add_common_options, int_list, main
 from kerascnn.config import (
     ACTIVATIONS,
     AUGMENTS,
@@ -54,8 +54,7 @@ def _by_model(value: Callable[[ModelSpec], object], otherwise: object) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m experiments.run", description=__doc__)
     p.add_argument("dataset", nargs="?", help=", ".join(dataset_names()) + " (CSV columns: path,label[,split])")
     p.add_argument("model", nargs="?", help=", ".join(model_names()))
     p.add_argument("--list-stages", metavar="MODEL",

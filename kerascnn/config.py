@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kerascnn.errors import KerascnnError
+from kerascnn.models import registry
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
@@ -133,7 +134,7 @@ class RunConfig:
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
-        if str(self.devices).lower() != "all" and not str(self.devices).isdigit() or str(self.devices) == "0":
+        if str(self.devices).lower() != "all" and not (str(self.devices).isdigit() and int(self.devices) >= 1):
             raise KerascnnError(f"--devices takes a number >= 1 or all, got {self.devices!r}")
         if self.head_dropout is not None and not 0 <= self.head_dropout < 1:
             raise KerascnnError(f"--head-dropout must be in [0, 1), got {self.head_dropout}")
@@ -158,9 +159,7 @@ class RunConfig:
         (imagenet for a pretrained model, else none), ``unfreeze`` (none for pretrained weights, all
         when training from scratch or with ``unfreeze_at``) and ``label_smoothing`` (the model's).
         Settings already given are kept, so resolving twice changes nothing; returns self."""
-        from kerascnn.models.registry import get  # imports Keras: not at module level
-
-        spec = get(self.model)
+        spec = registry.get(self.model)
         if self.label_smoothing is None:
             self.label_smoothing = spec.label_smoothing
         if self.weights is None:

@@ -53,7 +53,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "",
         "| setting | value |",
         "| --- | --- |",
-        f"| model | {config.model} |",
+        f"| model | {config.model}, working at {config.image_size}×{config.image_size} pixels |",
         f"| weights | {_weights_text(metrics.get('weights', {}))} |",
         f"| trained stages | {', '.join(metrics.get('unfrozen_stages', [])) or '-'}"
         f"{f' (head alone until epoch {config.unfreeze_at})' if config.unfreeze_at else ''} |",
@@ -131,7 +131,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise KerascnnError(f"{run_dir} is not a finished run folder (no metrics.json or config.json)") from None
     row = {"run": run_dir.name, "dataset": config["dataset"], "model": config["model"],
-           "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config["unfreeze"],
+           "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config.get("unfreeze") or "-",
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
            "train_seconds": metrics["train_seconds"]}
     row.update({m: metrics[m] for m in SUMMARY_METRICS})

@@ -36,22 +36,24 @@ def check_free(path: str | Path, option: str, folder: bool = True) -> Path:
     return path
 
 
-def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: str = "--out") -> Path:
-    """Create the folder ``out`` (new or empty), or with ``out`` None a new
-    ``RUNS_DIR/<names>-<timestamp>[-N]``; return it."""
+def new_path(out: str | Path | None, runs_dir: str | Path, *names: str, option: str = "--out") -> Path:
+    """The folder a run (or study) will write: ``out`` if it is free, else with ``out`` None a
+    fresh ``RUNS_DIR/<names>-<timestamp>[-N]``. Nothing is created."""
     if out:
-        path = check_free(out, option)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return check_free(out, option)
     base = Path(runs_dir).expanduser() / "-".join([*map(slug, names), time.strftime("%Y%m%d-%H%M%S")])
     for n in range(1, 1000):
         path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
+        if not path.exists():
             return path
-        except FileExistsError:
-            continue
-    raise KerascnnError(f"could not create a new folder next to {base}")
+    raise KerascnnError(f"could not find a free folder name next to {base}")
+
+
+def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: str = "--out") -> Path:
+    """Create and return the folder `new_path` chooses (an empty ``out`` is taken as it is)."""
+    path = new_path(out, runs_dir, *names, option=option)
+    path.mkdir(parents=True, exist_ok=bool(out))
+    return path
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

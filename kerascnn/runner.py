@@ -14,7 +14,6 @@ import kerascnn
 from kerascnn import data, distribute, evaluation, models, plots, reports, rundir, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
-from kerascnn.models.freezing import resolve_stages
 from kerascnn.saving import save_model
 
 log = logging.getLogger("kerascnn")
@@ -38,7 +37,7 @@ def resolve_config(config: RunConfig) -> RunConfig:
     config.validate()
     data.check(config.dataset, config.fold)
     config.resolve()
-    models.check(config.model, config.weights, **cnn_options(config))
+    models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
     if config.precision == "auto":
         config.precision = distribute.auto_precision()
     return config
@@ -101,11 +100,10 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
     with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
-        sample = dataset.statistics_sample(config.seed) if models.get(config.model).cnn is not None else None
+        config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
         model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=config.image_size,
-                             weights=config.weights, sample=sample, head_dropout=config.head_dropout,
-                             **cnn_options(config))
-        resolve_stages(model, config.unfreeze)  # an unknown stage fails here, before the folder exists
+                             weights=config.weights, sample=lambda: dataset.statistics_sample(config.seed),
+                             head_dropout=config.head_dropout, **cnn_options(config))
         run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
         config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
         config.environment = {**distribute.environment_info(), **config.environment}

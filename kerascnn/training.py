@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,9 @@ def phases(config: RunConfig) -> list[Phase]:
 
 
 def resolved(config: RunConfig) -> RunConfig:
-    """``config`` with its model-dependent defaults filled (`RunConfig.resolve`), the caller's left as is."""
+    """``config`` with its model-dependent defaults filled by `RunConfig.resolve` (the one place
+    they are decided), the caller's object left as it is: a config made by hand in Python trains
+    as the same config would from the command line."""
     return config if config.unfreeze is not None and config.label_smoothing is not None else (
         dataclasses.replace(config).resolve())
 
@@ -179,57 +182,87 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     """Train ``model`` with ``model.fit`` on ``dataset`` as ``config`` says, phase by phase.
 
     Each phase sets which stages train (`kerascnn.models.set_trainable`) and compiles afresh, as
-    Keras requires after trainability changes. Callbacks: early stopping on validation loss
-    restoring the best weights (``patience`` > 0; not while only the head warms up before
+    Keras requires after trainability changes. The model ends with the weights of the best epoch of
+    the whole run by validation loss (training loss without a validation set; `BestEpoch`).
+    Callbacks: early stopping (``patience`` > 0; not while only the head warms up before
     ``unfreeze_at``), ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best
-    weights checkpoint (``best.weights.h5``) and ``history.csv``; ``callbacks`` come after these.
+    weights (``best.weights.h5``) and ``history.csv``; ``callbacks`` come after these.
     """
     multiple = replicas()
     train = train_batches(dataset, config, multiple)
     has_val = len(dataset.val) > 0
     val = eval_batches(dataset, "val", max(config.batch_size, 256), config.workers, multiple) if has_val else None
-    monitor = "val_loss" if has_val else "loss"
+    best = BestEpoch("val_loss" if has_val else "loss", Path(run_dir) / "best.weights.h5" if run_dir else None)
     plan = phases(config)
     logs: dict[str, list[float]] = {}
-    best_value, stages, start = math.inf, {}, time.perf_counter()
+    stages, start = {}, time.perf_counter()
     for i, phase in enumerate(plan):
         stages = set_trainable(model, phase.unfreeze, config.bn_policy)
         compile_model(model, config, len(train), phase)
         warmup_only = len(plan) > 1 and i == 0
         history = model.fit(train, validation_data=val, initial_epoch=phase.start, epochs=phase.stop,
-                            callbacks=_callbacks(config, monitor, run_dir, i > 0, warmup_only, best_value)
-                            + list(callbacks or []), verbose=config.verbose)
+                            callbacks=[*_callbacks(config, best, run_dir, i > 0, warmup_only), *(callbacks or [])],
+                            verbose=progress_verbosity(config.verbose))
         for key, values in history.history.items():
             logs.setdefault(key, []).extend(float(v) for v in values)
-        if monitor in history.history:
-            best_value = min([best_value, *history.history[monitor]])
         _check_finite(logs.get("loss", []), config)
     seconds = time.perf_counter() - start
+    best.restore()
     losses = logs.get("loss", [])
-    monitored = logs.get(monitor, losses)
-    best = int(np.nanargmin(monitored)) + 1 if monitored else 0
-    return TrainResult(logs, len(losses), best, seconds, stopped_early=len(losses) < config.epochs,
+    return TrainResult(logs, len(losses), best.epoch, seconds, stopped_early=len(losses) < config.epochs,
                        skipped_files=set(train.skipped) | (val.skipped if val else set()), stages=stages,
                        unfrozen_at=config.unfreeze_at)
 
 
-def _callbacks(config: RunConfig, monitor: str, run_dir: str | Path | None, append: bool, warmup_only: bool,
-               best_value: float) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [EpochLog(), keras.callbacks.TerminateOnNaN()]
+def progress_verbosity(verbose: int | str) -> int | str:
+    """Keras' ``verbose`` for ``fit``: ``auto`` is the progress bar on a terminal and one plain line
+    per epoch when the output goes to a file or a pipe."""
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return verbose
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """The best epoch of the whole run (every phase) by ``monitor``, lowest wins and a NaN or infinite
+    value never does: its weights are kept in memory (and saved to ``path``) and `restore` puts them
+    back. Shared by the phases of one `fit`."""
+
+    def __init__(self, monitor: str, path: Path | None = None) -> None:
+        super().__init__()
+        self.monitor, self.path = monitor, path
+        self.value, self.epoch, self.weights = math.inf, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not math.isfinite(value) or value >= self.value:
+            return
+        self.value, self.epoch, self.weights = float(value), epoch + 1, self.model.get_weights()
+        if self.path is not None:
+            self.model.save_weights(self.path)
+
+    def restore(self) -> None:
+        """Give the model the best epoch's weights (nothing to do when no epoch had a finite value)."""
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+class EpochCSVLogger(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger with epochs numbered from 1, as Keras prints them and the report counts."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
+def _callbacks(config: RunConfig, best: BestEpoch, run_dir: str | Path | None, append: bool,
+               warmup_only: bool) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(), keras.callbacks.TerminateOnNaN(), best]
     if config.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor, factor=config.lr_gamma,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(best.monitor, factor=config.lr_gamma,
                                                            patience=max(1, config.patience // 2), verbose=1))
-    if config.patience and not warmup_only:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=config.patience, restore_best_weights=True,
-                                                       verbose=1))
+    if config.patience and not warmup_only:  # stops only; BestEpoch restores over the whole run
+        callbacks.append(keras.callbacks.EarlyStopping(best.monitor, patience=config.patience, verbose=1))
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        callbacks += [
-            keras.callbacks.ModelCheckpoint(run_dir / "best.weights.h5", monitor=monitor, save_best_only=True,
-                                            save_weights_only=True,
-                                            initial_value_threshold=None if math.isinf(best_value) else best_value),
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=append),
-        ]
+        callbacks.append(EpochCSVLogger(str(Path(run_dir) / "history.csv"), append=append))
     return callbacks
 
 
@@ -237,5 +270,5 @@ def _check_finite(losses: list[float], config: RunConfig) -> None:
     if any(not math.isfinite(v) for v in losses):
         raise KerascnnError(
             f"training diverged: the loss became NaN or infinite in epoch {len(losses)}; "
-            f"try a lower --lr (now {config.lr:g}) or --optimizer sgd"
+            f"try a lower --lr (now {config.lr:g})" + (" or --optimizer sgd" if config.optimizer != "sgd" else "")
         )

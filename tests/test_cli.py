@@ -10,7 +10,7 @@ from PIL import Image
 
 from experiments import predict as predict_cli
 from experiments import run as run_cli
-from experiments.cli import main, setup_logging
+from experiments.cli import main
 
 RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png",
              "mistakes.png", "report.md", "best.weights.h5"}
@@ -25,14 +25,6 @@ def run(argv):
 
 def predict(argv):
     return main(predict_cli.body, predict_cli.parser(), argv)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cli_logging_outside_capsys():
-    """``setup_logging`` binds its handler to the ``sys.stderr`` of its first call. Made inside a test's
-    ``capsys``, that stream closes with the test and later CLI calls print "--- Logging error ---", so
-    make the first call here, before any ``capsys`` (as ``trained_run`` did when every test ran)."""
-    setup_logging()
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +74,16 @@ def test_existing_run_folder_is_never_overwritten(trained_run, capsys):
         (["digits", "cnn", "--epochs", "0"], "--epochs must be"),
         (["digits", "cnn", "--split", "0.9,0.9,0.9"], "--split"),
         (["folder:/no/such/folder", "cnn"], "does not exist"),
+        (["csv:/no/such/file.csv", "cnn"], "does not exist"),
+        (["digits", "resnet18", "--filters", "8,16"], "--filters shapes scratch CNNs"),
+        (["digits", "cnn", "--fold", "1"], "--fold must be 0"),
+        (["digits", "cnn", "--nesterov"], "--nesterov applies to --optimizer sgd"),
+        (["digits", "cnn", "--finetune-lr", "0.1"], "--finetune-lr is the LR after --unfreeze-at"),
+        (["digits", "cnn", "--devices", "00"], "--devices takes a number >= 1"),
+        (["digits", "cnn", "--weights", "nope.weights.h5"], "no such file"),
+        (["digits", "cnn", "--weights", "imagenet"], "cnn has no ImageNet weights"),
+        (["digits", "cnn", "--unfreeze", "layer9"], "has no stage 'layer9'"),
+        (["digits", "cnn", "--epoch", "1"], "unrecognized arguments: --epoch"),
     ],
 )
 def test_bad_input_gives_one_line_and_status_2(argv, message, capsys, tmp_path):
@@ -119,6 +121,41 @@ def test_predict_any_mode_and_writes_a_submission(trained_run, tmp_path, capsys)
 def test_predict_errors(tmp_path, capsys):
     assert predict([str(tmp_path), "x.png"]) == 2
     assert "no model at" in capsys.readouterr().err
+    assert predict([str(tmp_path), "x.png", "--csv", str(tmp_path / "no" / "out.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "--csv" in err and err.count("\n") == 1
+
+
+def test_a_study_checks_every_fold_before_training(tmp_path, capsys):
+    from experiments import study as study_cli
+
+    out = tmp_path / "study"
+    for folds, message in (("0,1", "--fold must be 0"), ("0,0", "each fold once")):
+        assert main(study_cli.body, study_cli.parser(), ["digits", "cnn", "--folds", folds, "--out", str(out)],
+                    known_only=True) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_the_command_lines_choose_the_backend_before_keras_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import sys, kerascnn, kerascnn.config, kerascnn.models, experiments.run, experiments.study; "
+            "print(sorted(m for m in ('keras', 'torch', 'jax', 'tensorflow') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_submission_ids_are_unique_when_file_names_collide(tmp_path):
+    paths = [str(tmp_path / p) for p in ("a/x.jpg", "a/x.png", "b/x.jpg", "b/y.jpg")]
+    assert predict_cli.submission_ids(paths) == ["a/x.jpg", "a/x.png", "b/x.jpg", "y"]
+
+
+def test_usage_errors_are_one_line_and_options_are_not_abbreviated(capsys):
+    assert run(["digits", "cnn", "--epoch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--epoch" in err and "see python -m experiments.run --help" in err
 
 
 @pytest.mark.slow

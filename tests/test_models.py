@@ -46,6 +46,10 @@ def test_options_override_the_preset():
     assert isinstance(model.get_layer("block1_pool"), keras.layers.AveragePooling2D)
 
 
+def test_weights_none_or_None_build_a_fresh_model():
+    assert models.build("cnn", (8, 8, 1), 3, weights=None).weights_source == {"source": "none"}
+
+
 def test_preprocessing_inside_takes_raw_pixels():
     sample = np.stack([np.full((12, 12, 1), 80), np.full((12, 12, 1), 120)]).astype(np.uint8)  # mean 100, var 400
     model = models.build("cnn", (12, 12, 1), 2, image_size=16, sample=sample)

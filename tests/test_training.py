@@ -91,36 +91,54 @@ def test_streamed_batches_drop_files_that_went_bad(colour_folder):
     assert batches.skipped == {victim}
 
 
-class SpoilLastEpoch(keras.callbacks.Callback):
-    """Scrambles the weights before the last epoch so that it cannot be the best one."""
+class SpoilFrom(keras.callbacks.Callback):
+    """Scrambles the weights before every epoch from ``epoch`` (0-based) on, so none of those can be
+    the best one: the best is earlier, and later validation losses stay worse."""
 
-    def __init__(self, epochs):
+    def __init__(self, epoch):
         super().__init__()
-        self.epochs = epochs
+        self.first = epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epochs - 1:
-            rng = np.random.default_rng(0)
+        if epoch >= self.first:
+            rng = np.random.default_rng(epoch)
             for w in self.model.trainable_weights:
                 value = keras.ops.convert_to_numpy(w)
                 w.assign(value + rng.normal(0, 1.0, value.shape).astype(value.dtype))
 
 
+MODES = {  # name: RunConfig options, first spoiled epoch (0-based), epochs expected to run
+    "one phase, early stopping on": ({"epochs": 4, "patience": 4}, 3, 4),
+    "one phase, early stopping off": ({"epochs": 4, "patience": 0}, 3, 4),
+    "one phase, stopped early": ({"epochs": 8, "patience": 1}, 3, 4),
+    "two phases": ({"epochs": 5, "patience": 4, "unfreeze_at": 2, "unfreeze": "all"}, 3, 5),
+}
+
+
 @pytest.mark.slow
-def test_fit_learns_and_restores_the_best_weights(tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_saved_model_holds_the_best_validation_epoch_of_the_whole_run(mode, tmp_path):
+    from kerascnn.saving import load_model, save_model
+
+    options, spoiled, epochs = MODES[mode]
     ds = data.load("digits")
-    config = RunConfig("digits", "cnn", epochs=4, patience=4, lr_schedule="constant", verbose=0)
+    config = RunConfig("digits", "cnn", lr_schedule="constant", verbose=0, **options)
     model = models.build("cnn", ds.image_shape, ds.num_classes)
-    result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilLastEpoch(4)])
-    history = result.history
-    assert result.epochs_run == 4 and history["loss"][2] < history["loss"][0]
-    assert result.best_epoch < 4 and history["val_loss"][3] > min(history["val_loss"])
+    result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilFrom(spoiled)])
+    val_loss = result.history["val_loss"]
+    assert result.epochs_run == epochs and result.best_epoch == int(np.argmin(val_loss)) + 1 <= spoiled
+    save_model(model, tmp_path / "model.keras", {})
+    saved, _ = load_model(tmp_path / "model.keras")
     val = training.eval_batches(ds, "val", 256)
-    restored = model.evaluate(val, verbose=0, return_dict=True)["loss"]
-    assert restored == pytest.approx(min(history["val_loss"]), rel=1e-4)
-    assert (tmp_path / "history.csv").read_text().count("\n") == 5
-    assert (tmp_path / "best.weights.h5").is_file()
-    assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(min(val_loss), rel=1e-4)
+    best_file = models.build("cnn", ds.image_shape, ds.num_classes)
+    best_file.load_weights(tmp_path / "best.weights.h5")
+    x = np.concatenate([val[i][0] for i in range(len(val))])
+    np.testing.assert_allclose(saved.predict(x, verbose=0), best_file.predict(x, verbose=0), atol=1e-5)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(lines) == epochs + 1 and [line.split(",")[0] for line in lines[1:]] == [
+        str(e) for e in range(1, epochs + 1)]
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
 
 
 def test_divergence_is_reported_with_a_fix():

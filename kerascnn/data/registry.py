@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kerascnn.config import parse_split
 from kerascnn.data import deep_weeds
@@ -11,10 +13,11 @@ from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
 from kerascnn.data.fer2013 import load_fer2013
 from kerascnn.data.sources import Source, load_csv, load_digits, load_fashion_mnist, load_folder
-from kerascnn.data.splits import carve_validation, check_nonempty, stratified_split
+from kerascnn.data.splits import carve_validation, check_splits, stratified_split
 from kerascnn.data.tfds import load_tfds
 from kerascnn.errors import KerascnnError, unknown_name
 
+log = logging.getLogger("kerascnn")
 DEFAULT_FILE_IMAGE_SIZE = 64  # what image files are decoded at when neither --image-size nor the model says
 
 
@@ -56,6 +59,10 @@ def check(name: str, fold: int = 0) -> None:
     prefix, _, rest = name.partition(":")
     if not (name in DATASETS or (rest and prefix in PREFIXED)):
         raise unknown_name("dataset", name, dataset_names())
+    if prefix == "folder" and not Path(rest).expanduser().is_dir():
+        raise KerascnnError(f"folder {rest!r} does not exist; give folder:PATH with one sub-folder per class")
+    if prefix == "csv" and not Path(rest).expanduser().is_file():
+        raise KerascnnError(f"CSV file {rest!r} does not exist; give csv:PATH with columns path,label[,split]")
     folds = FOLDS.get(name, 1)
     if not (isinstance(fold, int) and 0 <= fold < folds):
         which = f"0..{folds - 1} for {name}" if folds > 1 else f"0: {name} has one split (folds: {', '.join(FOLDS)})"
@@ -114,7 +121,9 @@ def load(
             train, val = train.take(keep), train.take(carved)
             if len(carved):
                 notes.append(f"validation carved from train: {val_split:g} of each class, seed {seed}")
-    check_nonempty(len(train), len(val), len(test), name)
+    for warning in check_splits(train.labels, val.labels, test.labels, list(source.class_names), name):
+        log.warning("%s: %s", name, warning)
+        notes.append(warning)
     if train.streamed:
         shape = (image_size, image_size, source.channels or 3)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+
+
+log = logging.getLogger("kerascnn")
 
 
 @dataclass
@@ -138,6 +142,9 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
     if not all_paths:
         raise KerascnnError(f"no image files found in {origin}; expected one sub-folder of images per class")
     bad = set(find_unreadable(all_paths))
+    if len(bad) == len(all_paths):
+        raise KerascnnError(f"none of the {len(all_paths)} image files in {origin} could be read "
+                            f"(e.g. {all_paths[0]}); give image files PIL can open")
     names = class_names or sorted({c for rows in records.values() for _, c in rows})
     index = {c: i for i, c in enumerate(names)}
     unknown = sorted({c for rows in records.values() for _, c in rows} - set(index))
@@ -155,12 +162,15 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
 
 
 def class_folders(root: Path) -> dict[str, list[str]]:
-    """``{class name: [image paths]}`` for each sub-folder of ``root`` that holds images."""
+    """``{class name: [image paths]}`` for each sub-folder of ``root`` that holds images; a
+    sub-folder without any is left out with a warning."""
     classes = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(str(f) for f in sub.rglob("*") if f.is_file() and is_image_file(f))
         if files:
             classes[sub.name] = files
+        else:
+            log.warning("%s holds no image files; class %r left out", sub, sub.name)
     return classes
 
 
@@ -169,8 +179,6 @@ def load_folder(path: str, channels: int | None = None, class_names: list[str] |
     folders ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/``. Classes are
     sorted by name unless ``class_names`` gives their order."""
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise KerascnnError(f"folder {str(root)!r} does not exist; give folder:PATH with one sub-folder per class")
     split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in root.iterdir()
                   if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
     if "train" in split_dirs:
@@ -186,8 +194,6 @@ def load_folder(path: str, channels: int | None = None, class_names: list[str] |
 def load_csv(path: str, channels: int | None = None) -> Source:
     """A CSV with columns ``path,label[,split]``; relative paths are taken from the CSV's folder."""
     csv_path = Path(path).expanduser()
-    if not csv_path.is_file():
-        raise KerascnnError(f"CSV file {str(csv_path)!r} does not exist; give csv:PATH with columns path,label[,split]")
     rows = read_csv_rows(csv_path, ("path", "label"))
     has_split = any(r.get("split") for r in rows)
     records: dict[str, list[tuple[str, str]]] = {}

@@ -62,10 +62,25 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def check_nonempty(train: int, val: int, test: int, name: str) -> None:
-    """Raise a clear error when a split came out empty."""
-    if train == 0 or test == 0:
+def check_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, class_names: list[str], name: str) -> list[str]:
+    """Raise a clear error unless the splits (their label arrays) can train and test a classifier:
+    images in train and test, at least two classes with training images. Returns warnings for
+    classes missing from a split."""
+    if len(train) == 0 or len(test) == 0:
         raise KerascnnError(
-            f"dataset {name!r} gave {train} training and {test} test images; "
+            f"dataset {name!r} gave {len(train)} training and {len(test)} test images; "
             "it needs more images per class or a different --split"
         )
+    trained = np.unique(train)
+    if len(trained) < 2:
+        found = ", ".join(class_names[i] for i in trained) or "none"
+        raise KerascnnError(f"dataset {name!r} has training images of {len(trained)} class ({found}); a classifier "
+                            "needs at least two classes with images")
+    warnings = []
+    for split, labels in (("training", train), ("validation", val), ("test", test)):
+        if split == "validation" and len(labels) == 0:
+            continue
+        missing = sorted(set(range(len(class_names))) - set(np.unique(labels).tolist()))
+        if missing:
+            warnings.append(f"no {split} images of class(es) {', '.join(class_names[i] for i in missing)}")
+    return warnings

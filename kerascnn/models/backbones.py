@@ -1,6 +1,6 @@
-"""Pretrained backbones: builders, stage mappings, ImageNet preprocessing and ImageNet weights
-(keras.applications downloads, torchvision checkpoints ported once). The table of which model uses
-which is `kerascnn.models.registry`."""
+"""Building a registered backbone with its ImageNet weights (keras.applications downloads,
+torchvision checkpoints ported once) and its ImageNet preprocessing. Which model uses which:
+`kerascnn.models.registry`; stage names: `kerascnn.models.stages`."""
 
 from __future__ import annotations
 

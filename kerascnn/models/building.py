@@ -6,24 +6,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
+from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 from kerascnn.models.backbones import build_backbone, imagenet_preprocessing
 from kerascnn.models.cnn import build_cnn
+from kerascnn.models.freezing import choose_stages
 from kerascnn.models.preprocessing import adapt_input, channel_stats
-from kerascnn.models.registry import MODELS, ModelSpec, get
+from kerascnn.models.registry import MODELS, CNNSpec, ModelSpec, get
 from kerascnn.models.weights import load_weights, weights_file
 
 log = logging.getLogger("kerascnn")
 MIN_BACKBONE_SIZE = 32
-# the architecture options of scratch CNNs (the RunConfig fields of the same names)
-CNN_OPTIONS = ("filters", "convs_per_block", "kernel_size", "batch_norm", "activation", "pool", "dropout", "dense")
+# the architecture options of scratch CNNs: the CNNSpec fields a RunConfig sets (head_dropout is shared)
+CNN_OPTIONS = tuple(f.name for f in dataclasses.fields(CNNSpec)
+                    if f.name in {g.name for g in dataclasses.fields(RunConfig)} and f.name != "head_dropout")
 
 
 @contextlib.contextmanager
@@ -38,11 +41,14 @@ def dtype_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def check(name: str, weights: str = "none", **options: Any) -> None:
+def check(name: str, weights: str = "none", unfreeze: str | None = None, **options: Any) -> None:
     """Raise `KerascnnError` unless model ``name`` exists, can take ``weights`` (``none``,
-    ``imagenet`` for pretrained models, an existing file) and architecture ``options`` (None: not
-    given; they shape scratch CNNs only)."""
+    ``imagenet`` for pretrained models, an existing file), has the stages ``unfreeze`` names, and
+    takes architecture ``options`` (None: not given; they shape scratch CNNs only)."""
     spec = get(name)
+    if unfreeze is not None:
+        choose_stages(unfreeze, spec.stage_names(options.get("filters")), name)
+    weights = weights or "none"
     if weights == "imagenet" and not spec.pretrained:
         raise KerascnnError(f"{name} has no ImageNet weights; use --weights none or --weights PATH")
     if weights not in ("imagenet", "none"):
@@ -74,8 +80,8 @@ def build(
     num_classes: int,
     *,
     image_size: int | None = None,
-    weights: str = "none",
-    sample: np.ndarray | None = None,
+    weights: str | None = "none",
+    sample: np.ndarray | Callable[[], np.ndarray] | None = None,
     head_dropout: float | None = None,
     **options: Any,
 ) -> keras.Model:
@@ -84,19 +90,22 @@ def build(
     ``image_size`` resizes inside the model (default: the model's, else the input's). ``weights``:
     ``none``, ``imagenet`` (pretrained models) or a PATH (see `load_weights`); what was loaded is
     ``model.weights_source``. Scratch CNNs normalise with the per-channel statistics of ``sample``
-    images (uint8, n x h x w x c; default: scale to 0..1) and take architecture ``options``
+    images (uint8, n x h x w x c, or a function returning them, called for scratch CNNs only;
+    default: scale to 0..1) and take architecture ``options``
     (``filters``, ``dropout``, ...) over their preset. Backbones use their ImageNet normalisation,
     turn grey into RGB and get a new head: global average pooling, ``head_dropout`` (default 0; a
     CNN's default is its preset's) and a dense softmax layer.
     """
+    weights = weights or "none"
     check(name, weights, **options)
     spec = get(name)
     if spec.cnn is not None:
-        mean, variance = channel_stats(sample) if sample is not None else (None, None)
+        images = sample() if callable(sample) else sample
+        mean, variance = channel_stats(images) if images is not None else (None, None)
         model = build_cnn(spec.cnn.replace(head_dropout=head_dropout, **options), tuple(input_shape), num_classes,
                           image_size=image_size, mean=mean, variance=variance, name=name)
     else:
-        model = _with_head(spec, input_shape, num_classes, image_size or spec.image_size or input_shape[0],
+        model = _with_head(spec, input_shape, num_classes, spec.working_size(image_size, input_shape[0]),
                            weights == "imagenet", head_dropout)
     source: dict[str, Any] = {"source": weights}
     if weights not in ("imagenet", "none"):

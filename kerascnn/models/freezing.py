@@ -59,7 +59,11 @@ def stage_params(model: keras.Model) -> dict[str, int]:
 
 def resolve_stages(model: keras.Model, unfreeze: str) -> list[str]:
     """The stages named by ``--unfreeze`` (``none``, ``all`` or ``STAGE[,STAGE...]``), in model order."""
-    stages = list(stage_params(model))
+    return choose_stages(unfreeze, list(stage_params(model)), model.name)
+
+
+def choose_stages(unfreeze: str, stages: list[str], model_name: str) -> list[str]:
+    """The ``stages`` (in order, ``head`` last) named by ``--unfreeze``; an unknown name is an error."""
     text = unfreeze.strip().lower()
     if text == "none":
         return []
@@ -69,7 +73,7 @@ def resolve_stages(model: keras.Model, unfreeze: str) -> list[str]:
     for item in (part.strip() for part in unfreeze.split(",") if part.strip()):
         name = HEAD_ALIASES.get(item.lower(), item)
         if name not in stages:
-            raise KerascnnError(f"--unfreeze: {model.name} has no stage {item!r}; its stages: "
+            raise KerascnnError(f"--unfreeze: {model_name} has no stage {item!r}; its stages: "
                                 f"{', '.join(stages)} (or none, all)")
         chosen.append(name)
     return [s for s in stages if s in chosen and s != HEAD]

@@ -89,7 +89,7 @@ class ModelSpec:
     ``preprocess``ing (``torch``: 0..1 then ImageNet mean/std; ``caffe``: minus the mean pixel;
     ``tf``: -1..1; ``inside``: the Keras model does it), its ``stages`` in input order with
     ``stage_of(layer_name)``, and where ImageNet weights come from: ``keras.applications``
-    (``imagenet="keras"``) or a torchvision checkpoint ported once (``torchvision_url``).
+    (``imagenet="keras"``) or a torchvision checkpoint, ported once (``imagenet=URL``).
     ``image_size`` is the working size when ``--image-size`` is not given (None: the data's own
     size); ``file_image_size`` the size image files are decoded at then (None: ``image_size``, else
     the data's default, 64).
@@ -102,8 +102,7 @@ class ModelSpec:
     preprocess: str = "inside"
     stages: tuple[str, ...] = ()
     stage_of: Callable[[str], str | None] | None = None
-    imagenet: str | None = None  # "keras" or "torchvision": who provides ImageNet weights; None: none
-    torchvision_url: str | None = None
+    imagenet: str | None = None  # "keras", or the URL of a torchvision checkpoint; None: no ImageNet weights
     image_size: int | None = None
     file_image_size: int | None = None
     label_smoothing: float = 0.0  # the --label-smoothing default when training this model
@@ -115,8 +114,8 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: a backbone needs stages= and stage_of=")
         if self.preprocess not in PREPROCESSINGS:
             raise ValueError(f"model {self.name!r}: preprocess must be one of {PREPROCESSINGS}")
-        if (self.imagenet == "torchvision") != bool(self.torchvision_url):
-            raise ValueError(f"model {self.name!r}: imagenet='torchvision' goes with torchvision_url=")
+        if self.imagenet not in (None, "keras") and not self.imagenet.startswith("https://"):
+            raise ValueError(f"model {self.name!r}: imagenet must be None, 'keras' or a torchvision checkpoint URL")
 
     @property
     def pretrained(self) -> bool:
@@ -124,8 +123,20 @@ class ModelSpec:
         return self.imagenet is not None
 
     @property
-    def kind(self) -> str:
-        return "scratch CNN" if self.cnn is not None else "backbone"
+    def torchvision_url(self) -> str | None:
+        """The torchvision checkpoint our builder's ImageNet weights are ported from, if any."""
+        return self.imagenet if self.imagenet not in (None, "keras") else None
+
+    def stage_names(self, filters: list[int] | None = None) -> list[str]:
+        """The ``--unfreeze`` names, head last; a scratch CNN has one ``blockN`` per entry of
+        ``filters`` (default: its preset's)."""
+        if self.cnn is None:
+            return [*self.stages, "head"]
+        return [f"block{i}" for i in range(1, len(filters or self.cnn.filters) + 1)] + ["head"]
+
+    def working_size(self, image_size: int | None, input_size: int) -> int:
+        """The size the model works at: ``--image-size``, else the model's own, else the input's."""
+        return image_size or self.image_size or input_size
 
     def decode_size(self, image_size: int | None) -> int | None:
         """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
@@ -167,7 +178,8 @@ def markdown_table() -> str:
             stages = ", ".join(f"`{s}`" for s in (spec.stages[0], spec.stages[-1]))
             stages = stages.replace(", ", "..") if len(spec.stages) > 2 else stages
             stages += ", `head`"
-            weights = {"keras": "keras.applications", "torchvision": "torchvision's, ported", None: "-"}[spec.imagenet]
+            weights = "-" if spec.imagenet is None else "keras.applications" if spec.imagenet == "keras" else (
+                "torchvision's, ported")
         lines.append(f"| `{spec.name}` | {spec.description} | {weights} | {stages} |")
     return "\n".join(lines) + "\n"
 
@@ -176,7 +188,7 @@ def _resnet(name: str, url: str) -> ModelSpec:
     return ModelSpec(name, f"{name[:6].replace('resnet', 'ResNet')}-{name[6:]}, our functional model with "
                      "torchvision's layout and layer names",
                      backbone=torchvision_resnet(name), preprocess="torch",
-                     stages=RESNET_STAGES, stage_of=resnet_stage, imagenet="torchvision", torchvision_url=url,
+                     stages=RESNET_STAGES, stage_of=resnet_stage, imagenet=url,
                      image_size=224)
 
 
