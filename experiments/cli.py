@@ -6,7 +6,9 @@ import argparse
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from kerascnn.errors import KerascnnError
@@ -92,6 +94,7 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
     choose the backend, run ``body``.
 
     A `KerascnnError` becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
+    Ctrl-C and SIGTERM stop the same way (a run folder is marked interrupted): status 130 and 143.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -100,6 +103,8 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
         return int(exc.code or 0)
     args.argv = argv
     setup_logging()
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         select_backend(args.backend)
         return body(args) or 0
@@ -108,6 +113,20 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM); a run folder in progress is marked interrupted", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; a run folder in progress is marked interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it stops as on Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()

@@ -129,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     _opt(o, "--out", "run folder to create (default: RUNS_DIR/DATASET-MODEL-TIMESTAMP); never overwritten")
     _opt(o, "--runs-dir", "where default run folders go")
-    _opt(o, "--top-k", "k of the top-k accuracy reported", type=int)
+    _opt(o, "--top-k", "k of the top-k accuracy reported, below the number of classes (default: 5 where there are "
+         "more classes; 2 and 3 are always reported)", type=int)
     _opt(o, "--verbose", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", type=int, choices=(0, 1, 2))
     add_common_options(p)
     return p

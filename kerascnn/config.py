@@ -79,7 +79,7 @@ class RunConfig:
     # outputs
     out: str | None = None
     runs_dir: str = "runs"
-    top_k: int = 5
+    top_k: int | None = None  # None: 5 (evaluation.DEFAULT_TOP_K) where there are more classes
     verbose: int | str = "auto"
     # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +128,12 @@ class RunConfig:
             values = getattr(self, name)
             if values is not None and any(v <= 0 for v in values):
                 raise KerascnnError(f"--{name} takes positive integers, got {values}")
-        _positive_int("top_k", self.top_k)
+        if self.top_k is not None:
+            _positive_int("top_k", self.top_k)
+        _positive_int("workers", self.workers, allow_zero=True)
+        for name in ("kernel_size", "convs_per_block"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.split is not None:
             parse_split(self.split)
         _choice("bn_policy", self.bn_policy, BN_POLICIES)

@@ -26,9 +26,13 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+DEFAULT_TOP_K = 5
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
-                           top_k: int = 5) -> dict[str, Any]:
+                           top_k: int | None = None) -> dict[str, Any]:
     """Metrics of predicted probabilities ``proba`` (n, classes) against integer labels ``y_true``.
+    Top-k accuracy for k = 2, 3 and ``top_k`` (default `DEFAULT_TOP_K`) below the class count.
 
     Scores are fractions in [0, 1]; precision of a class never predicted counts as 0.
     """
@@ -51,7 +55,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
     }
     metrics["top_k_accuracy"] = {
         str(k): float(top_k_accuracy_score(y_true, proba, k=k, labels=labels))
-        for k in sorted({2, 3, top_k}) if k < len(class_names)
+        for k in sorted({2, 3, top_k or DEFAULT_TOP_K}) if k < len(class_names)
     }
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     metrics["confusion_matrix"] = cm.tolist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,29 +11,52 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 
-def plot_curves(history: dict[str, list[float]], path: str | Path, marks: Sequence[tuple[int, str]] = ()) -> None:
-    """Loss and accuracy per epoch, train and validation; ``marks`` are (epoch, label) lines."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        for prefix, label in (("", "train"), ("val_", "validation")):
-            values = history.get(prefix + key)
+def plot_curves(history: dict[str, list[float]], path: str | Path, marks: Sequence[tuple[int, str]] = ()) -> Figure:
+    """Loss, accuracy and (when logged) learning rate per epoch, numbered from 1; returns the (closed) figure.
+
+    A mark ``(epoch, label)`` says a new phase starts after ``epoch`` epochs: a vertical line in every
+    panel between epochs ``epoch`` and ``epoch + 1``, labelled ``"{label} from epoch {epoch + 1}"``.
+    The best epoch (lowest ``val_loss``, else ``loss``) is a dotted line, "best N" in the legends.
+    """
+    n = len(history.get("loss", []))
+    epochs = np.arange(1, n + 1)
+    keys = ["loss", "accuracy"] + (["learning_rate"] if history.get("learning_rate") else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), layout="constrained", squeeze=False)
+    monitor = np.asarray(history.get("val_loss") or history.get("loss") or [], dtype=float)
+    monitor[~np.isfinite(monitor)] = np.nan
+    best = int(np.nanargmin(monitor)) + 1 if np.isfinite(monitor).any() else None
+    for ax, key in zip(axes.flat, keys):
+        series = [("learning rate", history[key])] if key == "learning_rate" else [
+            (label, history.get(prefix + key)) for prefix, label in (("", "train"), ("val_", "validation"))]
+        for label, values in series:
             if values:
                 ax.plot(epochs[: len(values)], values, marker="o", markersize=3, label=label)
+        if key == "learning_rate":
+            rates = np.asarray(history[key], dtype=float)
+            if np.all(rates > 0) and rates.max() > 10 * rates.min():
+                ax.set_yscale("log")
+        if best is not None:
+            ax.axvline(best, color="green", linestyle=":", linewidth=1.5, label=f"best {best}")
         for epoch, text in marks:
-            ax.axvline(epoch + 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.text(epoch + 0.6, ax.get_ylim()[1], text, va="top", fontsize=8, color="grey")
+            if 0 <= epoch < n:
+                ax.axvline(epoch + 0.5, color="black", linestyle="--", linewidth=1.2)
+                ax.text(epoch + 0.5, 0.97, f" {text} from epoch {epoch + 1}", transform=ax.get_xaxis_transform(),
+                        rotation=90, ha="right", va="top", fontsize=8, bbox={"fc": "white", "ec": "none", "alpha": 0.7})
+        ax.set_xlim(0.5, max(n, 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.set_title(key)
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
@@ -53,24 +77,27 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
 
 
 def plot_mistakes(images: np.ndarray, true: Sequence[str], predicted: Sequence[str], confidence: Sequence[float],
-                  path: str | Path, names: Sequence[str] | None = None) -> None:
-    """A grid of images (n, h, w, c uint8) titled ``true -> predicted (confidence)`` and file names."""
+                  path: str | Path, names: Sequence[str] | None = None) -> Figure:
+    """A grid of images (n, h, w, c uint8) titled ``true -> predicted (confidence)`` and file names, long
+    lines wrapped to the column width; returns the (closed) figure."""
     n = len(images)
     cols = min(5, max(1, n))
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.2 * rows), squeeze=False, layout="constrained")
+    wrap = textwrap.TextWrapper(width=30, max_lines=3, placeholder="…")
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         image = images[i]
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
                   vmin=0, vmax=255)
-        title = f"true: {true[i]}\npred: {predicted[i]} ({confidence[i]:.0%})"
+        lines = [f"true: {true[i]}", f"pred: {predicted[i]} ({confidence[i]:.0%})"]
         if names is not None:
-            title += f"\n{names[i]}"
-        ax.set_title(title, fontsize=8)
+            lines.append(str(names[i]))
+        ax.set_title("\n".join(part for line in lines for part in wrap.wrap(line)), fontsize=8)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes on the test set", ha="center", va="center")
-    fig.tight_layout()
+    fig.suptitle(f"most confident mistakes ({n})" if n else "mistakes", fontsize=10)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig

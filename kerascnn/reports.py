@@ -46,6 +46,9 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         f"unreadable files skipped: {metrics['skipped_files']}.",
         "",
     ]
+    skipped = metrics.get("skipped_file_names", [])
+    lines += [f"- skipped: `{name}`" for name in skipped[:20]]
+    lines += [f"- ... and {len(skipped) - 20} more (all in metrics.json)"] if len(skipped) > 20 else []
     lines += [f"- {note}" for note in dataset["notes"]]
     lines += [
         "",
@@ -124,12 +127,15 @@ SUMMARY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "w
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """One row about a run folder: its settings that matter for comparison and its test metrics."""
+    from kerascnn.rundir import read_status
+
     run_dir = Path(run_dir)
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())
-    except FileNotFoundError:
-        raise KerascnnError(f"{run_dir} is not a finished run folder (no metrics.json or config.json)") from None
+    status = read_status(run_dir)
+    if status != "finished" or not (run_dir / "config.json").is_file():
+        missing = "no metrics.json" if (run_dir / "config.json").is_file() else "no config.json"
+        raise KerascnnError(f"{run_dir} is not a finished run (status {status}, {missing}); compare finished runs")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
     row = {"run": run_dir.name, "dataset": config["dataset"], "model": config["model"],
            "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config.get("unfreeze") or "-",
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],

@@ -58,3 +58,36 @@ def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: st
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+STATUS_FILE = "status.json"
+STATUSES = ("running", "interrupted", "failed", "finished")
+
+
+def mark(run_dir: str | Path, status: str, **details: Any) -> None:
+    """Record a run folder's state in ``status.json``: ``status`` (one of `STATUSES`), when, the
+    epochs in ``history.csv`` so far, and ``details`` (an error message, say)."""
+    run_dir = Path(run_dir)
+    history = run_dir / "history.csv"
+    epochs = max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
+    write_json(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "epochs_done": epochs, **details})
+
+
+def read_status(run_dir: str | Path) -> str:
+    """A run folder's state (`STATUSES`); a folder from before status files is ``finished`` when it
+    has ``metrics.json``, else ``unknown``."""
+    run_dir = Path(run_dir)
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())["status"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return "finished" if (run_dir / "metrics.json").is_file() else "unknown"
+
+
+def mark_stopped(run_dir: str | Path, exc: BaseException) -> None:
+    """Mark a run that ``exc`` stopped: interrupted (Ctrl-C, or SIGTERM as `experiments.cli`
+    turns it into KeyboardInterrupt), else failed with the error's first line."""
+    if isinstance(exc, KeyboardInterrupt):
+        mark(run_dir, "interrupted")
+    else:
+        mark(run_dir, "failed", error=(str(exc).strip().splitlines() or [type(exc).__name__])[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import kerascnn
 from kerascnn import data, distribute, evaluation, models, plots, reports, rundir, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
+from kerascnn.errors import KerascnnError
 from kerascnn.saving import save_model
 
 log = logging.getLogger("kerascnn")
@@ -77,7 +79,36 @@ def evaluate_run(model: keras.Model, dataset: Dataset, config: RunConfig, run_di
         run_dir / "mistakes.png",
         names=[Path(p).name for p in dataset.test.paths[index]] if dataset.streamed else None,
     )
-    metrics["skipped_in_test"] = int(len(test.skipped))
+    metrics["skipped_in_test"] = sorted(test.skipped)
+    return metrics
+
+
+def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effective: RunConfig,
+               result: training.TrainResult, devices: distribute.Plan, run_dir: Path) -> dict[str, Any]:
+    """Evaluate a trained run and write its ``metrics.json``, figures and ``report.md``; return the metrics."""
+    summary = dataset.summary()
+    metrics = evaluate_run(model, dataset, effective, run_dir)
+    marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []
+    plots.plot_curves(result.history, run_dir / "curves.png", marks=marks)
+    metrics.update({
+        "trainable_params": models.trainable_params(model),
+        "total_params": int(model.count_params()),
+        "weights": model.weights_source,
+        **result.stages,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "train_seconds": round(result.train_seconds, 2),
+        "seconds_per_epoch": round(result.seconds_per_epoch, 2),
+        "skipped_files": len(skipped := sorted({*dataset.skipped_files, *result.skipped_files,
+                                                 *metrics.pop("skipped_in_test")})),
+        "skipped_file_names": skipped,
+        "devices": {"count": devices.count, "effective_batch_size": devices.batch_size, "effective_lr": devices.lr},
+        "precision": config.precision,
+        "dataset": summary,
+    })
+    rundir.write_json(run_dir / "metrics.json", metrics)
+    reports.write_report(run_dir, config, summary, metrics)
     return metrics
 
 
@@ -99,40 +130,33 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     summary = dataset.summary()
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
-    with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
-        config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
-        model = models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=config.image_size,
-                             weights=config.weights, sample=lambda: dataset.statistics_sample(config.seed),
-                             head_dropout=config.head_dropout, **cnn_options(config))
-        run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
-        config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
-        config.environment = {**distribute.environment_info(), **config.environment}
-        config.save(run_dir / "config.json")
-        log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
-                 f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
-        effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
-        result = training.fit(model, dataset, effective, run_dir, callbacks)
-        save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
-    metrics = evaluate_run(model, dataset, effective, run_dir)
-    marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []
-    plots.plot_curves(result.history, run_dir / "curves.png", marks=marks)
-    metrics.update({
-        "trainable_params": models.trainable_params(model),
-        "total_params": int(model.count_params()),
-        "weights": model.weights_source,
-        **result.stages,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "train_seconds": round(result.train_seconds, 2),
-        "seconds_per_epoch": round(result.seconds_per_epoch, 2),
-        "skipped_files": dataset.skipped_files + len(result.skipped_files) + metrics.pop("skipped_in_test"),
-        "devices": {"count": devices.count, "effective_batch_size": devices.batch_size, "effective_lr": devices.lr},
-        "precision": config.precision,
-        "dataset": summary,
-    })
-    rundir.write_json(run_dir / "metrics.json", metrics)
-    reports.write_report(run_dir, config, summary, metrics)
+    if config.top_k is not None and config.top_k >= dataset.num_classes:
+        raise KerascnnError(f"--top-k {config.top_k}: {dataset.name} has {dataset.num_classes} classes; give a k "
+                            f"below {dataset.num_classes}")
+    run_dir = None
+    try:
+        with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
+            config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
+            model = models.build(config.model, dataset.image_shape, dataset.num_classes,
+                                 image_size=config.image_size, weights=config.weights,
+                                 sample=lambda: dataset.statistics_sample(config.seed),
+                                 head_dropout=config.head_dropout, **cnn_options(config))
+            run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
+            rundir.mark(run_dir, "running", pid=os.getpid())
+            config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
+            config.environment = {**distribute.environment_info(), **config.environment}
+            config.save(run_dir / "config.json")
+            log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
+                     f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
+            effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
+            result = training.fit(model, dataset, effective, run_dir, callbacks)
+            save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
+        metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
+    except BaseException as exc:
+        if run_dir is not None:
+            rundir.mark_stopped(run_dir, exc)
+        raise
+    rundir.mark(run_dir, "finished")
     log.info("test accuracy %.2f%%, macro F1 %.2f%%; report %s", 100 * metrics["accuracy"],
              100 * metrics["macro_f1"], run_dir / "report.md")
     return run_dir

@@ -169,7 +169,7 @@ def test_compare_runs_table(trained_run, tmp_path, capsys):
     assert table == out.read_text() and table.count("| run1 | cnn | none | all |") == 2
     assert compare([str(trained_run), "--markdown", str(out)]) == 2
     assert compare([str(tmp_path)]) == 2
-    assert "not a finished run folder" in capsys.readouterr().err
+    assert "is not a finished run (status unknown, no config.json)" in capsys.readouterr().err
 
 
 def test_list_stages(capsys):

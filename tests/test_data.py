@@ -35,7 +35,7 @@ def test_explicit_split_counts(tmp_path):
 def test_unreadable_files_are_skipped_and_counted(colour_folder):
     (colour_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     ds = data.load(f"folder:{colour_folder}", image_size=16)
-    assert ds.skipped_files == 1
+    assert len(ds.skipped_files) == 1
     assert len(ds.train) + len(ds.val) + len(ds.test) == 24
 
 

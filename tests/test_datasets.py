@@ -36,7 +36,7 @@ def test_animals10_english_names_balanced_split_and_skipped_file(kerascnn_data):
     replicas.animals10(kerascnn_data / "animals10")
     ds = data.load("animals10", image_size=32)
     assert ds.class_names == ENGLISH  # ragno -> spider included
-    assert ds.skipped_files == 1 and ds.image_shape == (32, 32, 3)
+    assert len(ds.skipped_files) == 1 and ds.image_shape == (32, 32, 3)
     # 6 images a class (8 readable for dog) are short of 300/75/75: split 4:1:1 per class
     assert ds.train.counts(10) == [4, 4, 4, 4, 6, 4, 4, 4, 4, 4]
     assert ds.val.counts(10) == [1] * 10 and ds.test.counts(10) == [1] * 10
@@ -80,7 +80,7 @@ def test_deep_weeds_official_folds(kerascnn_data):
     root = replicas.deep_weeds(kerascnn_data / "deep_weeds")
     ds = data.load("deep_weeds", image_size=32)
     assert ds.class_names[0] == "Chinee apple" and ds.class_names[8] == "Negative"
-    assert ds.skipped_files == 1
+    assert len(ds.skipped_files) == 1
     expected = {s: sum(1 for line in (root / "labels" / f"{s}_subset0.csv").read_text().splitlines()[1:]
                        if "corrupt" not in line) for s in ("train", "val", "test")}
     assert {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)} == expected
@@ -132,7 +132,7 @@ def test_fer2013_csv_splits_and_malformed_row(kerascnn_data):
     assert ds.class_names == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert ds.image_shape == (48, 48, 1) and not ds.streamed
     assert ds.train.counts(7) == [4] * 7 and ds.val.counts(7) == [1] * 7 and ds.test.counts(7) == [2] * 7
-    assert ds.skipped_files == 1
+    assert len(ds.skipped_files) == 1
 
 
 def test_fer2013_csv_row_with_non_numeric_pixels_is_skipped(kerascnn_data):
@@ -141,7 +141,7 @@ def test_fer2013_csv_row_with_non_numeric_pixels_is_skipped(kerascnn_data):
     with (root / "fer2013.csv").open("a") as f:
         f.write("2," + " ".join(["7"] * (48 * 48 - 1)) + " x,Training\n")
     ds = data.load("fer2013")
-    assert ds.skipped_files == 2 and ds.train.counts(7) == [4] * 7
+    assert len(ds.skipped_files) == 2 and ds.train.counts(7) == [4] * 7
 
 
 @pytest.mark.slow

@@ -172,3 +172,12 @@ def test_a_seed_makes_a_run_repeatable():
     (loss_a, weights_a), (loss_b, weights_b) = train(), train()
     assert loss_a == loss_b
     assert all(np.array_equal(a, b) for a, b in zip(weights_a, weights_b))
+
+
+def test_a_nan_epoch_is_never_the_best(tmp_path):
+    model = models.build("cnn", (8, 8, 1), 2, filters=[4], dense=[])
+    best = training.BestEpoch("val_loss", tmp_path / "best.weights.h5")
+    best.set_model(model)
+    for epoch, value in enumerate([float("nan"), 0.9, float("inf"), 0.7, float("nan")]):
+        best.on_epoch_end(epoch, {"val_loss": value})
+    assert best.epoch == 4 and best.value == 0.7 and (tmp_path / "best.weights.h5").is_file()

@@ -72,7 +72,7 @@ class Dataset:
     """Train, validation and test splits with their class names.
 
     ``image_shape`` is (height, width, channels) of what the splits yield: the native shape of
-    an array dataset, the decoding size of a file dataset. ``skipped_files`` counts unreadable
+    an array dataset, the decoding size of a file dataset. ``skipped_files`` names unreadable
     images left out; ``notes`` says how the splits were made.
     """
 
@@ -82,7 +82,7 @@ class Dataset:
     val: Split
     test: Split
     image_shape: tuple[int, int, int]
-    skipped_files: int = 0
+    skipped_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -43,14 +43,14 @@ def load_fer2013(data_dir: str | None = None, channels: int | None = None) -> So
         return load_folder(str(root), channels, class_names=CLASSES)
     images: dict[str, list[np.ndarray]] = {s: [] for s in USAGE.values()}
     labels: dict[str, list[int]] = {s: [] for s in USAGE.values()}
-    bad = 0
+    bad: list[str] = []
     for line, row in enumerate(read_csv_rows(csv_path, ("emotion", "pixels", "usage")), start=2):
         split = USAGE.get(row["usage"].lower())
         pixels = _pixels(row["pixels"])
         if split is None or pixels.size != SIZE * SIZE or not row["emotion"].isdigit() \
                 or int(row["emotion"]) >= len(CLASSES) or pixels.min() < 0 or pixels.max() > 255:
             log.warning("skipping bad row %d of %s", line, csv_path)
-            bad += 1
+            bad.append(f"{csv_path.name} row {line}")
             continue
         images[split].append(pixels.astype(np.uint8).reshape(SIZE, SIZE, 1))
         labels[split].append(int(row["emotion"]))
@@ -59,5 +59,5 @@ def load_fer2013(data_dir: str | None = None, channels: int | None = None) -> So
     splits = {s: Split(np.array(labels[s]), images=np.stack(images[s])) for s in USAGE.values() if labels[s]}
     notes = [f"FER2013 CSV {csv_path}: Training -> train, PublicTest -> val, PrivateTest -> test"]
     if bad:
-        notes.append(f"{bad} malformed CSV row(s) skipped")
+        notes.append(f"{len(bad)} malformed CSV row(s) skipped")
     return Source(splits, list(CLASSES), channels=1, skipped_files=bad, notes=notes)

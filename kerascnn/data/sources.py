@@ -40,7 +40,7 @@ class Source:
     splits: dict[str, Split]
     class_names: list[str]
     channels: int | None = None
-    skipped_files: int = 0
+    skipped_files: list[str] = field(default_factory=list)  # unreadable files (or rows) left out
     notes: list[str] = field(default_factory=list)
     default_split: str = "0.7,0.15,0.15"
 
@@ -140,7 +140,8 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
     """Build a `Source` from ``{split: [(path, class name), ...]}``, leaving out unreadable files."""
     all_paths = [p for rows in records.values() for p, _ in rows]
     if not all_paths:
-        raise KerascnnError(f"no image files found in {origin}; expected one sub-folder of images per class")
+        expected = "rows path,label[,split]" if origin.endswith(".csv") else "one sub-folder of images per class"
+        raise KerascnnError(f"no image files found in {origin}; expected {expected}")
     bad = set(find_unreadable(all_paths))
     if len(bad) == len(all_paths):
         raise KerascnnError(f"none of the {len(all_paths)} image files in {origin} could be read "
@@ -158,7 +159,7 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
     if channels is None:
         channels = 1 if grey_only([p for p in all_paths if p not in bad]) else 3
     notes = [f"{len(bad)} unreadable image file(s) skipped"] if bad else []
-    return Source(splits, names, channels=channels, skipped_files=len(bad), notes=notes)
+    return Source(splits, names, channels=channels, skipped_files=sorted(bad), notes=notes)
 
 
 def class_folders(root: Path) -> dict[str, list[str]]:

@@ -42,8 +42,9 @@ def _download_message(name: str, exc: Exception, where: str) -> KerascnnError:
     url = next(iter(re.findall(r"https?://\S+?(?=[:\s]|$)", str(exc))), None)
     file = url.rsplit("/", 1)[-1] if url else "the weights file"
     origin = f" (from {url})" if url else ""
+    cause = (str(exc.__cause__ or exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
     return KerascnnError(
-        f"could not get ImageNet weights for {name} ({type(exc).__name__}); put {file}{origin} in {where}, "
+        f"could not get ImageNet weights for {name} ({cause}); put {file}{origin} in {where}, "
         "or use --weights none or --weights PATH"
     )
 

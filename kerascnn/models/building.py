@@ -110,8 +110,9 @@ def build(
     source: dict[str, Any] = {"source": weights}
     if weights not in ("imagenet", "none"):
         source = load_weights(model, weights)
-        loaded = source.get("layers_loaded", source.get("tensors_loaded"))
-        log.info("--weights %s: %s loaded; new: %s", weights, loaded, ", ".join(source["layers_new"]) or "none")
+        loaded, new = source.get("layers_loaded", source.get("tensors_loaded")), source["layers_new"]
+        report = log.warning if len(new) > loaded else log.info  # mostly new: probably another architecture
+        report("--weights %s: %s loaded; new: %s", weights, loaded, ", ".join(new) or "none")
     object.__setattr__(model, "weights_source", source)  # a plain attribute: not tracked, not saved
     return model
 
