@@ -33,6 +33,7 @@ from kerascnn.errors import KerascnnError
 from kerascnn.models.registry import MODELS, ModelSpec, model_names
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+COMMAND_ARGS = ("backend", "debug", "argv", "list_stages", "resume")  # what is not a RunConfig setting
 
 
 def _opt(group, flag: str, help: str, **kwargs) -> None:
@@ -57,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.run", description=__doc__)
     p.add_argument("dataset", nargs="?", help=", ".join(dataset_names()) + " (CSV columns: path,label[,split])")
     p.add_argument("model", nargs="?", help=", ".join(model_names()))
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or failed run from its last complete "
+                   "epoch, with the settings in its config.json")
     p.add_argument("--list-stages", metavar="MODEL",
                    help="print MODEL's stages with their parameter counts (at --image-size) and exit")
     d = p.add_argument_group("data")
@@ -153,16 +156,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The `RunConfig` of parsed ``experiments.run`` arguments (with the command line recorded)."""
     if not args.dataset or not args.model:
         raise KerascnnError("give a DATASET and a MODEL, e.g. python -m experiments.run fashion_mnist cnn")
-    options = {k: v for k, v in vars(args).items() if k not in ("backend", "debug", "argv", "list_stages")}
+    options = {k: v for k, v in vars(args).items() if k not in COMMAND_ARGS}
     command = shlex.join(["python", "-m", "experiments.run", *args.argv])
     return RunConfig(**options, environment={"command": command})
 
 
 def body(args: argparse.Namespace) -> int:
-    from kerascnn.runner import run
+    from kerascnn.runner import resume, run
 
     if args.list_stages:
         list_stages(args.list_stages, getattr(args, "image_size", None))
+        return 0
+    if args.resume:
+        settings = [k for k in vars(args) if k not in (*COMMAND_ARGS, "dataset", "model")]
+        if settings or args.dataset or args.model:
+            raise KerascnnError("--resume takes every setting from RUN_DIR/config.json; give it alone")
+        print(resume(args.resume))
         return 0
     print(run(config_from_args(args)))
     return 0

@@ -21,6 +21,7 @@ _LAZY = {
     "RunConfig": ("kerascnn.config", "RunConfig"),
     "KerascnnError": ("kerascnn.errors", "KerascnnError"),
     "run": ("kerascnn.runner", "run"),
+    "resume": ("kerascnn.runner", "resume"),
     "load_data": ("kerascnn.data", "load"),
     "build_model": ("kerascnn.models", "build"),
     "load_model": ("kerascnn.saving", "load_model"),

@@ -4,6 +4,7 @@ every file and folder kerascnn writes), creating it and writing its JSON files."
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -82,6 +83,23 @@ def read_status(run_dir: str | Path) -> str:
         return json.loads((run_dir / STATUS_FILE).read_text())["status"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         return "finished" if (run_dir / "metrics.json").is_file() else "unknown"
+
+
+def running_elsewhere(run_dir: str | Path) -> bool:
+    """Whether the process that marked ``run_dir`` running is alive (and is not this one)."""
+    try:
+        pid = int(json.loads((Path(run_dir) / STATUS_FILE).read_text())["pid"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def mark_stopped(run_dir: str | Path, exc: BaseException) -> None:

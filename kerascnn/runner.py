@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 import kerascnn
-from kerascnn import data, distribute, evaluation, models, plots, reports, rundir, training
+from kerascnn import checkpoint, data, distribute, evaluation, models, plots, reports, rundir, training
 from kerascnn.config import RunConfig
 from kerascnn.data.dataset import Dataset
 from kerascnn.errors import KerascnnError
@@ -116,12 +116,35 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     """Train, evaluate and report one experiment; return its run folder. ``callbacks`` are added
     to training's own (`kerascnn.training.fit`).
 
-    The folder holds ``config.json``, ``model.keras``, ``best.weights.h5``, ``history.csv``,
-    ``metrics.json``, ``curves.png``, ``confusion_matrix.png``, ``mistakes.png`` and ``report.md``.
+    The folder holds ``config.json``, ``status.json``, ``model.keras``, ``best.weights.h5``,
+    ``history.csv``, ``checkpoint/``, ``metrics.json``, ``curves.png``, ``confusion_matrix.png``,
+    ``mistakes.png`` and ``report.md``.
     """
     resolve_config(config)
     if config.out:
         rundir.check_free(config.out, "--out")
+    return _execute(config, callbacks, None)
+
+
+def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None = None) -> Path:
+    """Continue an interrupted or failed run in ``run_dir`` from its last complete epoch (its
+    checkpoint), with its own ``config.json``; then evaluate and report it as `run` does."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "config.json").is_file():
+        raise KerascnnError(f"--resume {str(run_dir)!r}: not a run folder (no config.json)")
+    status = rundir.read_status(run_dir)
+    if status == "finished":
+        raise KerascnnError(f"--resume {run_dir}: the run is finished; start a new one with --out")
+    if status == "running" and rundir.running_elsewhere(run_dir):
+        raise KerascnnError(f"--resume {run_dir}: the run is still running in another process")
+    checkpoint.load_state(run_dir)  # one line if there is nothing to resume from
+    config = RunConfig.load(run_dir / "config.json")
+    config.out = str(run_dir)
+    return _execute(resolve_config(config), callbacks, run_dir)
+
+
+def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None, resume_dir: Path | None) -> Path:
+    """Load, build, train (from ``resume_dir``'s checkpoint if given), evaluate, report."""
     keras.utils.set_random_seed(config.seed)
     distribute.enable_compilation_cache()
     devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
@@ -141,15 +164,18 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
                                  image_size=config.image_size, weights=config.weights,
                                  sample=lambda: dataset.statistics_sample(config.seed),
                                  head_dropout=config.head_dropout, **cnn_options(config))
-            run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
+            if resume_dir is None:
+                run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
+                config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
+                config.environment = {**distribute.environment_info(), **config.environment}
+                config.save(run_dir / "config.json")
+            else:
+                run_dir = resume_dir
             rundir.mark(run_dir, "running", pid=os.getpid())
-            config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
-            config.environment = {**distribute.environment_info(), **config.environment}
-            config.save(run_dir / "config.json")
             log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
                      f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
             effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
-            result = training.fit(model, dataset, effective, run_dir, callbacks)
+            result = training.fit(model, dataset, effective, run_dir, callbacks, resume=resume_dir is not None)
             save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
         metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
     except BaseException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerascnn import checkpoint
 from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
 from kerascnn.data.pipeline import Batches, augmentation
@@ -178,7 +180,7 @@ def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0
 
 
 def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | Path | None = None,
-        callbacks: list[keras.callbacks.Callback] | None = None) -> TrainResult:
+        callbacks: list[keras.callbacks.Callback] | None = None, resume: bool = False) -> TrainResult:
     """Train ``model`` with ``model.fit`` on ``dataset`` as ``config`` says, phase by phase.
 
     Each phase sets which stages train (`kerascnn.models.set_trainable`) and compiles afresh, as
@@ -186,7 +188,9 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     the whole run by validation loss (training loss without a validation set; `BestEpoch`).
     Callbacks: early stopping (``patience`` > 0; not while only the head warms up before
     ``unfreeze_at``), ``plateau`` LR reduction, a NaN guard, and, with ``run_dir``, the best
-    weights (``best.weights.h5``) and ``history.csv``; ``callbacks`` come after these.
+    weights (``best.weights.h5``), ``history.csv`` and, every epoch, what resuming needs
+    (`kerascnn.checkpoint`); ``callbacks`` come after these. ``resume`` continues ``run_dir``'s run
+    from its checkpoint: the epochs it ran are kept, not repeated.
     """
     multiple = replicas()
     train = train_batches(dataset, config, multiple)
@@ -195,14 +199,28 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     best = BestEpoch("val_loss" if has_val else "loss", Path(run_dir) / "best.weights.h5" if run_dir else None)
     plan = phases(config)
     logs: dict[str, list[float]] = {}
+    done = 0
+    if resume:
+        state = checkpoint.load_state(run_dir)
+        done, logs = state.epoch, history_until(Path(run_dir) / "history.csv", state.epoch)
+        if state.best_epoch:
+            model.load_weights(best.path)
+            best.value, best.epoch, best.weights = state.best_value, state.best_epoch, model.get_weights()
+        checkpoint.restore_weights(run_dir, model)
+        train.start_at(done)
     stages, start = {}, time.perf_counter()
     for i, phase in enumerate(plan):
+        if phase.stop <= done:
+            continue
         stages = set_trainable(model, phase.unfreeze, config.bn_policy)
         compile_model(model, config, len(train), phase)
+        if resume and phase.start < done:  # continuing inside the phase the checkpoint was taken in
+            checkpoint.restore_optimizer(run_dir, model)
         warmup_only = len(plan) > 1 and i == 0
-        history = model.fit(train, validation_data=val, initial_epoch=phase.start, epochs=phase.stop,
-                            callbacks=[*_callbacks(config, best, run_dir, i > 0, warmup_only), *(callbacks or [])],
-                            verbose=progress_verbosity(config.verbose))
+        own = _callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)
+        own += [checkpoint.EpochCheckpoint(run_dir, i, best)] if run_dir is not None else []
+        history = model.fit(train, validation_data=val, initial_epoch=max(phase.start, done), epochs=phase.stop,
+                            callbacks=[*own, *(callbacks or [])], verbose=progress_verbosity(config.verbose))
         for key, values in history.history.items():
             logs.setdefault(key, []).extend(float(v) for v in values)
         _check_finite(logs.get("loss", []), config)
@@ -212,6 +230,15 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     return TrainResult(logs, len(losses), best.epoch, seconds, stopped_early=len(losses) < config.epochs,
                        skipped_files=set(train.skipped) | (val.skipped if val else set()), stages=stages,
                        unfrozen_at=config.unfreeze_at)
+
+
+def history_until(path: Path, epochs: int) -> dict[str, list[float]]:
+    """Cut ``history.csv`` back to its first ``epochs`` rows (an epoch that ended after the last
+    checkpoint is trained again); return them as lists per column, the epoch column left out."""
+    lines = path.read_text().splitlines(keepends=True)[:epochs + 1]
+    path.write_text("".join(lines))
+    rows = list(csv.DictReader(lines))
+    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
 
 
 def progress_verbosity(verbose: int | str) -> int | str:

@@ -54,8 +54,10 @@ def test_run_folder_has_every_file(trained_run):
     assert config["architecture"]["filters"] == [32, 64]
     assert config["precision"] == "float32"  # --precision auto on a CPU, resolved before it is saved
     report = (trained_run / "report.md").read_text()
-    for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1"):
+    for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1",
+                 "corrupt.jpg`", "working at 16×16 pixels"):
         assert text in report
+    assert json.loads((trained_run / "status.json").read_text())["status"] == "finished"
 
 
 @pytest.mark.slow

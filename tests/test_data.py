@@ -39,6 +39,17 @@ def test_unreadable_files_are_skipped_and_counted(colour_folder):
     assert len(ds.train) + len(ds.val) + len(ds.test) == 24
 
 
+def test_an_empty_class_folder_is_left_out_with_a_warning_and_one_class_is_an_error(colour_folder, caplog):
+    (colour_folder / "purple").mkdir()
+    ds = data.load(f"folder:{colour_folder}", image_size=16)
+    assert ds.class_names == ["blue", "green", "red"] and "holds no image files" in caplog.text
+    for name in ("blue", "green"):
+        for f in (colour_folder / name).iterdir():
+            f.unlink()
+    with pytest.raises(KerascnnError, match="training images of 1 class"):
+        data.load(f"folder:{colour_folder}", image_size=16)
+
+
 def test_grey_folder_gets_one_channel(tmp_path):
     for name in ("a", "b"):
         (tmp_path / "g" / name).mkdir(parents=True)

@@ -52,6 +52,7 @@ OPTIONS = {
     "--nesterov": [None],
     "--finetune-lr": ["0.1", "-1"],
     "--bogus": ["1"],
+    "--resume": ["{existing_out}", "{nowhere}", "{file_out}"],
 }
 
 
@@ -113,9 +114,6 @@ def argv_of(case: int) -> list[str]:
     for flag in rng.sample(sorted(OPTIONS), rng.choice([0, 0, 1, 2, 3, 4])):
         value = rng.choice(OPTIONS[flag])
         argv += [flag] if value is None else [flag, value]
-    if "resnet18" in argv:
-        argv += [] if "--image-size" in argv else ["--image-size", "32"]  # 224 pixels only makes a case slow
-        argv += [] if "--weights" in argv else ["--weights", "none"]  # no download attempts from tests
     return [a for a in argv if a != ""]
 
 
@@ -134,12 +132,25 @@ def stop_before_training(*args, **kwargs):
     raise KerascnnError("stopped by the fuzz test where training would start")
 
 
-@pytest.mark.parametrize("case", range(CASES))
+# each value alone on a run that is otherwise fine, and each dataset alone: these reach the deeper checks
+SINGLE = [["digits", "cnn", flag, *([] if value is None else [value])] for flag in OPTIONS for value in OPTIONS[flag]]
+SINGLE += [[dataset, model] for dataset in DATASETS for model in ("cnn", "resnet18")]
+
+
+def case_argv(case: int) -> list[str]:
+    argv = SINGLE[case] if case < len(SINGLE) else argv_of(case)
+    if "resnet18" in argv:
+        argv = argv + ([] if "--image-size" in argv else ["--image-size", "32"])  # 224 pixels only makes it slow
+        argv += [] if "--weights" in argv else ["--weights", "none"]  # no download attempts from tests
+    return argv
+
+
+@pytest.mark.parametrize("case", range(len(SINGLE) + CASES))
 def test_the_command_line_never_crashes_or_loses_anything(case, world, tmp_path, monkeypatch, capsys):
     root, paths = world
     monkeypatch.setattr(training, "fit", stop_before_training)
     monkeypatch.chdir(tmp_path)  # default run folders (runs/...) land here
-    argv = [a.format(**paths) for a in argv_of(case)]
+    argv = [a.format(**paths) for a in case_argv(case)]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     before = snapshot(root)

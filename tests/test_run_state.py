@@ -67,3 +67,29 @@ def test_sigterm_stops_a_run_cleanly_and_marks_it_interrupted(tmp_path):
     assert process.returncode == 143, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
     assert read_status(out) == "interrupted"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] >= 1
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch_and_ends_as_the_whole_run_would(tmp_path):
+    """Interrupted after epoch 3 of 5, in the second phase of a two-phase run, then resumed: the
+    result has 5 epochs of history, continues the learning-rate schedule, and matches an
+    uninterrupted run of the same seed (no augmentation, so the batches are the same)."""
+    options = {"epochs": 5, "unfreeze_at": 2, "unfreeze": "all", "patience": 0, "verbose": 0}
+    whole = kerascnn.run(kerascnn.RunConfig("digits", "cnn", out=str(tmp_path / "whole"), **options))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        kerascnn.run(kerascnn.RunConfig("digits", "cnn", out=str(out), **options),
+                     callbacks=[StopAt(3, KeyboardInterrupt())])
+    assert read_status(out) == "interrupted"
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 3
+    assert kerascnn.resume(out) == out and read_status(out) == "finished"
+    lines = (out / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
+    resumed, straight = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    history = [(d / "history.csv").read_text().splitlines() for d in (out, whole)]
+    header = history[0][0].split(",")
+    lr = header.index("learning_rate")
+    assert [row.split(",")[lr] for row in history[0][1:]] == [row.split(",")[lr] for row in history[1][1:]]
+    assert resumed["epochs_run"] == 5 and resumed["accuracy"] == pytest.approx(straight["accuracy"], abs=0.03)
+    with pytest.raises(KerascnnError, match="finished"):
+        kerascnn.resume(out)

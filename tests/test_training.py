@@ -107,10 +107,10 @@ class SpoilFrom(keras.callbacks.Callback):
                 w.assign(value + rng.normal(0, 1.0, value.shape).astype(value.dtype))
 
 
-MODES = {  # name: RunConfig options, first spoiled epoch (0-based), epochs expected to run
+MODES = {  # name: RunConfig options, first spoiled epoch (0-based), epochs expected to run (None: fewer than all)
     "one phase, early stopping on": ({"epochs": 4, "patience": 4}, 3, 4),
     "one phase, early stopping off": ({"epochs": 4, "patience": 0}, 3, 4),
-    "one phase, stopped early": ({"epochs": 8, "patience": 1}, 3, 4),
+    "one phase, stopped early": ({"epochs": 8, "patience": 2}, 3, None),
     "two phases": ({"epochs": 5, "patience": 4, "unfreeze_at": 2, "unfreeze": "all"}, 3, 5),
 }
 
@@ -121,12 +121,14 @@ def test_the_saved_model_holds_the_best_validation_epoch_of_the_whole_run(mode, 
     from kerascnn.saving import load_model, save_model
 
     options, spoiled, epochs = MODES[mode]
+    keras.utils.set_random_seed(0)
     ds = data.load("digits")
     config = RunConfig("digits", "cnn", lr_schedule="constant", verbose=0, **options)
     model = models.build("cnn", ds.image_shape, ds.num_classes)
     result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilFrom(spoiled)])
-    val_loss = result.history["val_loss"]
-    assert result.epochs_run == epochs and result.best_epoch == int(np.argmin(val_loss)) + 1 <= spoiled
+    assert result.stopped_early == (epochs is None) and result.epochs_run == (epochs or result.epochs_run)
+    val_loss, epochs = result.history["val_loss"], result.epochs_run
+    assert result.best_epoch == int(np.argmin(val_loss)) + 1 <= spoiled
     save_model(model, tmp_path / "model.keras", {})
     saved, _ = load_model(tmp_path / "model.keras")
     val = training.eval_batches(ds, "val", 256)
@@ -145,8 +147,16 @@ def test_divergence_is_reported_with_a_fix():
     ds = data.load("digits")
     config = RunConfig("digits", "cnn", epochs=2, optimizer="sgd", lr=1e12, lr_schedule="constant", verbose=0)
     model = models.build("cnn", ds.image_shape, ds.num_classes, batch_norm=False, dropout=0.0)
-    with pytest.raises(KerascnnError, match="lower --lr"):
+    with pytest.raises(KerascnnError, match="lower --lr") as error:
         training.fit(model, ds, config)
+    assert "--optimizer sgd" not in str(error.value)  # the run already used sgd
+
+
+def test_progress_is_one_line_per_epoch_when_the_output_is_not_a_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)
+    assert training.progress_verbosity("auto") == 2 and training.progress_verbosity(1) == 1
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert training.progress_verbosity("auto") == 1
 
 
 def test_batches_for_several_devices_pad_the_last_batch_with_zero_weights():

@@ -92,17 +92,21 @@ class Batches(keras.utils.PyDataset):
         self.flip, self.augment = _split_flip(augment)
         self.class_weights, self.multiple = class_weights, multiple
         self._seed, self._epoch = seed, 0
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(len(split)) if shuffle else np.arange(len(split))
+        self._order = np.random.default_rng([seed, 0]).permutation(len(split)) if shuffle else np.arange(len(split))
         self.skipped: set[str] = set()
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
     def on_epoch_end(self) -> None:
-        self._epoch += 1
+        self.start_at(self._epoch + 1)
+
+    def start_at(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` (0-based) next: its order and flips depend on the seed and the epoch
+        alone, so a resumed run sees the batches it would have seen."""
+        self._epoch = epoch
         if self.shuffle:
-            self._order = self._rng.permutation(len(self.split))
+            self._order = np.random.default_rng([self._seed, epoch]).permutation(len(self.split))
 
     def _images(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self.split.streamed:

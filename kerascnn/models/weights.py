@@ -93,6 +93,10 @@ def _load_torchvision(model: keras.Model, path: Path) -> dict[str, Any]:
 
 
 def _load_h5(model: keras.Model, path: Path) -> dict[str, Any]:
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise KerascnnError(f"--weights {path}: not an HDF5 file; give a .weights.h5 saved by Keras")
     try:
         model.load_weights(path)
         return {"layers_loaded": len(_weighted_layers(model)), "layers_new": []}
