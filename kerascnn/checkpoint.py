@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,11 +21,10 @@ FOLDER = "checkpoint"
 
 @dataclass
 class State:
-    """Progress of a run at the end of epoch ``epoch`` (1-based) of phase ``phase`` (0-based), and
-    the best epoch so far by the monitored value (0 and inf: none yet)."""
+    """Progress of a run at the end of epoch ``epoch`` (1-based), and the best epoch so far by the
+    monitored value (0 and inf: none yet)."""
 
     epoch: int
-    phase: int
     best_epoch: int = 0
     best_value: float = float("inf")
 
@@ -68,13 +68,18 @@ def restore_optimizer(run_dir: str | Path, model: keras.Model) -> None:
         variable.assign(value)
 
 
+def remove(run_dir: str | Path) -> None:
+    """Delete the checkpoint of a finished run (nothing is left to resume)."""
+    shutil.rmtree(Path(run_dir) / FOLDER, ignore_errors=True)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes the checkpoint at the end of every epoch of phase ``phase``; ``best`` is the run's
+    """Writes the checkpoint at the end of every epoch; ``best`` is the run's
     `kerascnn.training.BestEpoch` (its state goes in too)."""
 
-    def __init__(self, run_dir: str | Path, phase: int, best) -> None:
+    def __init__(self, run_dir: str | Path, best) -> None:
         super().__init__()
-        self.run_dir, self.phase, self.best = Path(run_dir), phase, best
+        self.run_dir, self.best = Path(run_dir), best
 
     def on_epoch_end(self, epoch, logs=None):
-        save(self.run_dir, self.model, State(epoch + 1, self.phase, self.best.epoch, self.best.value))
+        save(self.run_dir, self.model, State(epoch + 1, self.best.epoch, self.best.value))

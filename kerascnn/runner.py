@@ -183,6 +183,7 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
             rundir.mark_stopped(run_dir, exc)
         raise
     rundir.mark(run_dir, "finished")
+    checkpoint.remove(run_dir)
     log.info("test accuracy %.2f%%, macro F1 %.2f%%; report %s", 100 * metrics["accuracy"],
              100 * metrics["macro_f1"], run_dir / "report.md")
     return run_dir

@@ -218,7 +218,7 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
             checkpoint.restore_optimizer(run_dir, model)
         warmup_only = len(plan) > 1 and i == 0
         own = _callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)
-        own += [checkpoint.EpochCheckpoint(run_dir, i, best)] if run_dir is not None else []
+        own += [checkpoint.EpochCheckpoint(run_dir, best)] if run_dir is not None else []
         history = model.fit(train, validation_data=val, initial_epoch=max(phase.start, done), epochs=phase.stop,
                             callbacks=[*own, *(callbacks or [])], verbose=progress_verbosity(config.verbose))
         for key, values in history.history.items():

@@ -75,6 +75,9 @@ def test_csv_errors_are_one_line(tmp_path):
         data.load(f"csv:{bad}")
     with pytest.raises(KerascnnError, match="does not exist"):
         data.load(f"csv:{tmp_path / 'missing.csv'}")
+    bad.write_text("path,label\n")
+    with pytest.raises(KerascnnError, match="no image files found in .*bad.csv; expected rows path,label"):
+        data.load(f"csv:{bad}")
 
 
 def test_unknown_dataset_lists_valid_names():

@@ -49,6 +49,8 @@ def test_a_stopped_run_is_marked_and_compare_says_so(exc, status, tmp_path):
 def test_a_finished_run_is_marked_finished(tmp_path):
     out = kerascnn.run(kerascnn.RunConfig("digits", "cnn", epochs=1, out=str(tmp_path / "run"), verbose=0))
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    with pytest.raises(KerascnnError, match="the run is finished"):
+        kerascnn.resume(out)
     assert summarize_run(out)["epochs"] == 1
 
 
@@ -83,6 +85,7 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_and_ends_as_the_whole_ru
     assert read_status(out) == "interrupted"
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 3
     assert kerascnn.resume(out) == out and read_status(out) == "finished"
+    assert not (out / "checkpoint").exists()  # a finished run has nothing left to resume
     lines = (out / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
     resumed, straight = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))

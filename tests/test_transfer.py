@@ -135,8 +135,17 @@ def test_offline_imagenet_weights_fail_with_the_file_to_place(tmp_path, monkeypa
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(
         Exception("URL fetch failure on https://download.pytorch.org/models/resnet18-f37072fd.pth: None")))
-    with pytest.raises(KerascnnError, match=r"put resnet18-f37072fd.pth .* in .*models"):
+    with pytest.raises(KerascnnError, match=r"\(URL fetch failure .*put resnet18-f37072fd.pth .* in .*models"):
         models.build("resnet18", (32, 32, 3), 5, weights="imagenet")
+
+
+def test_weights_of_another_architecture_load_with_a_warning(tmp_path, caplog):
+    from kerascnn.saving import save_model
+
+    save_model(models.build("cnn3", (8, 8, 1), 10), tmp_path / "other.keras", {})
+    model = models.build("cnn", (8, 8, 1), 10, weights=str(tmp_path / "other.keras"))
+    assert model.weights_source["layers_loaded"] == 1
+    assert any(r.levelname == "WARNING" and "new: block1_conv1" in r.getMessage() for r in caplog.records)
 
 
 def snapshot(model):
