@@ -113,6 +113,8 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # a usage error of options parsed in body (a study's run options)
+        return int(exc.code or 0)
     except Terminated:
         print("terminated (SIGTERM); a run folder in progress is marked interrupted", file=sys.stderr)
         return 143

@@ -1,7 +1,11 @@
 """What resuming a run needs, written at the end of every epoch to ``RUN_DIR/checkpoint/``: the
-model's weights, the optimizer's state (its moments and step count, so the learning-rate schedule
-continues where it was), the epoch reached and the best epoch so far. ``state.json`` is written
-last, so a checkpoint is complete when it exists; an interrupted epoch is lost, nothing more."""
+model's weights (``model-N.weights.h5``), the optimizer's state (``optimizer-N.npz``: moments and
+step count, so the learning-rate schedule continues), and ``state.json``: the epoch reached, the
+best epoch so far (whose weights file is kept) and whether training is over.
+
+Files carry their epoch and ``state.json`` is replaced last, so whenever the process stops (Ctrl-C,
+SIGTERM, a kill) ``state.json`` names a complete set; an interrupted epoch is lost, nothing more.
+"""
 
 from __future__ import annotations
 
@@ -21,24 +25,33 @@ FOLDER = "checkpoint"
 
 @dataclass
 class State:
-    """Progress of a run at the end of epoch ``epoch`` (1-based), and the best epoch so far by the
-    monitored value (0 and inf: none yet)."""
+    """Progress of a run at the end of epoch ``epoch`` (1-based): the best epoch so far by the
+    monitored value (0 and inf: none yet) and whether training is over (the last epoch, or early
+    stopping); a resumed run that is over only evaluates and reports."""
 
     epoch: int
     best_epoch: int = 0
     best_value: float = float("inf")
+    training_done: bool = False
+
+
+def _weights(folder: Path, epoch: int) -> Path:
+    return folder / f"model-{epoch}.weights.h5"
 
 
 def save(run_dir: str | Path, model: keras.Model, state: State) -> None:
     """Write the checkpoint of ``model`` (weights and optimizer state) at ``state``."""
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
-    model.save_weights(folder / "model.tmp.weights.h5")
-    os.replace(folder / "model.tmp.weights.h5", folder / "model.weights.h5")
-    np.savez(folder / "optimizer.tmp.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    os.replace(folder / "optimizer.tmp.npz", folder / "optimizer.npz")
+    model.save_weights(_weights(folder, state.epoch))
+    optimizer = folder / f"optimizer-{state.epoch}.npz"
+    np.savez(optimizer, *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
     (folder / "state.tmp.json").write_text(json.dumps(asdict(state)) + "\n")
     os.replace(folder / "state.tmp.json", folder / "state.json")
+    keep = {_weights(folder, state.epoch), _weights(folder, state.best_epoch), optimizer, folder / "state.json"}
+    for path in folder.iterdir():
+        if path not in keep:
+            path.unlink()
 
 
 def load_state(run_dir: str | Path) -> State:
@@ -51,16 +64,25 @@ def load_state(run_dir: str | Path) -> State:
                             "start the run again") from None
 
 
-def restore_weights(run_dir: str | Path, model: keras.Model) -> None:
-    model.load_weights(Path(run_dir) / FOLDER / "model.weights.h5")
+def restore_weights(run_dir: str | Path, model: keras.Model, epoch: int) -> None:
+    """Load the weights the checkpoint kept for ``epoch`` (the last one or the best one)."""
+    try:
+        model.load_weights(_weights(Path(run_dir) / FOLDER, epoch))
+    except (OSError, ValueError) as exc:
+        raise KerascnnError(f"{run_dir}: the checkpoint's weights of epoch {epoch} do not load "
+                            f"({str(exc).splitlines()[0]}); start the run again") from None
 
 
-def restore_optimizer(run_dir: str | Path, model: keras.Model) -> None:
-    """Give the compiled ``model``'s optimizer the checkpoint's state (same trainable variables)."""
+def restore_optimizer(run_dir: str | Path, model: keras.Model, epoch: int) -> None:
+    """Give the compiled ``model``'s optimizer the checkpoint's state of ``epoch``."""
     optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
-    with np.load(Path(run_dir) / FOLDER / "optimizer.npz") as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    try:
+        with np.load(Path(run_dir) / FOLDER / f"optimizer-{epoch}.npz") as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    except (OSError, ValueError) as exc:
+        raise KerascnnError(f"{run_dir}: the checkpoint's optimizer state does not load ({exc}); start the run "
+                            "again") from None
     if [tuple(v.shape) for v in optimizer.variables] != [value.shape for value in values]:
         raise KerascnnError(f"{run_dir}: the checkpoint's optimizer state does not fit this model; start the run "
                             "again")
@@ -74,12 +96,16 @@ def remove(run_dir: str | Path) -> None:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Writes the checkpoint at the end of every epoch; ``best`` is the run's
-    `kerascnn.training.BestEpoch` (its state goes in too)."""
+    """Writes the checkpoint at the end of every epoch with a finite loss (a diverged epoch is not
+    worth resuming from); ``best`` is the run's `kerascnn.training.BestEpoch`, ``last_epoch`` the
+    run's final epoch."""
 
-    def __init__(self, run_dir: str | Path, best) -> None:
+    def __init__(self, run_dir: str | Path, best, last_epoch: int) -> None:
         super().__init__()
-        self.run_dir, self.best = Path(run_dir), best
+        self.run_dir, self.best, self.last_epoch = Path(run_dir), best, last_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        save(self.run_dir, self.model, State(epoch + 1, self.best.epoch, self.best.value))
+        if not np.isfinite((logs or {}).get("loss", 0.0)):
+            return
+        done = epoch + 1 == self.last_epoch or bool(self.model.stop_training)
+        save(self.run_dir, self.model, State(epoch + 1, self.best.epoch, self.best.value, done))

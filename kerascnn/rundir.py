@@ -53,7 +53,11 @@ def new_path(out: str | Path | None, runs_dir: str | Path, *names: str, option: 
 def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: str = "--out") -> Path:
     """Create and return the folder `new_path` chooses (an empty ``out`` is taken as it is)."""
     path = new_path(out, runs_dir, *names, option=option)
-    path.mkdir(parents=True, exist_ok=bool(out))
+    try:
+        path.mkdir(parents=True, exist_ok=bool(out))
+    except OSError as exc:
+        raise KerascnnError(f"cannot create the folder {str(path)!r} ({exc.strerror}); choose another "
+                            f"{option if out else '--runs-dir'}") from None
     return path
 
 

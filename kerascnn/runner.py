@@ -138,7 +138,10 @@ def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None
     if status == "running" and rundir.running_elsewhere(run_dir):
         raise KerascnnError(f"--resume {run_dir}: the run is still running in another process")
     checkpoint.load_state(run_dir)  # one line if there is nothing to resume from
-    config = RunConfig.load(run_dir / "config.json")
+    try:
+        config = RunConfig.load(run_dir / "config.json")
+    except (ValueError, TypeError) as exc:
+        raise KerascnnError(f"--resume {run_dir}: config.json is not readable ({exc})") from None
     config.out = str(run_dir)
     return _execute(resolve_config(config), callbacks, run_dir)
 
@@ -178,11 +181,11 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
             result = training.fit(model, dataset, effective, run_dir, callbacks, resume=resume_dir is not None)
             save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
         metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
+        rundir.mark(run_dir, "finished")
     except BaseException as exc:
         if run_dir is not None:
             rundir.mark_stopped(run_dir, exc)
         raise
-    rundir.mark(run_dir, "finished")
     checkpoint.remove(run_dir)
     log.info("test accuracy %.2f%%, macro F1 %.2f%%; report %s", 100 * metrics["accuracy"],
              100 * metrics["macro_f1"], run_dir / "report.md")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -199,32 +200,35 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     best = BestEpoch("val_loss" if has_val else "loss", Path(run_dir) / "best.weights.h5" if run_dir else None)
     plan = phases(config)
     logs: dict[str, list[float]] = {}
-    done = 0
+    best.set_model(model)
+    done, over = 0, False
     if resume:
         state = checkpoint.load_state(run_dir)
-        done, logs = state.epoch, history_until(Path(run_dir) / "history.csv", state.epoch)
+        done, over = state.epoch, state.training_done
+        logs = history_until(Path(run_dir) / "history.csv", done)
         if state.best_epoch:
-            model.load_weights(best.path)
+            checkpoint.restore_weights(run_dir, model, state.best_epoch)
             best.value, best.epoch, best.weights = state.best_value, state.best_epoch, model.get_weights()
-        checkpoint.restore_weights(run_dir, model)
-        train.start_at(done)
-    stages, start = {}, time.perf_counter()
+        checkpoint.restore_weights(run_dir, model, done)
+    stages, start, earlier = {}, time.perf_counter(), sum(logs.get("seconds", []))
     for i, phase in enumerate(plan):
-        if phase.stop <= done:
-            continue
         stages = set_trainable(model, phase.unfreeze, config.bn_policy)
+        if phase.stop <= done or over:  # trained before the run was resumed
+            continue
         compile_model(model, config, len(train), phase)
-        if resume and phase.start < done:  # continuing inside the phase the checkpoint was taken in
-            checkpoint.restore_optimizer(run_dir, model)
+        if phase.start < done:  # resuming inside the phase the checkpoint was taken in
+            checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
-        own = _callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)
-        own += [checkpoint.EpochCheckpoint(run_dir, best)] if run_dir is not None else []
+        own = [EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
+        own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs)] if run_dir is not None else []
         history = model.fit(train, validation_data=val, initial_epoch=max(phase.start, done), epochs=phase.stop,
                             callbacks=[*own, *(callbacks or [])], verbose=progress_verbosity(config.verbose))
         for key, values in history.history.items():
             logs.setdefault(key, []).extend(float(v) for v in values)
         _check_finite(logs.get("loss", []), config)
-    seconds = time.perf_counter() - start
+        if model.stop_training:
+            break
+    seconds = earlier + time.perf_counter() - start
     best.restore()
     losses = logs.get("loss", [])
     return TrainResult(logs, len(losses), best.epoch, seconds, stopped_early=len(losses) < config.epochs,
@@ -264,13 +268,27 @@ class BestEpoch(keras.callbacks.Callback):
         if value is None or not math.isfinite(value) or value >= self.value:
             return
         self.value, self.epoch, self.weights = float(value), epoch + 1, self.model.get_weights()
-        if self.path is not None:
-            self.model.save_weights(self.path)
+        if self.path is not None:  # replaced whole: an interruption never leaves half a file
+            partial = self.path.with_name("best.tmp.weights.h5")
+            self.model.save_weights(partial)
+            os.replace(partial, self.path)
 
     def restore(self) -> None:
         """Give the model the best epoch's weights (nothing to do when no epoch had a finite value)."""
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Sets the training batches to the epoch about to run, so their order and flips depend on the
+    seed and the epoch alone (Keras also advances a dataset once at the start of every ``fit``)."""
+
+    def __init__(self, batches: Batches) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.start_at(epoch)
 
 
 class EpochCSVLogger(keras.callbacks.CSVLogger):

@@ -4,6 +4,7 @@ what state it is in. Training is stubbed (it is not what is fuzzed): a case that
 stops where the first epoch would start, as a failed run."""
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -52,7 +53,8 @@ OPTIONS = {
     "--nesterov": [None],
     "--finetune-lr": ["0.1", "-1"],
     "--bogus": ["1"],
-    "--resume": ["{existing_out}", "{nowhere}", "{file_out}"],
+    "--resume": ["{existing_out}", "{nowhere}", "{file_out}", "{interrupted_run}", "{corrupt_run}"],
+    "--runs-dir": ["{file_out}", "runs_here"],
 }
 
 
@@ -105,6 +107,16 @@ def make_datasets(root: Path) -> dict[str, str]:
     (root / "file_out").write_text("a file, not a folder")
     paths["file_out"] = root / "file_out"
     paths["fresh_out"] = root / "fresh_out"
+    interrupted = root / "interrupted_run"  # stopped before its first epoch ended: no checkpoint
+    interrupted.mkdir()
+    (interrupted / "config.json").write_text(json.dumps({"dataset": "digits", "model": "cnn"}))
+    (interrupted / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    paths["interrupted_run"] = interrupted
+    corrupt = root / "corrupt_run"
+    (corrupt / "checkpoint").mkdir(parents=True)
+    (corrupt / "config.json").write_text("{not json")
+    (corrupt / "checkpoint" / "state.json").write_text(json.dumps({"epoch": 2}))
+    paths["corrupt_run"] = corrupt
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -135,6 +147,7 @@ def stop_before_training(*args, **kwargs):
 # each value alone on a run that is otherwise fine, and each dataset alone: these reach the deeper checks
 SINGLE = [["digits", "cnn", flag, *([] if value is None else [value])] for flag in OPTIONS for value in OPTIONS[flag]]
 SINGLE += [[dataset, model] for dataset in DATASETS for model in ("cnn", "resnet18")]
+SINGLE += [["--resume", value] for value in OPTIONS["--resume"]]
 
 
 def case_argv(case: int) -> list[str]:
@@ -151,7 +164,7 @@ def test_the_command_line_never_crashes_or_loses_anything(case, world, tmp_path,
     monkeypatch.setattr(training, "fit", stop_before_training)
     monkeypatch.chdir(tmp_path)  # default run folders (runs/...) land here
     argv = [a.format(**paths) for a in case_argv(case)]
-    if "--out" not in argv:
+    if not {"--out", "--resume", "--runs-dir"} & set(argv):
         argv += ["--out", str(tmp_path / "out")]
     before = snapshot(root)
     code = main(run_cli.body, run_cli.parser(), argv)
@@ -162,6 +175,11 @@ def test_the_command_line_never_crashes_or_loses_anything(case, world, tmp_path,
     assert len(errors) == 1 and err.rstrip().endswith(errors[0].rstrip()), (argv, err)
     after = snapshot(root)
     assert {k: v for k, v in after.items() if k in before} == before, argv  # nothing that existed changed
-    assert all(k.startswith("fresh_out") for k in after if k not in before), argv
-    for folder in [tmp_path / "out", Path(paths["fresh_out"]), *(tmp_path / "runs").glob("*")]:
-        assert not folder.exists() or read_status(folder) != "unknown", (argv, folder)  # a folder says its state
+    new = {Path(k).parts[0] for k in after if k not in before}
+    assert new <= {"fresh_out"}, argv
+    made = [f for f in (tmp_path / "out", *(tmp_path / "runs_here").glob("*"), *(tmp_path / "runs").glob("*"))
+            if f.exists()] + [Path(paths["fresh_out"])] * bool(new)
+    if "stopped by the fuzz test" in errors[0]:  # passed every check: one folder, marked as the failed run
+        assert len(made) == 1 and read_status(made[0]) == "failed", (argv, made)
+    else:  # refused: nothing created
+        assert made == [], (argv, made)

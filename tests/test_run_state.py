@@ -61,7 +61,7 @@ def test_sigterm_stops_a_run_cleanly_and_marks_it_interrupted(tmp_path):
                                 "--patience", "0", "--out", str(out), "--verbose", "2"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not ((out / "history.csv").is_file() and len((out / "history.csv").read_text().splitlines()) > 1):
+    while not (out / "checkpoint" / "state.json").is_file():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
@@ -72,27 +72,47 @@ def test_sigterm_stops_a_run_cleanly_and_marks_it_interrupted(tmp_path):
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] >= 1
 
 
-def test_an_interrupted_run_resumes_from_its_last_epoch_and_ends_as_the_whole_run_would(tmp_path):
-    """Interrupted after epoch 3 of 5, in the second phase of a two-phase run, then resumed: the
-    result has 5 epochs of history, continues the learning-rate schedule, and matches an
-    uninterrupted run of the same seed (no augmentation, so the batches are the same)."""
+@pytest.fixture
+def batch_orders(monkeypatch):
+    """``{(epoch, batch): the indices of that training batch}``, recorded as batches are served."""
+    from kerascnn.data.pipeline import Batches
+
+    seen, original = {}, Batches.__getitem__
+
+    def getitem(self, batch):
+        if self.shuffle:
+            seen[(self._epoch, batch)] = self._order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+        return original(self, batch)
+
+    monkeypatch.setattr(Batches, "__getitem__", getitem)
+    return seen
+
+
+@pytest.mark.parametrize("stop", [3, 2, 5], ids=["inside phase 2", "at the phase boundary", "after the last epoch"])
+def test_an_interrupted_run_resumes_from_its_last_epoch_as_the_whole_run_would(stop, tmp_path, batch_orders):
+    """A two-phase run of 5 epochs interrupted after epoch ``stop`` and resumed: every epoch once in
+    history.csv, the same batches in the same order and the same learning rates as an uninterrupted
+    run of the same seed, the checkpoint gone once it finishes."""
     options = {"epochs": 5, "unfreeze_at": 2, "unfreeze": "all", "patience": 0, "verbose": 0}
     whole = kerascnn.run(kerascnn.RunConfig("digits", "cnn", out=str(tmp_path / "whole"), **options))
+    whole_orders = dict(batch_orders)
+    batch_orders.clear()
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         kerascnn.run(kerascnn.RunConfig("digits", "cnn", out=str(out), **options),
-                     callbacks=[StopAt(3, KeyboardInterrupt())])
+                     callbacks=[StopAt(stop, KeyboardInterrupt())])
     assert read_status(out) == "interrupted"
-    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 3
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == stop
+    first_orders = {k: v for k, v in batch_orders.items() if k[0] < stop}
+    batch_orders.clear()
     assert kerascnn.resume(out) == out and read_status(out) == "finished"
     assert not (out / "checkpoint").exists()  # a finished run has nothing left to resume
-    lines = (out / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4", "5"]
-    resumed, straight = (json.loads((d / "metrics.json").read_text()) for d in (out, whole))
+    assert {**first_orders, **batch_orders} == whole_orders
     history = [(d / "history.csv").read_text().splitlines() for d in (out, whole)]
-    header = history[0][0].split(",")
-    lr = header.index("learning_rate")
+    assert [line.split(",")[0] for line in history[0][1:]] == ["1", "2", "3", "4", "5"]
+    lr = history[0][0].split(",").index("learning_rate")
     assert [row.split(",")[lr] for row in history[0][1:]] == [row.split(",")[lr] for row in history[1][1:]]
-    assert resumed["epochs_run"] == 5 and resumed["accuracy"] == pytest.approx(straight["accuracy"], abs=0.03)
-    with pytest.raises(KerascnnError, match="finished"):
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 5 and metrics["unfrozen_stages"] == ["block1", "block2", "head"]
+    with pytest.raises(KerascnnError, match="the run is finished"):
         kerascnn.resume(out)

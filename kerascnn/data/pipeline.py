@@ -103,7 +103,8 @@ class Batches(keras.utils.PyDataset):
 
     def start_at(self, epoch: int) -> None:
         """Serve epoch ``epoch`` (0-based) next: its order and flips depend on the seed and the epoch
-        alone, so a resumed run sees the batches it would have seen."""
+        alone, so a resumed run sees the batches it would have seen (`kerascnn.training.EpochOrder`
+        calls this as each epoch begins)."""
         self._epoch = epoch
         if self.shuffle:
             self._order = np.random.default_rng([self._seed, epoch]).permutation(len(self.split))
