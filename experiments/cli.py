@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from kerascnn.errors import KerascnnError
+from kerascnn.errors import KerascnnError, Terminated, stop_requested
 
 BACKENDS = ("torch", "jax", "tensorflow")  # each is also the name of the package it needs
 
@@ -103,8 +103,9 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
         return int(exc.code or 0)
     args.argv = argv
     setup_logging()
-    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
-        else None
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {s: signal.signal(s, _stop) for s in handled}
+    stop_requested.clear()
     try:
         select_backend(args.backend)
         return body(args) or 0
@@ -122,13 +123,12 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
         print("interrupted; a run folder in progress is marked interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is so that it stops as on Ctrl-C."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _stop(signum, frame) -> None:
+    """SIGINT and SIGTERM: stop as Ctrl-C does, here and (should this raise be lost) at the next batch."""
+    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    stop_requested.append(exc)
+    raise exc

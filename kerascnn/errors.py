@@ -8,3 +8,14 @@ class KerascnnError(Exception):
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> KerascnnError:
     """Error for an unknown registry name, listing the valid ones."""
     return KerascnnError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping the program as Ctrl-C does (see `stop_requested`)."""
+
+
+# Set by the command lines' SIGINT/SIGTERM handlers to the exception to raise. The handler raises it
+# at once too, but Python runs handlers wherever the main thread is, and an exception raised inside
+# some C calls is swallowed (numpy's conversion of a JAX array during fit, for one); the training
+# loop's `kerascnn.training.StopWhenAsked` raises it again at the next batch.
+stop_requested: list[KeyboardInterrupt] = []

@@ -19,7 +19,7 @@ from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
 from kerascnn.data.pipeline import Batches, augmentation
 from kerascnn.distribute import replicas
-from kerascnn.errors import KerascnnError
+from kerascnn.errors import KerascnnError, stop_requested
 from kerascnn.models import set_trainable
 from kerascnn.optimizers import OPTIMIZERS
 
@@ -219,7 +219,7 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
         if phase.start < done:  # resuming inside the phase the checkpoint was taken in
             checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
-        own = [EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
+        own = [StopWhenAsked(), EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
         own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs)] if run_dir is not None else []
         history = model.fit(train, validation_data=val, initial_epoch=max(phase.start, done), epochs=phase.stop,
                             callbacks=[*own, *(callbacks or [])], verbose=progress_verbosity(config.verbose))
@@ -277,6 +277,17 @@ class BestEpoch(keras.callbacks.Callback):
         """Give the model the best epoch's weights (nothing to do when no epoch had a finite value)."""
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class StopWhenAsked(keras.callbacks.Callback):
+    """Raises the interruption a signal handler asked for (`kerascnn.errors.stop_requested`) at the
+    end of the next batch, in case the handler's own raise was swallowed inside a C call."""
+
+    def _check(self, batch, logs=None):
+        if stop_requested:
+            raise stop_requested[-1]
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check
 
 
 class EpochOrder(keras.callbacks.Callback):

@@ -54,7 +54,9 @@ def test_a_finished_run_is_marked_finished(tmp_path):
     assert summarize_run(out)["epochs"] == 1
 
 
-def test_sigterm_stops_a_run_cleanly_and_marks_it_interrupted(tmp_path):
+@pytest.mark.parametrize("signum, code, message", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                   (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_stops_a_run_cleanly_and_marks_it_interrupted(signum, code, message, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
     process = subprocess.Popen([sys.executable, "-m", "experiments.run", "digits", "cnn", "--epochs", "200",
@@ -64,10 +66,10 @@ def test_sigterm_stops_a_run_cleanly_and_marks_it_interrupted(tmp_path):
     while not (out / "checkpoint" / "state.json").is_file():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated (SIGTERM)")
+    assert process.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(message)
     assert read_status(out) == "interrupted"
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] >= 1
 
