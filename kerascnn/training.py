@@ -281,7 +281,11 @@ class BestEpoch(keras.callbacks.Callback):
 
 class StopWhenAsked(keras.callbacks.Callback):
     """Raises the interruption a signal handler asked for (`kerascnn.errors.stop_requested`) at the
-    end of the next batch, in case the handler's own raise was swallowed inside a C call."""
+    end of the next batch, in case the handler's own raise was swallowed inside a C call. It only
+    reads a list, so it is safe for Keras' asynchronous batch callbacks (it must not make Keras wait
+    for every step's logs); there the raise surfaces when the epoch's callbacks are flushed."""
+
+    async_safe = True
 
     def _check(self, batch, logs=None):
         if stop_requested:
