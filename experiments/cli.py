@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from kerascnn.errors import KerascnnError, Terminated, stop_requested
+from kerascnn.errors import KerascnnError, Terminated, request_stop, stop_requested
 
 BACKENDS = ("torch", "jax", "tensorflow")  # each is also the name of the package it needs
 
@@ -104,7 +104,7 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
     args.argv = argv
     setup_logging()
     handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
-    previous = {s: signal.signal(s, _stop) for s in handled}
+    previous = {s: signal.signal(s, request_stop) for s in handled}
     stop_requested.clear()
     try:
         select_backend(args.backend)
@@ -126,9 +126,3 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
         for s, handler in previous.items():
             signal.signal(s, handler)
 
-
-def _stop(signum, frame) -> None:
-    """SIGINT and SIGTERM: stop as Ctrl-C does, here and (should this raise be lost) at the next batch."""
-    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-    stop_requested.append(exc)
-    raise exc

@@ -1,4 +1,5 @@
-"""python -m experiments.compare RUN_DIR... : one table of several runs' settings and test metrics."""
+"""python -m experiments.compare RUN_DIR... : one table of several runs' settings and test metrics.
+Runs tested on different test sets (another dataset, split, fold or split seed) are refused."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def body(args: argparse.Namespace) -> int:
-    from kerascnn.reports import runs_table, summarize_run
+    from kerascnn.reports import check_same_test_set, runs_table, summarize_run
     from kerascnn.rundir import check_free
 
     markdown = check_free(args.markdown, "--markdown", folder=False) if args.markdown else None
-    table = runs_table([summarize_run(r) for r in args.runs])
+    rows = [summarize_run(r) for r in args.runs]
+    check_same_test_set(rows)
+    table = runs_table(rows)
     print(table, end="")
     if markdown:
         markdown.write_text(table)

@@ -1,8 +1,9 @@
-"""python -m experiments.predict MODEL.keras|RUN_DIR IMAGE|DIR... : top-k labels of your own images.
+"""python -m experiments.predict MODEL.keras|RUN_DIR|MODEL.onnx IMAGE|DIR... : top-k labels of your own images.
 
 Examples:
   python -m experiments.predict runs/fashion_mnist-cnn-20261122-101500 shirt.jpg --invert
-  python -m experiments.predict model.keras photos/ --csv submission.csv
+  python -m experiments.predict model.keras photos/ --csv submission.csv --tta flip
+  python -m experiments.predict runs/my-run/export/model.onnx photos/   (after python -m experiments.export)
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import sys
 from pathlib import Path
 
 from experiments.cli import Parser, add_common_options, main
+from kerascnn.config import TTAS
 from kerascnn.errors import KerascnnError
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.predict", description=__doc__)
-    p.add_argument("model", help="a model.keras file or a run folder")
+    p.add_argument("model", help="a model.keras file, a run folder or an ONNX file from experiments.export")
     p.add_argument("images", nargs="+", help="image files or folders of images (any format and mode)")
     p.add_argument("--top-k", type=int, default=3, help="labels shown per image (default: 3)")
     p.add_argument("--csv", metavar="OUT", help="also write id,label rows (id = file name without extension)")
     p.add_argument("--invert", action="store_true",
                    help="invert pixels: dark-on-light photos fed to a light-on-dark model such as Fashion-MNIST's")
+    p.add_argument("--tta", choices=TTAS, default="none",
+                   help="test-time augmentation: flip averages each image's probabilities with its mirror's")
     p.add_argument("--batch-size", type=int, default=64, help="images per prediction batch (default: 64)")
     add_common_options(p)
     return p
@@ -49,7 +53,7 @@ def body(args: argparse.Namespace) -> int:
         raise KerascnnError(f"--top-k must be >= 1, got {args.top_k}")
     csv_path = check_free(args.csv, "--csv", folder=False) if args.csv else None
     predictions, skipped = predict(args.model, args.images, top_k=args.top_k, invert=args.invert,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, tta=args.tta)
     for p in predictions:
         ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities))
         print(f"{p.path}: {ranked}")

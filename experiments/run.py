@@ -26,6 +26,7 @@ from kerascnn.config import (
     OPTIMIZERS,
     POOLS,
     PRECISIONS,
+    TTAS,
     RunConfig,
 )
 from kerascnn.data.registry import DEFAULT_FILE_IMAGE_SIZE, FOLDS, dataset_names
@@ -118,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--translate", "random shifts up to this fraction of the size", type=float, metavar="F")
     _opt(t, "--class-weight", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTS)
     _opt(t, "--seed", "seed of splits, initialisation, shuffling and augmentation", type=int)
+    _opt(t, "--split-seed", "seed of the train/val/test split alone (default: --seed)", type=int)
     _opt(t, "--workers", "input pipeline threads (default: 0 = automatic)", type=int)
     n = p.add_argument_group("devices and numerics")
     _opt(n, "--devices", "N or all: data-parallel training on N devices (jax: keras.distribution.DataParallel, "
@@ -132,6 +134,8 @@ def parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     _opt(o, "--out", "run folder to create (default: RUNS_DIR/DATASET-MODEL-TIMESTAMP); never overwritten")
     _opt(o, "--runs-dir", "where default run folders go")
+    _opt(o, "--tta", "test-time augmentation of the test set: flip averages each image's probabilities with its "
+         "mirror's (metrics.json also gives the scores without)", choices=TTAS)
     _opt(o, "--top-k", "k of the top-k accuracy reported, below the number of classes (default: 5 where there are "
          "more classes; 2 and 3 are always reported)", type=int)
     _opt(o, "--verbose", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", type=int, choices=(0, 1, 2))

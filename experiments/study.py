@@ -1,76 +1,95 @@
-"""python -m experiments.study DATASET MODEL --folds 0,1,2,3,4 [run options]: the same run on each
-official fold (deep_weeds), then the mean and standard deviation of the test metrics.
+"""python -m experiments.study STUDY.toml|NAME [--out DIR] [--workers N] [--dry-run] [--only CONFIG] :
+a comparison of training strategies, as one study folder of ordinary run folders with study.md,
+study.json and comparison.png.
 
-Example:
-  python -m experiments.study deep_weeds resnet18 --folds 0,1,2,3,4 --unfreeze layer4 --epochs 10
+Running the same command again skips finished runs and resumes interrupted ones from their last
+finished epoch. NAME is a bundled study (experiments/studies/NAME.toml), e.g. transfer_digits.
+
+Examples:
+  python -m experiments.study transfer_digits
+  python -m experiments.study my_study.toml --workers 2
+  python -m experiments.study deep_weeds --engine slurm --engine-option partition=gpu --engine-option gpus_per_node=1
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from experiments import run as run_cli
 from experiments.cli import Parser, add_common_options, main
 from kerascnn.errors import KerascnnError
+
+ENGINES = ("local", "submitit-local", "slurm")
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m experiments.study", description=__doc__)
-    p.add_argument("dataset")
-    p.add_argument("model")
-    p.add_argument("--folds", help="folds to run, comma-separated (default: every official fold of the dataset)")
-    p.add_argument("--out", help="study folder (default: RUNS_DIR/study-DATASET-MODEL-TIMESTAMP, RUNS_DIR from "
-                   "--runs-dir); never overwritten")
+    p.add_argument("study", help="a study file (.toml) or the name of a bundled one")
+    p.add_argument("--out", help="study folder (default: RUNS_DIR/study-NAME, RUNS_DIR from --runs-dir); the same "
+                   "folder again resumes the study")
+    p.add_argument("--runs-dir", default="runs", help="where the default study folder goes (default: runs)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at a time on this machine: one GPU each when several are visible, else the CPU "
+                        "threads split between them (default: 1)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this machine; slurm: one SLURM job per run through submitit (pip install "
+                        "'kerascnn[slurm]'); submitit-local: submitit's local executor, to try it (default: local)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a submitit parameter (partition=gpu, gpus_per_node=1, timeout_min=600, ...); repeatable")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what has run; train nothing")
+    p.add_argument("--only", metavar="CONFIG", help="run one configuration (and what it fine-tunes from)")
     add_common_options(p)
     return p
 
 
 def body(args: argparse.Namespace) -> int:
     from kerascnn import rundir
-    from kerascnn.config import RunConfig
-    from kerascnn.data.registry import FOLDS
-    from kerascnn.reports import mean_and_std, runs_table, summarize_run
-    from kerascnn.runner import resolve_config, run
+    from kerascnn.study import estimated_seconds, load_study, run_study, select, state_of
 
-    run_options = parser().parse_known_args(args.argv)[1]
-    try:
-        folds = [int(f) for f in args.folds.split(",")] if args.folds else list(range(FOLDS.get(args.dataset, 1)))
-    except ValueError:
-        raise KerascnnError(f"--folds takes comma-separated integers, got {args.folds!r}") from None
-    if len(set(folds)) != len(folds):
-        raise KerascnnError(f"--folds {args.folds}: give each fold once")
-    run_parser = run_cli.parser()
-
-    def config(*extra: str) -> RunConfig:
-        argv = [args.dataset, args.model, *run_options, *extra]
-        run_args = run_parser.parse_args(argv)
-        run_args.argv = argv
-        return run_cli.config_from_args(run_args)
-
-    out = rundir.new_path(args.out, config().runs_dir, "study", args.dataset, args.model)
-    # every fold's config is checked before the first one trains
-    configs = [resolve_config(config("--fold", str(fold), "--out", str(out / f"fold{fold}"))) for fold in folds]
-    rows = []
-    for fold, config in zip(folds, configs):
-        try:
-            rows.append(summarize_run(run(config)))
-        except KerascnnError as exc:
-            done = f"; the folds before it are in {out}" if rows else ""
-            raise KerascnnError(f"fold {fold} failed: {exc}{done}") from exc
-    summary = mean_and_std(rows)
-    rundir.write_json(out / "study.json", {"folds": folds, "runs": rows, "summary": summary})
-    fold_text = ",".join(map(str, folds))
-    means = " | ".join(f"{m} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}" for m, s in summary.items())
-    text = f"# {args.dataset} · {args.model} over folds {fold_text}\n\n{runs_table(rows)}\nMean ± std: {means}\n"
-    (out / "study.md").write_text(text)
-    print(text)
+    if args.workers < 1:
+        raise KerascnnError(f"--workers must be >= 1, got {args.workers}")
+    options = {}
+    for item in args.engine_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise KerascnnError(f"--engine-option takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    if options and args.engine == "local":
+        raise KerascnnError("--engine-option needs --engine slurm or submitit-local")
+    study = load_study(args.study)
+    default = Path(args.runs_dir).expanduser() / f"study-{rundir.slug(study.name)}"
+    out = Path(args.out).expanduser() if args.out else default
+    chosen = select(study, args.only)
+    if args.dry_run:
+        estimates = estimated_seconds(study, out) if out.is_dir() else {}
+        print(f"study {study.name} from {study.path} -> {out}")
+        for run in chosen:
+            state = state_of(run, out) if out.is_dir() else "new"
+            role = " (dependency)" if run.dependency else ""
+            guess = estimates.get(run.name)
+            print(f"  {run.name}{role}: {state}" + (f", about {_duration(guess)} of training" if guess else ""))
+        known = [v for v in estimates.values() if v]
+        if known:
+            print(f"about {_duration(sum(known))} of training left for {len(known)} of {len(estimates)} "
+                  "unfinished runs (from the epochs run so far)")
+        return 0
+    summary = run_study(study, out, workers=args.workers, engine=args.engine, engine_options=options, only=args.only)
+    print((out / "study.md").read_text())
+    print(out)
+    if summary["failed"]:
+        raise KerascnnError(f"{len(summary['failed'])} run(s) failed ({next(iter(summary['failed'].values()))}); "
+                            f"the rest are in {out}; fix and run the same command again")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def cli() -> int:
     """The ``kerascnn-study`` console script."""
-    return main(body, parser(), known_only=True)
+    return main(body, parser())
 
 
 if __name__ == "__main__":

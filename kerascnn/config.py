@@ -20,6 +20,8 @@ POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see distribute.auto_precision
 LR_SCALINGS = ("linear", "none")
+EXPORT_FORMATS = ("onnx", "savedmodel", "keras")  # kerascnn.export
+TTAS = ("none", "flip")  # test-time augmentation: flip averages the probabilities of each image and its mirror
 
 
 @dataclass
@@ -70,6 +72,7 @@ class RunConfig:
     translate: float = 0.0
     class_weight: str = "none"
     seed: int = 0
+    split_seed: int | None = None  # None: seed (a study's seeds axis keeps the split and changes training)
     workers: int = 0
     # devices and numerics
     devices: str = "1"
@@ -79,6 +82,7 @@ class RunConfig:
     # outputs
     out: str | None = None
     runs_dir: str = "runs"
+    tta: str = "none"
     top_k: int | None = None  # None: 5 (evaluation.DEFAULT_TOP_K) where there are more classes
     verbose: int | str = "auto"
     # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
@@ -131,6 +135,8 @@ class RunConfig:
         if self.top_k is not None:
             _positive_int("top_k", self.top_k)
         _positive_int("workers", self.workers, allow_zero=True)
+        if self.split_seed is not None:
+            _positive_int("split_seed", self.split_seed, allow_zero=True)
         for name in ("kernel_size", "convs_per_block"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -139,6 +145,7 @@ class RunConfig:
         _choice("bn_policy", self.bn_policy, BN_POLICIES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _choice("tta", self.tta, TTAS)
         if str(self.devices).lower() != "all" and not (str(self.devices).isdigit() and int(self.devices) >= 1):
             raise KerascnnError(f"--devices takes a number >= 1 or all, got {self.devices!r}")
         if self.head_dropout is not None and not 0 <= self.head_dropout < 1:
@@ -172,6 +179,11 @@ class RunConfig:
         if self.unfreeze is None:
             self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
         return self
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/val/test split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

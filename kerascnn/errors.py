@@ -19,3 +19,13 @@ class Terminated(KeyboardInterrupt):
 # some C calls is swallowed (numpy's conversion of a JAX array during fit, for one); the training
 # loop's `kerascnn.training.StopWhenAsked` raises it again at the next batch.
 stop_requested: list[KeyboardInterrupt] = []
+
+
+def request_stop(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM handler: stop as Ctrl-C does, here and (should this raise be lost) at the
+    next batch, through `stop_requested`."""
+    import signal
+
+    exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    stop_requested.append(exc)
+    raise exc

@@ -101,3 +101,39 @@ def plot_mistakes(images: np.ndarray, true: Sequence[str], predicted: Sequence[s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return fig
+
+
+def plot_study(configurations: list[dict], curves: dict[str, list[np.ndarray]], path: str | Path) -> Figure:
+    """A study's figure: each configuration's validation accuracy per epoch (mean over its runs,
+    chosen ones solid, others dashed) and its test accuracy (mean, 95% interval) against training
+    time; returns the (closed) figure."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), layout="constrained")
+    colours = plt.get_cmap("tab10")
+    for i, entry in enumerate(configurations):
+        name, colour = entry["configuration"], colours(i % 10)
+        runs = curves.get(name) or []
+        if runs:
+            length = min(len(r) for r in runs)
+            mean = np.mean([r[:length] for r in runs], axis=0)
+            left.plot(np.arange(1, length + 1), 100 * mean, color=colour, label=name,
+                      linestyle="-" if entry.get("chosen") else "--", linewidth=2 if entry.get("chosen") else 1)
+        if entry.get("runs_finished") and entry.get("train_seconds") is not None:
+            accuracy = entry["accuracy"]
+            low, high = accuracy["ci95"] or (accuracy["mean"], accuracy["mean"])
+            right.errorbar(entry["train_seconds"], 100 * accuracy["mean"],
+                           yerr=[[100 * (accuracy["mean"] - low)], [100 * (high - accuracy["mean"])]],
+                           fmt="o" if entry.get("chosen") else "s", color=colour, capsize=3, label=name)
+    left.set(title="Validation accuracy (mean over runs; chosen solid)", xlabel="epoch", ylabel="accuracy (%)")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set(title="Test accuracy (95% interval) against training time", xlabel="training seconds per run",
+              ylabel="test accuracy (%)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    handles, labels = left.get_legend_handles_labels()
+    if not handles:
+        handles, labels = right.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize="small")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig

@@ -1,12 +1,14 @@
-"""Predicting on one's own image files with a saved ``model.keras`` (or a run folder)."""
+"""Predicting on one's own image files with a saved ``model.keras`` (or a run folder) or an
+exported ONNX file."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from kerascnn.data.images import is_image_file, read_image
@@ -58,28 +60,83 @@ def prepare(paths: list[str], shape: tuple[int | None, int | None, int], invert:
     return images, kept, skipped
 
 
-def predict_files(model: keras.Model, class_names: list[str] | None, paths: list[str], *, top_k: int = 3,
-                  invert: bool = False, batch_size: int = 64) -> tuple[list[Prediction], list[str]]:
-    """Top-k predictions for image files of any size, mode and format; returns them and the skipped files."""
-    shape = tuple(model.input_shape[1:])
+@dataclass
+class Classifier:
+    """A model to predict with: its input shape (h, w, c; h and w None for any size), class names
+    and a function from a float32 batch of 0..255 pixels to class probabilities."""
+
+    input_shape: tuple[int | None, int | None, int]
+    class_names: list[str]
+    proba: Callable[[np.ndarray], np.ndarray]
+
+
+def load_classifier(path: str | Path, batch_size: int = 64) -> Classifier:
+    """A ``.keras`` file, a run folder (its ``model.keras``) or an ONNX file exported by
+    `kerascnn.export` (run with onnxruntime, its class names from the JSON beside it)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return _onnx_classifier(Path(path).expanduser(), batch_size)
+    model, metadata = load_model(path)
+    names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
+    return Classifier(tuple(model.input_shape[1:]), names,
+                      lambda x: np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))
+
+
+def _onnx_classifier(path: Path, batch_size: int) -> Classifier:
+    from kerascnn.export import description_path
+
+    if not path.is_file():
+        raise KerascnnError(f"no ONNX model at {str(path)!r}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise KerascnnError("predicting with an ONNX file needs onnxruntime: pip install onnxruntime") from None
+    described = description_path(path)
+    if not described.is_file():
+        raise KerascnnError(f"{path.name} has no {described.name} beside it (class names, input shape); "
+                            "export it with python -m experiments.export")
+    info = json.loads(described.read_text())
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+        raise KerascnnError(f"{path} is not a model onnxruntime can load ({str(exc).splitlines()[0]})") from None
+    name = session.get_inputs()[0].name
+
+    def proba(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return np.concatenate([session.run(None, {name: x[i:i + batch_size]})[0]
+                               for i in range(0, len(x), batch_size)])
+
+    return Classifier(tuple(info["input"]["shape"][1:]), info["class_names"], proba)
+
+
+def predict_files(classifier: Classifier, paths: list[str], *, top_k: int = 3, invert: bool = False,
+                  tta: str = "none") -> tuple[list[Prediction], list[str]]:
+    """Top-k predictions for image files of any size, mode and format; returns them and the
+    skipped files. ``tta`` ``flip`` averages each image's probabilities with its mirror's."""
+    shape = classifier.input_shape
     images, kept, skipped = prepare(paths, shape, invert)
-    names = class_names or [str(i) for i in range(model.output_shape[-1])]
     if not images:
         return [], skipped
+
+    def proba(batch: np.ndarray) -> np.ndarray:
+        p = classifier.proba(batch.astype(np.float32))
+        return (p + classifier.proba(batch[:, :, ::-1].astype(np.float32))) / 2 if tta == "flip" else p
+
     if shape[0] and shape[1]:
-        proba = model.predict(np.stack(images), batch_size=batch_size, verbose=0)
+        probabilities = proba(np.stack(images))
     else:
-        proba = np.concatenate([model.predict(image[None], verbose=0) for image in images])
-    proba = np.asarray(proba, dtype=np.float64)
-    k = min(top_k, proba.shape[1])
+        probabilities = np.concatenate([proba(image[None]) for image in images])
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    names = classifier.class_names
+    k = min(top_k, probabilities.shape[1])
     predictions = []
-    for path, p in zip(kept, proba):
+    for path, p in zip(kept, probabilities):
         top = np.argsort(-p, kind="stable")[:k]
         predictions.append(Prediction(path, [names[i] for i in top], [float(p[i]) for i in top]))
     return predictions, skipped
 
 
-def predict(model_path: str, inputs: list[str], **kwargs) -> tuple[list[Prediction], list[str]]:
-    """Load ``model_path`` (a ``.keras`` file or run folder) and predict on ``inputs`` (files or folders)."""
-    model, metadata = load_model(model_path)
-    return predict_files(model, metadata.get("class_names"), expand_inputs(inputs), **kwargs)
+def predict(model_path: str, inputs: list[str], batch_size: int = 64, **kwargs) -> tuple[list[Prediction], list[str]]:
+    """Load ``model_path`` (`load_classifier`) and predict on ``inputs`` (files or folders);
+    ``kwargs`` go to `predict_files`."""
+    return predict_files(load_classifier(model_path, batch_size), expand_inputs(inputs), **kwargs)

@@ -34,8 +34,14 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         f"| accuracy | {_pct(metrics['accuracy'])} (95% CI {_pct(lo)}–{_pct(hi)}, n={metrics['n_test']}) |",
     ]
     for avg in ("macro", "weighted"):
-        lines += [f"| {avg} {m} | {_pct(metrics[f'{avg}_{m}'])} |" for m in ("precision", "recall", "f1")]
+        lines += [f"| {avg} {m} | {_pct(metrics[f'{avg}_{m}'])} |" for m in ("precision", "recall")]
+        f1_lo, f1_hi = metrics.get(f"{avg}_f1_ci95", (None, None))
+        interval = f" (95% bootstrap CI {_pct(f1_lo)}–{_pct(f1_hi)})" if f1_lo is not None else ""
+        lines.append(f"| {avg} f1 | {_pct(metrics[f'{avg}_f1'])}{interval} |")
     lines += [f"| top-{k} accuracy | {_pct(v)} |" for k, v in metrics["top_k_accuracy"].items()]
+    if without := metrics.get("without_tta"):
+        lines += [f"| without test-time augmentation ({metrics['tta']}) | accuracy {_pct(without['accuracy'])}, "
+                  f"macro F1 {_pct(without['macro_f1'])} |"]
     sizes, per_class = dataset["sizes"], dataset["per_class"]
     lines += [
         "",
@@ -98,8 +104,9 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "## Files",
         "",
         "`config.json` (every setting and the environment), `model.keras` (takes raw pixels; "
-        "`python -m experiments.predict` uses it), `history.csv`, `metrics.json`, `best.weights.h5`, "
-        "the figures above.",
+        "`python -m experiments.predict` uses it; `python -m experiments.export` exports it), `history.csv`, "
+        "`metrics.json`, `test_predictions.npz` (each test image's true and predicted class), `best.weights.h5`, "
+        "`status.json`, the figures above.",
         "",
     ]
     path = run_dir / "report.md"
@@ -139,9 +146,54 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     row = {"run": run_dir.name, "dataset": config["dataset"], "model": config["model"],
            "weights": Path(str(config.get("weights") or "none")).name, "unfreeze": config.get("unfreeze") or "-",
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
-           "train_seconds": metrics["train_seconds"]}
+           "best_epoch": metrics.get("best_epoch"), "train_seconds": metrics["train_seconds"],
+           "seconds_per_epoch": metrics.get("seconds_per_epoch"), "seed": config.get("seed", 0),
+           "val_accuracy": _val_accuracy_at(run_dir / "history.csv", metrics.get("best_epoch")),
+           "test_set": test_set_of(config, metrics)}
+    train_images = metrics.get("dataset", {}).get("sizes", {}).get("train")
+    if train_images and metrics["train_seconds"]:
+        row["images_per_second"] = train_images * metrics["epochs_run"] / metrics["train_seconds"]
     row.update({m: metrics[m] for m in SUMMARY_METRICS})
+    row.update({k: metrics[k] for k in ("accuracy_ci95", "macro_f1_ci95") if k in metrics})
     return row
+
+
+def _val_accuracy_at(history: Path, epoch: int | None) -> float | None:
+    """Validation accuracy of ``epoch`` (1-based) in ``history.csv``: the model the run kept."""
+    import csv
+
+    if not epoch or not history.is_file():
+        return None
+    for row in csv.DictReader(history.open()):
+        if int(row["epoch"]) == epoch and row.get("val_accuracy"):
+            return float(row["val_accuracy"])
+    return None
+
+
+def test_set_of(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a run was tested on: the test images' fingerprint (older runs: none) and the settings
+    that choose them (dataset, split, fold, split seed)."""
+    seed = config.get("split_seed")
+    return {"fingerprint": metrics.get("test_set_fingerprint"), "dataset": config["dataset"],
+            "split": config.get("split"), "fold": config.get("fold", 0),
+            "split_seed": config.get("seed", 0) if seed is None else seed}
+
+
+def check_same_test_set(rows: list[dict[str, Any]]) -> None:
+    """Raise `KerascnnError` unless every row was tested on the same images (by fingerprint where
+    both runs have one, else by the settings that choose the test set), naming the difference."""
+    first = rows[0]["test_set"]
+    for row in rows[1:]:
+        other = row["test_set"]
+        if first["fingerprint"] and other["fingerprint"]:
+            if first["fingerprint"] == other["fingerprint"]:
+                continue
+        elif all(first[k] == other[k] for k in ("dataset", "split", "fold", "split_seed")):
+            continue
+        differ = [f"{k} {first[k]!r} vs {other[k]!r}" for k in ("dataset", "split", "fold", "split_seed")
+                  if first[k] != other[k]] or ["the test images themselves"]
+        raise KerascnnError(f"{rows[0]['run']} and {row['run']} were tested on different test sets "
+                            f"({', '.join(differ)}); their scores cannot be ranked against each other")
 
 
 def runs_table(rows: list[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ log = logging.getLogger("kerascnn")
 def load_dataset(config: RunConfig) -> Dataset:
     """The dataset of ``config``, image files decoded at the size its model works at."""
     return data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
-                     seed=config.seed, image_size=models.get(config.model).decode_size(config.image_size),
+                     seed=config.data_seed, image_size=models.get(config.model).decode_size(config.image_size),
                      fold=config.fold)
 
 
@@ -60,13 +60,26 @@ def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
 
 def evaluate_run(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Test-set metrics of ``model`` and the confusion-matrix and mistakes figures."""
-    test = training.eval_batches(dataset, "test", max(config.batch_size, 256), config.workers)
+    batch_size = max(config.batch_size, 256)
+    test = training.eval_batches(dataset, "test", batch_size, config.workers)
     proba = evaluation.predict_proba(model, test)
     kept = np.ones(len(dataset.test), bool)
     if test.skipped:  # files that went bad while streaming have no prediction
         kept = ~np.isin(dataset.test.paths, list(test.skipped))
     labels = dataset.test.labels[kept]
+    plain = proba
+    if config.tta == "flip":
+        mirrored = training.eval_batches(dataset, "test", batch_size, config.workers, mirror=True)
+        mirrored.skipped = test.skipped  # known bad already: not warned about twice
+        proba = (proba + evaluation.predict_proba(model, mirrored)) / 2
     metrics = evaluation.classification_metrics(labels, proba, dataset.class_names, top_k=config.top_k)
+    metrics["tta"] = config.tta
+    metrics["test_set_fingerprint"] = dataset.test.fingerprint()
+    np.savez_compressed(run_dir / "test_predictions.npz", labels=labels, predicted=proba.argmax(axis=1),
+                        index=np.flatnonzero(kept))
+    if config.tta != "none":
+        without = evaluation.classification_metrics(labels, plain, dataset.class_names)
+        metrics["without_tta"] = {k: without[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "weighted_f1")}
     plots.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), dataset.class_names,
                                 run_dir / "confusion_matrix.png")
     wrong = evaluation.most_confident_mistakes(labels, proba)

@@ -174,10 +174,12 @@ def train_batches(dataset: Dataset, config: RunConfig, multiple: int = 1) -> Bat
                    multiple=multiple)
 
 
-def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0, multiple: int = 1) -> Batches:
-    """An unshuffled, unaugmented pipeline over ``split`` (train, val or test)."""
+def eval_batches(dataset: Dataset, split: str, batch_size: int, workers: int = 0, multiple: int = 1,
+                 mirror: bool = False) -> Batches:
+    """An unshuffled, unaugmented pipeline over ``split`` (train, val or test); ``mirror`` flips
+    every image horizontally."""
     return Batches(getattr(dataset, split), dataset.image_shape, dataset.num_classes, batch_size,
-                   workers=workers or None, multiple=multiple)
+                   workers=workers or None, multiple=multiple, mirror=mirror)
 
 
 def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | Path | None = None,

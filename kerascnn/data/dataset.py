@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +58,16 @@ class Split:
         if self.images is not None:
             return self.images[index]
         return read_images(self.paths[index], shape)
+
+    def fingerprint(self) -> str:
+        """A short hash of which images (pixels, or the last two parts of each file path) carry which
+        labels: equal fingerprints, same test set."""
+        digest = hashlib.sha1(self.labels.tobytes())
+        if self.images is not None:
+            digest.update(np.ascontiguousarray(self.images).tobytes())
+        else:
+            digest.update("\n".join("/".join(Path(p).parts[-2:]) for p in self.paths).encode())
+        return digest.hexdigest()[:16]
 
     @staticmethod
     def concat(splits: list[Split]) -> Split:

@@ -68,7 +68,8 @@ class Batches(keras.utils.PyDataset):
     image with probability 1/2 (seeded per epoch and batch; a Keras layer call costs ~10 ms a batch).
     Unreadable files met while streaming are dropped from their batch with a warning. With
     ``multiple`` > 1 (data parallelism) every batch has sample weights and a size divisible by
-    ``multiple``: the last one is padded with weight-0 copies.
+    ``multiple``: the last one is padded with weight-0 copies. With ``mirror`` every image is
+    flipped horizontally (flip test-time augmentation).
     """
 
     def __init__(
@@ -84,13 +85,14 @@ class Batches(keras.utils.PyDataset):
         class_weights: np.ndarray | None = None,
         workers: int | None = None,
         multiple: int = 1,
+        mirror: bool = False,
     ) -> None:
         workers = workers or default_workers(split)
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
         self.split, self.shape, self.num_classes = split, tuple(shape), num_classes
         self.batch_size, self.shuffle = batch_size, shuffle
         self.flip, self.augment = _split_flip(augment)
-        self.class_weights, self.multiple = class_weights, multiple
+        self.class_weights, self.multiple, self.mirror = class_weights, multiple, mirror
         self._seed, self._epoch = seed, 0
         self._order = np.random.default_rng([seed, 0]).permutation(len(split)) if shuffle else np.arange(len(split))
         self.skipped: set[str] = set()
@@ -127,6 +129,8 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, batch: int):
         index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
         x, index = self._images(index)
+        if self.mirror:
+            x = x[:, :, ::-1]
         if self.flip and len(x):
             flipped = np.random.default_rng([self._seed, self._epoch, batch]).random(len(x)) < 0.5
             x[flipped] = x[flipped, :, ::-1]

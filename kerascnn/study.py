@@ -1,0 +1,630 @@
+"""Studies: a comparison of training strategies from one TOML file, run as ordinary run folders
+inside one study folder, resumable, and summarised with intervals, selection on validation and
+paired tests.
+
+A study file holds shared settings (any `RunConfig` field, as ``experiments.run``'s long option
+names with ``_`` or ``-``; ``"default"`` for the dataset's or model's own default), ``seeds`` and
+``grid.KEY = [...]`` axes, and ``[[config]]`` tables that override them. ``weights = "@NAME"``
+fine-tunes from configuration NAME's model (a dependency, run first, not a row). A ``fold`` axis,
+like ``seeds``, repeats a configuration; every other axis makes configurations. See ``experiments/studies/*.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascnn import rundir
+from kerascnn.config import RunConfig
+from kerascnn.errors import KerascnnError, request_stop
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("kerascnn")
+BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "studies"
+# axes that tune a strategy rather than make another one: a group of configurations that differ only
+# in these is one strategy, and its setting with the best validation accuracy is chosen
+HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", "label_smoothing", "dropout",
+                    "head_dropout", "epochs", "lr_schedule", "lr_step", "lr_gamma", "patience", "optimizer",
+                    "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip")
+REPEAT_AXES = ("fold",)  # like seeds: repeats of one configuration, paired across configurations
+STUDY_KEYS = ("name", "seeds", "grid", "config")
+NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_IN_STUDIES)
+SUMMARY = ("accuracy", "macro_f1", "weighted_f1")
+STUDY_FILES = ("study.json", "study.md", "comparison.png", "study.toml")
+
+
+@dataclass
+class PlannedRun:
+    """One run of a study: its folder name, the configuration it belongs to and its settings."""
+
+    name: str
+    config: str  # the [[config]] table's name
+    setting: dict[str, Any]  # its values on the study's axes (repeat axes included)
+    seed: int
+    options: dict[str, Any]  # RunConfig fields (weights "@NAME" until the dependency has run)
+    table: int = 0  # which [[config]] of the file
+    dependency: bool = False  # another configuration fine-tunes from it: run first, not a row
+
+    @property
+    def configuration(self) -> str:
+        """The row it counts towards: the config's name and its non-repeat axis values."""
+        values = [f"{k}={_text(v)}" for k, v in self.setting.items() if k not in REPEAT_AXES]
+        return self.config + (f" [{', '.join(values)}]" if values else "")
+
+    @property
+    def group(self) -> str:
+        """Its strategy: the configuration less its hyper-parameter axes."""
+        values = [f"{k}={_text(v)}" for k, v in self.setting.items()
+                  if k not in REPEAT_AXES and k not in HYPER_PARAMETERS]
+        return self.config + (f" [{', '.join(values)}]" if values else "")
+
+    @property
+    def replicate(self) -> tuple[int, ...]:
+        """What pairs it with runs of other configurations: its seed and repeat-axis values."""
+        return (self.seed, *(self.setting.get(k, 0) for k in REPEAT_AXES))
+
+    @property
+    def upstream(self) -> str | None:
+        weights = str(self.options.get("weights") or "")
+        return weights[1:] if weights.startswith("@") else None
+
+
+@dataclass
+class Study:
+    """A parsed study file: its runs in the order they run (dependencies first)."""
+
+    name: str
+    path: Path
+    text: str
+    runs: list[PlannedRun] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def find_study_file(source: str) -> Path:
+    """``source`` itself if it is a file, else the bundled ``experiments/studies/<source>.toml``."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    bundled = BUNDLED / f"{source}.toml"
+    if "/" not in source and bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.toml")))
+    raise KerascnnError(f"no study file {source!r}; give a .toml file or a bundled study: {names}")
+
+
+def _line(text: str, key: str, table: int | None) -> int:
+    """The line (1-based) where ``key`` is set, in the ``table``-th ``[[config]]`` (None: before any)."""
+    lines = text.splitlines()
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*config\s*\]\]", line)]
+    start = 0 if table is None else headers[table] if table < len(headers) else 0
+    end = (headers[0] if headers else len(lines)) if table is None else \
+        (headers[table + 1] if table + 1 < len(headers) else len(lines))
+    leaf = key.split(".")[-1]
+    for i in range(start, end):
+        if re.match(rf"\s*(grid\s*\.\s*)?[\"']?{re.escape(leaf)}[\"']?\s*=", lines[i]):
+            return i + 1
+    return _line(text, key, None) if table is not None else start + 1  # a shared setting
+
+
+def load_study(source: str, check: bool = True) -> Study:
+    """Parse and check a study file (a path or a bundled name) into its planned runs; with ``check``
+    every run's settings are checked here (`kerascnn.runner.resolve_config`, which also looks for
+    the data), before anything trains."""
+    path = find_study_file(source)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KerascnnError(f"{path}: {exc}") from None
+    where = lambda key, table=None: f"{path.name} line {_line(text, key, table)}"  # noqa: E731
+    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid")}
+    tables = data.get("config")
+    if not isinstance(tables, list) or not tables:
+        raise KerascnnError(f"{path.name}: no [[config]] tables; a study compares at least one configuration")
+    study = Study(str(shared.pop("name", path.stem)), path, text)
+    names = [t.get("name") for t in tables]
+    planned: list[PlannedRun] = []
+    for index, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise KerascnnError(f"{where('name', index)}: each [[config]] needs a name of letters, digits, "
+                                f"'_', '.', '-', got {name!r}")
+        if names.count(name) > 1:
+            raise KerascnnError(f"{where('name', index)}: config name {name!r} is used twice")
+        own = {k.replace("-", "_"): v for k, v in table.items() if k not in ("name", "grid")}
+        grid = {**{k.replace("-", "_"): v for k, v in data.get("grid", {}).items()},
+                **{k.replace("-", "_"): v for k, v in table.get("grid", {}).items()}}
+        settings = {k: None if v == "default" else v for k, v in {**shared, **own}.items()}
+        seeds = settings.pop("seeds", [0])
+        for key in [*settings, *grid]:
+            if key not in RUN_FIELDS:
+                hint = "use seeds = [...]" if key == "seed" else "keys are experiments.run's long option names"
+                raise KerascnnError(f"{where(key, index if key in own or key in table.get('grid', {}) else None)}: "
+                                    f"unknown setting {key!r}; {hint}")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise KerascnnError(f"{where(key, index)}: grid.{key} must be a non-empty list, got {values!r}")
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise KerascnnError(f"{where('seeds', index)}: seeds must be a non-empty list of integers >= 0")
+        settings.setdefault("split_seed", 0)
+        for values in itertools.product(*grid.values()):
+            setting = dict(zip(grid, values))
+            for seed in seeds:
+                label = "".join(f"-{k}={_text(v)}" for k, v in setting.items())
+                planned.append(PlannedRun(rundir.slug(f"{name}{label}-seed{seed}"), name, setting, seed,
+                                          {**settings, **setting, "seed": seed}, table=index))
+    by_config = {n: [r for r in planned if r.config == n] for n in names}
+    for index, table in enumerate(tables):
+        for run in by_config[table["name"]]:
+            upstream = run.upstream
+            if upstream is None:
+                continue
+            if upstream not in by_config or upstream == run.config:
+                raise KerascnnError(f"{where('weights', index)}: weights {run.options['weights']!r} names no "
+                                    f"other config; configs: {', '.join(names)}")
+            if len(by_config[upstream]) != 1:
+                raise KerascnnError(f"{where('weights', index)}: {upstream!r} has {len(by_config[upstream])} runs; "
+                                    "a config others fine-tune from needs one seed and no grid")
+            by_config[upstream][0].dependency = True
+    study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
+    for run in study.runs if check else []:
+        check_run(run, where)
+    return study
+
+
+def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
+    """Raise `KerascnnError` (naming the run and the file line) unless the run's settings would start."""
+    from kerascnn.runner import resolve_config
+
+    options = dict(run.options)
+    if run.upstream:
+        options["weights"] = "none"  # the dependency's model does not exist yet
+    try:
+        resolve_config(RunConfig(**options))
+    except KerascnnError as exc:
+        named = [k for k in options if f"--{k.replace('_', '-')}" in str(exc) or repr(options[k]) in str(exc)
+                 or (isinstance(options[k], str) and options[k] and f"{options[k]!r}" in str(exc))]
+        raise KerascnnError(f"{where(named[0] if named else 'name', run.table)}: run {run.name}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise KerascnnError(f"{where('name', run.table)}: run {run.name}: a setting has the wrong type "
+                            f"({exc})") from None
+
+
+def run_config(run: PlannedRun, study_dir: Path) -> RunConfig:
+    """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file)."""
+    options = dict(run.options)
+    if run.upstream:
+        options["weights"] = str(study_dir / upstream_run_name(run, study_dir) / "model.keras")
+    config = RunConfig(**options, out=str(study_dir / run.name))
+    config.environment = {"study": str(study_dir), "study_config": run.config}
+    return config
+
+
+def upstream_run_name(run: PlannedRun, study_dir: Path) -> str:
+    plan = json.loads((study_dir / "study.json").read_text())["plan"]
+    return next(p["run"] for p in plan if p["config"] == run.upstream)
+
+
+def prepare_folder(study: Study, out: Path) -> None:
+    """Create the study folder, or check that an existing one holds this very study (its
+    ``study.toml`` copy), so that running the same command again resumes it."""
+    copy = out / "study.toml"
+    if copy.is_file():
+        if copy.read_text() != study.text:
+            raise KerascnnError(f"{out} holds another version of the study (its study.toml differs from "
+                                f"{study.path}); give another --out")
+        return
+    rundir.check_free(out, "--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KerascnnError(f"cannot create the study folder {str(out)!r} ({exc.strerror}); "
+                            "give another --out") from None
+    copy.write_text(study.text)
+
+
+def state_of(run: PlannedRun, out: Path) -> str:
+    """``finished``, ``resumable`` (a checkpoint to go on from), ``elsewhere`` (another process is
+    running it), ``stale`` (started, no epoch finished) or ``new``."""
+    folder = out / run.name
+    if not folder.exists():
+        return "new"
+    status = rundir.read_status(folder)
+    if status == "finished":
+        return "finished"
+    if status == "running" and rundir.running_elsewhere(folder):
+        return "elsewhere"
+    return "resumable" if (folder / "checkpoint" / "state.json").is_file() else "stale"
+
+
+def execute_run(options: dict[str, Any], folder: str, resume: bool) -> str:
+    """Run (or resume) one study run in this process; what the workers call."""
+    from kerascnn.runner import resume as resume_run
+    from kerascnn.runner import run as start_run
+
+    if resume:
+        return str(resume_run(folder))
+    return str(start_run(RunConfig(**options)))
+
+
+def _worker_init(threads: int, gpus: Any) -> None:
+    """Give a worker process its share of the CPU threads, or one GPU of several."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if os.environ.get("KERAS_BACKEND", "torch") == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for signum in (signal.SIGINT, signal.SIGTERM):  # stop as the command lines do: the run is marked interrupted
+        signal.signal(signum, request_stop)
+
+
+def visible_gpus() -> int:
+    """GPUs the study's workers can be spread over (CUDA, as torch or nvidia-smi see them)."""
+    if os.environ.get("KERAS_BACKEND", "torch") == "torch":
+        try:
+            import torch
+
+            return torch.cuda.device_count()
+        except ImportError:
+            return 0
+    return 0
+
+
+def select(study: Study, only: str | None) -> list[PlannedRun]:
+    """The runs of configuration ``only`` and of what it fine-tunes from (None: every run)."""
+    if only is None:
+        return list(study.runs)
+    if only not in {r.config for r in study.runs}:
+        raise KerascnnError(f"--only {only}: no config of that name; configs: "
+                            f"{', '.join(dict.fromkeys(r.config for r in study.runs))}")
+    needed = {only} | {r.upstream for r in study.runs if r.config == only}
+    return [r for r in study.runs if r.config in needed]
+
+
+def run_study(study: Study, out: Path, *, workers: int = 1, engine: str = "local",
+              engine_options: dict[str, str] | None = None, only: str | None = None) -> dict[str, Any]:
+    """Run every unfinished run of ``study`` in ``out`` (resuming interrupted ones), then write
+    the study's summary; return it. ``only`` runs one configuration (and what it depends on)."""
+    prepare_folder(study, out)
+    runs = select(study, only)
+    write_plan(study, out)
+    failed: dict[str, str] = {}
+    try:
+        dependencies = [r for r in runs if r.dependency]
+        rest = [r for r in runs if not r.dependency]
+        _run_batch(dependencies, out, 1, engine, engine_options or {}, failed, study)
+        broken = {r.config for r in dependencies if r.name in failed}
+        for run in rest:
+            if run.upstream in broken:
+                failed[run.name] = f"{run.name}: not run, its weights' run {run.upstream} failed"
+        rest = [r for r in rest if r.upstream not in broken]
+        _run_batch(rest, out, workers, engine, engine_options or {}, failed, study)
+    finally:
+        summary = summarize(study, out, failed)
+        write_summary(study, out, summary)
+    return summary
+
+
+def _run_batch(runs: list[PlannedRun], out: Path, workers: int, engine: str, engine_options: dict[str, str],
+               failed: dict[str, str], study: Study) -> None:
+    jobs = []
+    for run in runs:
+        state = state_of(run, out)
+        if state in ("finished", "elsewhere"):
+            log.info("%s: %s", run.name, "finished already; skipped" if state == "finished" else
+                     "running in another process; skipped")
+            continue
+        if state == "stale":  # started, but not one epoch finished: nothing of value to keep
+            shutil.rmtree(out / run.name)
+        jobs.append((run, state == "resumable"))
+    if not jobs:
+        return
+    if engine == "local" and workers <= 1:
+        for run, resume in jobs:
+            log.info("%s: %s", run.name, "resuming" if resume else "starting")
+            try:
+                execute_run(_config_options(run, out), str(out / run.name), resume)
+            except KerascnnError as exc:
+                failed[run.name] = f"{run.name}: {exc}"
+                log.warning("%s failed: %s", run.name, exc)
+            write_summary(study, out, summarize(study, out, failed))
+        return
+    arguments = [(_config_options(run, out), str(out / run.name), resume) for run, resume in jobs]
+    if engine == "local":
+        _run_in_processes(arguments, [r for r, _ in jobs], workers, failed, study, out)
+    else:
+        _run_with_submitit(arguments, [r for r, _ in jobs], out, engine, engine_options, failed)
+
+
+def _config_options(run: PlannedRun, out: Path) -> dict[str, Any]:
+    return dataclasses.asdict(run_config(run, out))
+
+
+def _run_in_processes(arguments: list[tuple], runs: list[PlannedRun], workers: int, failed: dict[str, str],
+                      study: Study, out: Path) -> None:
+    """``workers`` runs at a time in worker processes (`concurrent.futures`), one GPU each when
+    there are several, else the CPU's threads split between them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")
+    gpus = visible_gpus()
+    queue = None
+    if gpus > 1:
+        queue = context.Manager().Queue()
+        for i in range(workers):
+            queue.put(i % gpus)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, queue)) as pool:
+        futures = {pool.submit(execute_run, *args): run for args, run in zip(arguments, runs)}
+        try:
+            for future in as_completed(futures):
+                run = futures[future]
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker's error, reported per run
+                    failed[run.name] = f"{run.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                    log.warning("%s failed: %s", run.name, failed[run.name])
+                write_summary(study, out, summarize(study, out, failed))
+        except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):  # the executor has no public handle
+                process.terminate()  # SIGTERM: each run marks itself interrupted
+            raise
+
+
+def _run_with_submitit(arguments: list[tuple], runs: list[PlannedRun], out: Path, engine: str,
+                       engine_options: dict[str, str], failed: dict[str, str]) -> None:
+    """Hand the runs to submitit: SLURM jobs (``engine`` ``slurm``) or its local executor
+    (``submitit-local``, subprocesses on this machine)."""
+    try:
+        import submitit
+    except ImportError:
+        raise KerascnnError(f"--engine {engine} needs submitit: pip install 'kerascnn[slurm]'") from None
+    cluster = "local" if engine == "submitit-local" else "slurm"
+    executor = submitit.AutoExecutor(folder=out / "submitit", cluster=cluster)
+    options: dict[str, Any] = {k: int(v) if str(v).isdigit() else v for k, v in engine_options.items()}
+    options.setdefault("timeout_min", 24 * 60)
+    executor.update_parameters(**options)
+    jobs = [executor.submit(execute_run, *args) for args in arguments]
+    for job, run in zip(jobs, runs):
+        try:
+            job.result()
+        except Exception as exc:  # noqa: BLE001 - submitit wraps the run's error
+            failed[run.name] = f"{run.name}: {str(exc).strip().splitlines()[-1] if str(exc) else exc!r}"
+            log.warning("%s failed: %s", run.name, failed[run.name])
+
+
+def estimated_seconds(study: Study, out: Path) -> dict[str, float | None]:
+    """Training seconds each unfinished run may take: its planned epochs at the seconds per epoch
+    measured so far by its configuration's runs (finished ones, or the epochs an interrupted one
+    logged), else by its config's; None before any epoch of either has run."""
+    import csv
+
+    measured: dict[str, list[float]] = {}
+    for run in study.runs:
+        history = out / run.name / "history.csv"
+        if history.is_file():
+            seconds = [float(r["seconds"]) for r in csv.DictReader(history.open()) if r.get("seconds")]
+            for key in (run.configuration, run.config):
+                measured.setdefault(key, []).extend(seconds)
+    estimates: dict[str, float | None] = {}
+    for run in study.runs:
+        if state_of(run, out) == "finished":
+            continue
+        per_epoch = measured.get(run.configuration) or measured.get(run.config)
+        epochs = run.options.get("epochs") or RunConfig(**{k: v for k, v in run.options.items()
+                                                           if k == "dataset" or k == "model"}).epochs
+        estimates[run.name] = float(np.mean(per_epoch)) * epochs if per_epoch else None
+    return estimates
+
+
+def write_plan(study: Study, out: Path) -> None:
+    """``study.json`` with the plan alone (the summary is added as runs finish)."""
+    path = out / "study.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    rundir.write_json(path, {**existing, "study": study.name, "file": str(study.path), "plan": plan_rows(study)})
+
+
+def plan_rows(study: Study) -> list[dict[str, Any]]:
+    return [{"run": r.name, "config": r.config, "configuration": r.configuration, "seed": r.seed,
+             "setting": r.setting, "dependency": r.dependency} for r in study.runs]
+
+
+# ---- summary -------------------------------------------------------------------------------------------
+
+
+def t_interval(values: list[float]) -> list[float]:
+    """95% Student-t interval of the mean of ``values`` (two or more fractions), clipped to [0, 1]."""
+    from scipy import stats
+
+    n = len(values)
+    mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return [max(0.0, mean - half), min(1.0, mean + half)]  # scores are fractions
+
+
+def paired_test(a: dict[tuple, dict[str, Any]], b: dict[tuple, dict[str, Any]], out: Path) -> dict[str, Any] | None:
+    """Whether configuration ``a`` and ``b`` (replicate -> run row) differ in test accuracy: a paired
+    t-test over shared replicates (two or more), else McNemar's exact test on one shared test set.
+    None when they share no replicate tested on the same images."""
+    from scipy import stats
+
+    shared = [k for k in a if k in b and a[k]["test_set"]["fingerprint"] == b[k]["test_set"]["fingerprint"]]
+    if not shared:
+        return None
+    diffs = np.array([a[k]["accuracy"] - b[k]["accuracy"] for k in shared])
+    if len(shared) >= 2:
+        if np.std(diffs) == 0:
+            p = 1.0 if diffs[0] == 0 else 0.0
+        else:
+            p = float(stats.ttest_rel([a[k]["accuracy"] for k in shared], [b[k]["accuracy"] for k in shared]).pvalue)
+        return {"test": f"paired t over {len(shared)} replicates", "difference": float(diffs.mean()), "p": p}
+    key = shared[0]
+    pa, pb = (np.load(out / r[key]["run"] / "test_predictions.npz") for r in (a, b))
+    if not np.array_equal(pa["labels"], pb["labels"]) or not np.array_equal(pa["index"], pb["index"]):
+        return None
+    right_a, right_b = pa["predicted"] == pa["labels"], pb["predicted"] == pb["labels"]
+    only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return {"test": f"McNemar exact on {len(right_a)} test images ({only_a} vs {only_b} discordant)",
+            "difference": float(diffs[0]), "p": p}
+
+
+def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> dict[str, Any]:
+    """One row per configuration over its finished runs, the chosen setting of each group, and the
+    paired comparisons of the chosen ones."""
+    from kerascnn.reports import summarize_run
+
+    rows: dict[str, dict[tuple, dict[str, Any]]] = {}
+    meta: dict[str, PlannedRun] = {}
+    planned: dict[str, int] = {}
+    for run in study.runs:
+        if run.dependency:
+            continue
+        planned[run.configuration] = planned.get(run.configuration, 0) + 1
+        meta.setdefault(run.configuration, run)
+        if state_of(run, out) == "finished":
+            rows.setdefault(run.configuration, {})[run.replicate] = summarize_run(out / run.name)
+    configurations = []
+    for name, run in meta.items():
+        done = list(rows.get(name, {}).values())
+        entry: dict[str, Any] = {"configuration": name, "config": run.config, "group": run.group,
+                                 "setting": {k: v for k, v in run.setting.items() if k not in REPEAT_AXES},
+                                 "runs_finished": len(done), "runs_planned": planned[name], "chosen": False}
+        if done:
+            for metric in SUMMARY:
+                values = [r[metric] for r in done]
+                if len(values) > 1:
+                    ci = t_interval(values)
+                else:
+                    ci = done[0].get(f"{metric}_ci95") if metric != "weighted_f1" else None
+                entry[metric] = {"mean": float(np.mean(values)),
+                                 "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                 "ci95": ci, "values": values}
+            for key in ("val_accuracy", "best_epoch", "seconds_per_epoch", "images_per_second", "train_seconds"):
+                values = [r[key] for r in done if r.get(key) is not None]
+                entry[key] = float(np.mean(values)) if values else None
+            entry["trainable_params"] = done[0]["trainable_params"]
+            entry["runs"] = [r["run"] for r in done]
+        configurations.append(entry)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for entry in configurations:
+        groups.setdefault(entry["group"], []).append(entry)
+    for members in groups.values():
+        scored = [e for e in members if e.get("val_accuracy") is not None]
+        if scored:
+            max(scored, key=lambda e: e["val_accuracy"])["chosen"] = True
+    chosen = [e for e in configurations if e["chosen"]]
+    comparisons = []
+    for first, second in itertools.combinations(chosen, 2):
+        result = paired_test(rows[first["configuration"]], rows[second["configuration"]], out)
+        if result is None:
+            comparisons.append({"a": first["configuration"], "b": second["configuration"],
+                                "verdict": "not compared: no runs tested on the same test set"})
+            continue
+        real = result["p"] < 0.05
+        comparisons.append({"a": first["configuration"], "b": second["configuration"], **result, "real": real})
+    return {"study": study.name, "file": str(study.path), "plan": plan_rows(study), "configurations": configurations,
+            "comparisons": comparisons, "failed": dict(failed or {}),
+            "runs_finished": sum(e["runs_finished"] for e in configurations),
+            "runs_planned": sum(planned.values())}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def study_markdown(summary: dict[str, Any]) -> str:
+    """The study's report: the table, what was chosen on validation, which differences are real."""
+    lines = [f"# Study {summary['study']}", "",
+             f"From `{summary['file']}`: {summary['runs_finished']} of {summary['runs_planned']} runs finished"
+             + (" (the rest are missing from the table below; run the same command again to go on)."
+                if summary["runs_finished"] < summary["runs_planned"] else "."), ""]
+    if summary["failed"]:
+        lines += ["Failed: " + "; ".join(summary["failed"].values()), ""]
+    lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
+              "with a 95% interval (Student t over runs; with one run, the run's own interval: Wilson for "
+              "accuracy, bootstrap over test images for macro F1). **chosen** marks, within each strategy, the "
+              "setting with the best validation accuracy (of the model each run kept); the test scores of the "
+              "other settings are shown but were not used to choose.", "",
+              "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "
+              "best epoch | trainable | s/epoch | images/s | chosen |",
+              "|" + " --- |" * 12]
+    for e in summary["configurations"]:
+        if not e["runs_finished"]:
+            lines.append(f"| {e['configuration']} | 0/{e['runs_planned']} | not run yet |" + " |" * 9)
+            continue
+        acc, ci = e["accuracy"], e["accuracy"]["ci95"]
+        interval = f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "–"
+        lines.append(
+            f"| {e['configuration']} | {e['runs_finished']}/{e['runs_planned']} | {_pct(acc['mean'])} ± "
+            f"{_pct(acc['std'])} | {interval} | {_pct(e['macro_f1']['mean'])} ± {_pct(e['macro_f1']['std'])} | "
+            f"{_pct(e['weighted_f1']['mean'])} | {_pct(e['val_accuracy'])} | "
+            f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "
+            f"{_number(e['seconds_per_epoch'], '.1f')} | {_number(e['images_per_second'], '.0f')} | "
+            f"{'**chosen**' if e['chosen'] else ''} |")
+    lines += ["", "## Which differences are real", ""]
+    if not summary["comparisons"]:
+        lines.append("Fewer than two chosen configurations have finished runs: nothing to compare yet.")
+    for c in summary["comparisons"]:
+        if "p" not in c:
+            lines.append(f"- {c['a']} vs {c['b']}: {c['verdict']}.")
+            continue
+        better, worse = (c["a"], c["b"]) if c["difference"] >= 0 else (c["b"], c["a"])
+        words = "a real difference at 95%" if c["real"] else "not distinguishable at 95%"
+        lines.append(f"- {better} vs {worse}: {100 * abs(c['difference']):+.2f} points of test accuracy "
+                     f"({c['test']}, p = {c['p']:.3g}): {words}.")
+    lines += ["", "![validation curves and accuracy against training time](comparison.png)", ""]
+    return "\n".join(lines)
+
+
+def write_summary(study: Study, out: Path, summary: dict[str, Any]) -> None:
+    """``study.json``, ``study.md`` and ``comparison.png`` for what has finished so far."""
+    from kerascnn.plots import plot_study
+
+    rundir.write_json(out / "study.json", summary)
+    (out / "study.md").write_text(study_markdown(summary))
+    curves = {}
+    for e in summary["configurations"]:
+        histories = [_history(out / run / "history.csv") for run in e.get("runs", [])]
+        curves[e["configuration"]] = [h for h in histories if h is not None]
+    plot_study(summary["configurations"], curves, out / "comparison.png")
+
+
+def _history(path: Path) -> np.ndarray | None:
+    import csv
+
+    if not path.is_file():
+        return None
+    rows = [r for r in csv.DictReader(path.open()) if r.get("val_accuracy")]
+    return np.array([float(r["val_accuracy"]) for r in rows]) if rows else None

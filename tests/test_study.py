@@ -1,0 +1,228 @@
+"""Studies: study files checked before anything trains, the plan, resume after a real signal,
+workers, the submitit engine's local mode, the summary's statistics, refusing different test sets."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import compare as compare_cli
+from experiments import study as study_cli
+from experiments.cli import main
+from kerascnn import study as studies
+from kerascnn.errors import KerascnnError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+dataset = "digits"
+model = "cnn"
+split = "20,10,30"
+verbose = 2
+"""
+
+
+def study(argv):
+    return main(study_cli.body, study_cli.parser(), argv)
+
+
+def write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    (TINY + "lrr = 0.1\n[[config]]\nname = 'a'\n", "s.toml line 6: unknown setting 'lrr'"),
+    (TINY + "[[config]]\nname = 'a'\nseed = 3\n", "line 8: unknown setting 'seed'; use seeds = [...]"),
+    (TINY + "[[config]]\nname = 'a'\ngrid.lr = 0.1\n", "line 8: grid.lr must be a non-empty list"),
+    (TINY + "[[config]]\nname = 'a'\n[[config]]\nname = 'a'\n", "config name 'a' is used twice"),
+    (TINY + "[[config]]\nname = 'a'\nweights = '@b'\n", "line 8: weights '@b' names no other config"),
+    (TINY + "seeds = [0, 1]\n[[config]]\nname = 'p'\n[[config]]\nname = 'a'\nweights = '@p'\n",
+     "'p' has 2 runs; a config others fine-tune from needs one seed and no grid"),
+    (TINY + "[[config]]\nname = 'a'\nmodel = 'resnet9'\n", "line 8: run a-seed0: unknown model 'resnet9'"),
+    (TINY + "[[config]]\nname = 'a'\ngrid.unfreeze = ['layer9']\n", "run a-unfreeze-layer9-seed0"),
+    (TINY + "[[config]]\nname = 'a'\nlr = -1.0\n", "line 8: run a-seed0: --lr must be > 0"),
+    (TINY + "[[config]]\nname = 'a'\nepochs = 'many'\n", "line 8: run a-seed0: --epochs must be an integer"),
+    (TINY + "[[config]\n", "s.toml: "),
+    (TINY, "no [[config]] tables"),
+])
+def test_bad_study_files_are_one_line_errors_before_anything_is_created(text, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, text)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_plan_expands_grids_and_seeds_and_runs_dependencies_first(tmp_path, capsys):
+    text = TINY + """seeds = [0, 1]
+[[config]]
+name = "tune"
+weights = "@pre"
+grid.lr = [0.01, 0.001]
+grid.pool = ["max", "avg"]
+[[config]]
+name = "pre"
+seeds = [0]
+"""
+    plan = studies.load_study(str(write(tmp_path, text)))
+    assert plan.runs[0].name == "pre-seed0" and plan.runs[0].dependency
+    assert len(plan.runs) == 1 + 2 * 2 * 2
+    run = plan.runs[1]
+    assert run.options["split_seed"] == 0 and {r.seed for r in plan.runs[1:]} == {0, 1}
+    assert run.configuration == "tune [lr=0.01, pool=max]" and run.group == "tune [pool=max]"
+    assert study([str(tmp_path / "s.toml"), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert "pre-seed0 (dependency): new" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    assert [r.name for r in studies.select(plan, "pre")] == ["pre-seed0"]
+    assert len(studies.select(plan, "tune")) == 9  # with what it fine-tunes from
+    assert study([str(tmp_path / "s.toml"), "--dry-run", "--only", "nope"]) == 2
+    assert "--only nope: no config of that name; configs: pre, tune" in capsys.readouterr().err
+    assert study(["transfer_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0  # the bundled file parses
+    assert study(["no_such_study"]) == 2
+    assert "bundled study: " in capsys.readouterr().err
+
+
+def history_epochs(run_dir):
+    return [int(row["epoch"]) for row in csv.DictReader((run_dir / "history.csv").open())]
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_resumes_where_it_stopped(tmp_path):
+    """A real SIGTERM while the second run trains; the same command again skips the first run,
+    resumes the second from its last finished epoch and runs the third."""
+    path = write(tmp_path, TINY + "epochs = 6\npatience = 0\n[[config]]\nname = 'a'\n[[config]]\nname = 'b'\n"
+                 "lr = 0.001\n[[config]]\nname = 'c'\ndropout = 0.5\n")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "experiments.study", str(path), "--out", str(out)]
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / "b-seed0" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and json.loads(state.read_text())["epoch"] >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    stopped_at = json.loads(state.read_text())["epoch"]
+    assert stopped_at < 6 and json.loads((out / "b-seed0" / "status.json").read_text())["status"] == "interrupted"
+    partial = (out / "study.md").read_text()
+    assert "1 of 3 runs finished" in partial and "| a |" in partial
+    first_model = (out / "a-seed0" / "model.keras").stat().st_mtime_ns
+
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "a-seed0: finished already; skipped" in again.stderr
+    assert f"resuming from epoch {stopped_at + 1}" in again.stderr or "b-seed0: resuming" in again.stderr
+    assert (out / "a-seed0" / "model.keras").stat().st_mtime_ns == first_model
+    for run in ("a-seed0", "b-seed0", "c-seed0"):
+        assert history_epochs(out / run) == [1, 2, 3, 4, 5, 6]
+    summary = json.loads((out / "study.json").read_text())
+    assert [c["configuration"] for c in summary["configurations"]] == ["a", "b", "c"]
+    assert summary["runs_finished"] == 3 and "3 of 3 runs finished" in (out / "study.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def run_intervals(out):
+    intervals = []
+    for run in out.iterdir():
+        if (run / "status.json").is_file():
+            start = json.loads((run / "config.json").read_text())["environment"]["started"]
+            end = json.loads((run / "status.json").read_text())["time"]
+            intervals.append(tuple(datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z").timestamp() for t in (start, end)))
+    return intervals
+
+
+FOUR_RUNS = TINY + "epochs = 3\nseeds = [0, 1]\n[[config]]\nname = 'a'\n[[config]]\nname = 'b'\nlr = 0.001\n"
+
+
+@pytest.mark.slow
+def test_two_workers_run_a_four_run_study_two_at_a_time(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, FOUR_RUNS)), "--out", str(out), "--workers", "2"]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["runs_finished"] == 4 and not summary["failed"]
+    intervals = run_intervals(out)
+    assert len(intervals) == 4
+    at_once = [sum(a < e and s < b for s, e in intervals) for a, b in intervals]
+    assert max(at_once) == 2  # some run overlapped another; none overlapped two others
+
+
+@pytest.mark.slow
+def test_the_submitit_engine_runs_the_same_study_in_its_local_mode(tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the slurm extra (submitit) is not installed")
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, FOUR_RUNS)), "--out", str(out), "--engine", "submitit-local"]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["runs_finished"] == 4 and (out / "submitit").is_dir()
+    assert all(history_epochs(out / r["run"]) == [1, 2, 3] for r in summary["plan"])
+
+
+def test_another_study_in_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.toml").write_text("name = 'other'\n")
+    assert study([str(write(tmp_path, TINY + "[[config]]\nname = 'a'\n")), "--out", str(out)]) == 2
+    assert "holds another version of the study" in capsys.readouterr().err
+
+
+def test_t_interval_and_paired_tests(tmp_path):
+    from scipy import stats
+
+    low, high = studies.t_interval([0.90, 0.92, 0.94])
+    assert (low + high) / 2 == pytest.approx(0.92) and high - low == pytest.approx(
+        2 * stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3))
+    row = lambda run, acc, fp="x": {"run": run, "accuracy": acc, "test_set": {"fingerprint": fp}}  # noqa: E731
+    a = {(0,): row("a0", 0.90), (1,): row("a1", 0.91), (2,): row("a2", 0.92)}
+    b = {(0,): row("b0", 0.80), (1,): row("b1", 0.815), (2,): row("b2", 0.818)}
+    paired = studies.paired_test(a, b, tmp_path)
+    assert paired["p"] == pytest.approx(stats.ttest_rel([0.90, 0.91, 0.92], [0.80, 0.815, 0.818]).pvalue)
+    assert paired["difference"] == pytest.approx(np.mean([0.1, 0.095, 0.102]))
+    assert studies.paired_test(a, {(0,): row("c", 0.5, fp="other")}, tmp_path) is None  # another test set
+    labels = np.arange(100) % 10
+    for name, wrong in (("m", 5), ("n", 20)):  # m is right wherever n is, and on 15 more images
+        predicted = labels.copy()
+        predicted[:wrong] = (predicted[:wrong] + 1) % 10
+        (tmp_path / name).mkdir()
+        np.savez_compressed(tmp_path / name / "test_predictions.npz", labels=labels, predicted=predicted,
+                            index=np.arange(100))
+    mcnemar = studies.paired_test({(0,): row("m", 0.95)}, {(0,): row("n", 0.80)}, tmp_path)
+    assert "McNemar" in mcnemar["test"] and mcnemar["p"] == pytest.approx(stats.binomtest(15, 15, 0.5).pvalue)
+
+
+@pytest.mark.slow
+def test_compare_refuses_runs_tested_on_different_test_sets(tmp_path, capsys):
+    import kerascnn
+
+    runs = [kerascnn.run(kerascnn.RunConfig("digits", "cnn", epochs=1, split="20,10,30", verbose=0, seed=seed,
+                                            split_seed=split_seed, out=str(tmp_path / f"r{seed}{split_seed}")))
+            for seed, split_seed in ((0, 0), (1, 0), (0, 1))]
+    assert main(compare_cli.body, compare_cli.parser(), [str(runs[0]), str(runs[1])]) == 0
+    capsys.readouterr()
+    assert main(compare_cli.body, compare_cli.parser(), [str(runs[0]), str(runs[2])]) == 2
+    err = capsys.readouterr().err
+    assert "different test sets (split_seed 0 vs 1)" in err and err.count("\n") == 1
+    from kerascnn.reports import check_same_test_set, summarize_run
+
+    with pytest.raises(KerascnnError, match="different test sets"):
+        check_same_test_set([summarize_run(runs[1]), summarize_run(runs[2])])
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "animals10", "deep_weeds", "fer2013", "transfer_digits"])
+def test_bundled_studies_parse(name):
+    plan = studies.load_study(name, check=False)
+    assert plan.runs and plan.name == name
+    for run in plan.runs:
+        studies.RunConfig(**{**run.options, "weights": "none" if run.upstream else run.options.get("weights")}
+                          ).validate()
+    if name == "deep_weeds":
+        assert {r.setting["fold"] for r in plan.runs} == {0, 1, 2, 3, 4}
+        assert len({r.configuration for r in plan.runs}) == 3  # folds repeat a configuration
