@@ -33,7 +33,7 @@ import numpy as np
 from kerascnn.config import EXPORT_FORMATS as FORMATS
 from kerascnn.errors import KerascnnError
 from kerascnn.rundir import check_free, write_json
-from kerascnn.saving import load_model, resolve_model_path
+from kerascnn.saving import class_names, load_model, resolve_model_path, save_model
 
 SUFFIXES = {"onnx": ".onnx", "savedmodel": ".savedmodel", "keras": ".keras"}
 # (format, backend) -> the packages the export needs beyond the backend; missing pairs cannot export
@@ -90,7 +90,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     path.parent.mkdir(exist_ok=True)
     try:
         if format == "keras":
-            shutil.copyfile(model_path, path)
+            save_model(model, path, metadata)
         elif format == "onnx":
             _export_onnx(model, path)
         else:
@@ -104,7 +104,8 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
 
 def float32_model(model: keras.Model) -> keras.Model:
     """``model`` itself if it computes in float32, else a float32 copy with the same weights
-    (mixed-precision training leaves bfloat16/float16 layers, which exporters do not take)."""
+    (mixed-precision training leaves bfloat16/float16 layers, which ONNX exporters do not take and
+    CPUs run slowly); every format is exported from it."""
     if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
         return model
 
@@ -187,7 +188,7 @@ def describe(model: keras.Model, metadata: dict[str, Any], format: str, path: Pa
     return {
         "format": format,
         "file": path.name,
-        "class_names": metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])],
+        "class_names": class_names(metadata, model.output_shape[-1]),
         "input": {"name": INPUT_NAME if format == "onnx" else model.inputs[0].name, "shape": shape,
                   "dtype": "float32", "layout": "batch, height, width, channels", "range": [0, 255]},
         "output": {"name": OUTPUT_NAME if format == "onnx" else model.outputs[0].name,

@@ -13,7 +13,7 @@ import numpy as np
 
 from kerascnn.data.images import is_image_file, read_image
 from kerascnn.errors import KerascnnError
-from kerascnn.saving import load_model
+from kerascnn.saving import class_names, load_model
 
 log = logging.getLogger("kerascnn")
 
@@ -76,7 +76,7 @@ def load_classifier(path: str | Path, batch_size: int = 64) -> Classifier:
     if Path(path).suffix.lower() == ".onnx":
         return _onnx_classifier(Path(path).expanduser(), batch_size)
     model, metadata = load_model(path)
-    names = metadata.get("class_names") or [str(i) for i in range(model.output_shape[-1])]
+    names = class_names(metadata, model.output_shape[-1])
     return Classifier(tuple(model.input_shape[1:]), names,
                       lambda x: np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))
 

@@ -148,7 +148,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
            "best_epoch": metrics.get("best_epoch"), "train_seconds": metrics["train_seconds"],
            "seconds_per_epoch": metrics.get("seconds_per_epoch"), "seed": config.get("seed", 0),
-           "val_accuracy": _val_accuracy_at(run_dir / "history.csv", metrics.get("best_epoch")),
+           "val_accuracy": _val_accuracy_at(run_dir, metrics.get("best_epoch")),
            "test_set": test_set_of(config, metrics)}
     train_images = metrics.get("dataset", {}).get("sizes", {}).get("train")
     if train_images and metrics["train_seconds"]:
@@ -158,16 +158,14 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     return row
 
 
-def _val_accuracy_at(history: Path, epoch: int | None) -> float | None:
+def _val_accuracy_at(run_dir: Path, epoch: int | None) -> float | None:
     """Validation accuracy of ``epoch`` (1-based) in ``history.csv``: the model the run kept."""
-    import csv
+    from kerascnn.rundir import read_history
 
-    if not epoch or not history.is_file():
+    history = read_history(run_dir)
+    if not epoch or "val_accuracy" not in history or epoch not in history["epoch"]:
         return None
-    for row in csv.DictReader(history.open()):
-        if int(row["epoch"]) == epoch and row.get("val_accuracy"):
-            return float(row["val_accuracy"])
-    return None
+    return history["val_accuracy"][history["epoch"].index(epoch)]
 
 
 def test_set_of(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -179,18 +177,26 @@ def test_set_of(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, An
             "split_seed": config.get("seed", 0) if seed is None else seed}
 
 
+TEST_SET_SETTINGS = ("dataset", "split", "fold", "split_seed")
+
+
+def same_test_set(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two `test_set_of` records name the same test images: by fingerprint where both
+    have one, else by the settings that choose them."""
+    if a["fingerprint"] and b["fingerprint"]:
+        return a["fingerprint"] == b["fingerprint"]
+    return all(a[k] == b[k] for k in TEST_SET_SETTINGS)
+
+
 def check_same_test_set(rows: list[dict[str, Any]]) -> None:
-    """Raise `KerascnnError` unless every row was tested on the same images (by fingerprint where
-    both runs have one, else by the settings that choose the test set), naming the difference."""
+    """Raise `KerascnnError` unless every `summarize_run` row was tested on the same images,
+    naming the difference."""
     first = rows[0]["test_set"]
     for row in rows[1:]:
         other = row["test_set"]
-        if first["fingerprint"] and other["fingerprint"]:
-            if first["fingerprint"] == other["fingerprint"]:
-                continue
-        elif all(first[k] == other[k] for k in ("dataset", "split", "fold", "split_seed")):
+        if same_test_set(first, other):
             continue
-        differ = [f"{k} {first[k]!r} vs {other[k]!r}" for k in ("dataset", "split", "fold", "split_seed")
+        differ = [f"{k} {first[k]!r} vs {other[k]!r}" for k in TEST_SET_SETTINGS
                   if first[k] != other[k]] or ["the test images themselves"]
         raise KerascnnError(f"{rows[0]['run']} and {row['run']} were tested on different test sets "
                             f"({', '.join(differ)}); their scores cannot be ranked against each other")
@@ -205,14 +211,3 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
                  f"{r['train_seconds']:.0f}", *(f"{100 * r[m]:.2f}" for m in SUMMARY_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def mean_and_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation of each summary metric over ``rows``."""
-    import numpy as np
-
-    out = {}
-    for m in SUMMARY_METRICS:
-        values = np.array([r[m] for r in rows], dtype=float)
-        out[m] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,18 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def read_history(run_dir: str | Path) -> dict[str, list[float]]:
+    """A run folder's ``history.csv`` as lists per column (``epoch`` included); empty if it has none."""
+    import csv
+
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    return {key: [float(row[key]) if row[key] not in ("", None) else float("nan") for row in rows]
+            for key in (rows[0] if rows else {})}
+
+
 STATUS_FILE = "status.json"
 STATUSES = ("running", "interrupted", "failed", "finished")
 
@@ -76,7 +89,7 @@ def mark(run_dir: str | Path, status: str, **details: Any) -> None:
     history = run_dir / "history.csv"
     epochs = max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
     write_json(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                       "epochs_done": epochs, **details})
+                                       "epochs_done": epochs, "host": socket.gethostname(), **details})
 
 
 def read_status(run_dir: str | Path) -> str:
@@ -90,11 +103,15 @@ def read_status(run_dir: str | Path) -> str:
 
 
 def running_elsewhere(run_dir: str | Path) -> bool:
-    """Whether the process that marked ``run_dir`` running is alive (and is not this one)."""
+    """Whether the process that marked ``run_dir`` running is alive (and is not this one); a
+    process on another machine (a cluster job) counts as alive."""
     try:
-        pid = int(json.loads((Path(run_dir) / STATUS_FILE).read_text())["pid"])
+        status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+        pid = int(status["pid"])
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return False
+    if status.get("host", socket.gethostname()) != socket.gethostname():
+        return True
     if pid == os.getpid():
         return False
     try:

@@ -33,6 +33,14 @@ def cnn_options(config: RunConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in models.CNN_OPTIONS}
 
 
+def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
+    """``config``'s model for ``dataset``, its working image size recorded in ``config.image_size``."""
+    config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
+    return models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=config.image_size,
+                        weights=config.weights, sample=lambda: dataset.statistics_sample(config.seed),
+                        head_dropout=config.head_dropout, **cnn_options(config))
+
+
 def resolve_config(config: RunConfig) -> RunConfig:
     """Validate ``config`` against the data and model registries (before anything is created) and
     fill its model- and device-dependent defaults: weights, unfreeze, label smoothing, precision."""
@@ -175,11 +183,7 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
     run_dir = None
     try:
         with models.dtype_policy(config.precision), distribute.data_parallel(devices.count):
-            config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
-            model = models.build(config.model, dataset.image_shape, dataset.num_classes,
-                                 image_size=config.image_size, weights=config.weights,
-                                 sample=lambda: dataset.statistics_sample(config.seed),
-                                 head_dropout=config.head_dropout, **cnn_options(config))
+            model = build_model(config, dataset)
             if resume_dir is None:
                 run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
                 config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))

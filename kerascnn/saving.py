@@ -30,6 +30,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return json.loads(archive.read(METADATA_ENTRY))
 
 
+def class_names(metadata: dict[str, Any], count: int) -> list[str]:
+    """The class names a model file records, else "0", "1", ... for its ``count`` outputs."""
+    return list(metadata.get("class_names") or [str(i) for i in range(count)])
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """``path`` itself if it is a file, ``path/model.keras`` if it is a run folder."""
     path = Path(path).expanduser()

@@ -6,7 +6,8 @@ A study file holds shared settings (any `RunConfig` field, as ``experiments.run`
 names with ``_`` or ``-``; ``"default"`` for the dataset's or model's own default), ``seeds`` and
 ``grid.KEY = [...]`` axes, and ``[[config]]`` tables that override them. ``weights = "@NAME"``
 fine-tunes from configuration NAME's model (a dependency, run first, not a row). A ``fold`` axis,
-like ``seeds``, repeats a configuration; every other axis makes configurations. See ``experiments/studies/*.toml``.
+like ``seeds``, repeats a configuration, as a ``split_seed`` axis does; every other axis makes
+configurations. See ``experiments/studies/*.toml``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "studies"
 HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", "label_smoothing", "dropout",
                     "head_dropout", "epochs", "lr_schedule", "lr_step", "lr_gamma", "patience", "optimizer",
                     "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip")
-REPEAT_AXES = ("fold",)  # like seeds: repeats of one configuration, paired across configurations
+REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
 STUDY_KEYS = ("name", "seeds", "grid", "config")
 NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_IN_STUDIES)
@@ -156,7 +157,7 @@ def load_study(source: str, check: bool = True) -> Study:
         own = {k.replace("-", "_"): v for k, v in table.items() if k not in ("name", "grid")}
         grid = {**{k.replace("-", "_"): v for k, v in data.get("grid", {}).items()},
                 **{k.replace("-", "_"): v for k, v in table.get("grid", {}).items()}}
-        settings = {k: None if v == "default" else v for k, v in {**shared, **own}.items()}
+        settings = {k: v for k, v in {**shared, **own}.items() if v != "default"}
         seeds = settings.pop("seeds", [0])
         for key in [*settings, *grid]:
             if key not in RUN_FIELDS:
@@ -172,9 +173,13 @@ def load_study(source: str, check: bool = True) -> Study:
         for values in itertools.product(*grid.values()):
             setting = dict(zip(grid, values))
             for seed in seeds:
-                label = "".join(f"-{k}={_text(v)}" for k, v in setting.items())
-                planned.append(PlannedRun(rundir.slug(f"{name}{label}-seed{seed}"), name, setting, seed,
-                                          {**settings, **setting, "seed": seed}, table=index))
+                label = "".join(f"-{k}-{_text(v)}" for k, v in setting.items())
+                run_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{label}-seed{seed}")
+                if any(r.name == run_name for r in planned):
+                    raise KerascnnError(f"{where('name', index)}: two runs of {name!r} would share the folder "
+                                        f"{run_name}; give each seed and grid value once")
+                planned.append(PlannedRun(run_name, name, setting, seed, {**settings, **setting, "seed": seed},
+                                          table=index))
     by_config = {n: [r for r in planned if r.config == n] for n in names}
     for index, table in enumerate(tables):
         for run in by_config[table["name"]]:
@@ -187,6 +192,9 @@ def load_study(source: str, check: bool = True) -> Study:
             if len(by_config[upstream]) != 1:
                 raise KerascnnError(f"{where('weights', index)}: {upstream!r} has {len(by_config[upstream])} runs; "
                                     "a config others fine-tune from needs one seed and no grid")
+            if by_config[upstream][0].upstream:
+                raise KerascnnError(f"{where('weights', index)}: {upstream!r} fine-tunes from another config itself; "
+                                    "a study pretrains in one step")
             by_config[upstream][0].dependency = True
     study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
     for run in study.runs if check else []:
@@ -260,10 +268,18 @@ def state_of(run: PlannedRun, out: Path) -> str:
 
 
 def execute_run(options: dict[str, Any], folder: str, resume: bool) -> str:
-    """Run (or resume) one study run in this process; what the workers call."""
+    """Run (or resume) one study run in this process: what workers and cluster jobs call. SIGINT
+    and SIGTERM stop it as they stop the command lines (the run folder is marked interrupted)."""
+    import threading
+
+    from kerascnn.errors import stop_requested
     from kerascnn.runner import resume as resume_run
     from kerascnn.runner import run as start_run
 
+    if threading.current_thread() is threading.main_thread():
+        stop_requested.clear()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, request_stop)
     if resume:
         return str(resume_run(folder))
     return str(start_run(RunConfig(**options)))
@@ -279,20 +295,23 @@ def _worker_init(threads: int, gpus: Any) -> None:
 
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for signum in (signal.SIGINT, signal.SIGTERM):  # stop as the command lines do: the run is marked interrupted
-        signal.signal(signum, request_stop)
 
 
-def visible_gpus() -> int:
-    """GPUs the study's workers can be spread over (CUDA, as torch or nvidia-smi see them)."""
-    if os.environ.get("KERAS_BACKEND", "torch") == "torch":
-        try:
-            import torch
+def visible_gpus() -> list[str]:
+    """The CUDA devices workers can be spread over, as ids for ``CUDA_VISIBLE_DEVICES``: the
+    ones it already lists, else those ``nvidia-smi -L`` lists (any backend)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    import subprocess
 
-            return torch.cuda.device_count()
-        except ImportError:
-            return 0
-    return 0
+    try:
+        lines = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(lines) if line.startswith("GPU ")]
 
 
 def select(study: Study, only: str | None) -> list[PlannedRun]:
@@ -318,6 +337,9 @@ def run_study(study: Study, out: Path, *, workers: int = 1, engine: str = "local
         dependencies = [r for r in runs if r.dependency]
         rest = [r for r in runs if not r.dependency]
         _run_batch(dependencies, out, 1, engine, engine_options or {}, failed, study)
+        for run in dependencies:  # one running elsewhere has no model yet: what needs it waits for another call
+            if run.name not in failed and state_of(run, out) != "finished":
+                failed[run.name] = f"{run.name}: not finished (running elsewhere?); run the command again later"
         broken = {r.config for r in dependencies if r.name in failed}
         for run in rest:
             if run.upstream in broken:
@@ -349,16 +371,21 @@ def _run_batch(runs: list[PlannedRun], out: Path, workers: int, engine: str, eng
             log.info("%s: %s", run.name, "resuming" if resume else "starting")
             try:
                 execute_run(_config_options(run, out), str(out / run.name), resume)
-            except KerascnnError as exc:
-                failed[run.name] = f"{run.name}: {exc}"
-                log.warning("%s failed: %s", run.name, exc)
+            except Exception as exc:  # noqa: BLE001 - one run's failure (out of memory, ...) is not the study's
+                failed[run.name] = f"{run.name}: {_first_line(exc)}"
+                log.warning("%s failed: %s", run.name, failed[run.name])
             write_summary(study, out, summarize(study, out, failed))
         return
     arguments = [(_config_options(run, out), str(out / run.name), resume) for run, resume in jobs]
     if engine == "local":
         _run_in_processes(arguments, [r for r, _ in jobs], workers, failed, study, out)
     else:
-        _run_with_submitit(arguments, [r for r, _ in jobs], out, engine, engine_options, failed)
+        _run_with_submitit(arguments, [r for r, _ in jobs], out, engine, engine_options, failed, study)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _config_options(run: PlannedRun, out: Path) -> dict[str, Any]:
@@ -375,31 +402,37 @@ def _run_in_processes(arguments: list[tuple], runs: list[PlannedRun], workers: i
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus()
     queue = None
-    if gpus > 1:
+    if len(gpus) > 1:
         queue = context.Manager().Queue()
         for i in range(workers):
-            queue.put(i % gpus)
+            queue.put(gpus[i % len(gpus)])
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=(threads, queue)) as pool:
-        futures = {pool.submit(execute_run, *args): run for args, run in zip(arguments, runs)}
-        try:
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    future.result()
-                except Exception as exc:  # noqa: BLE001 - a worker's error, reported per run
-                    failed[run.name] = f"{run.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                    log.warning("%s failed: %s", run.name, failed[run.name])
-                write_summary(study, out, summarize(study, out, failed))
-        except BaseException:
-            for process in list(getattr(pool, "_processes", {}).values()):  # the executor has no public handle
-                process.terminate()  # SIGTERM: each run marks itself interrupted
-            raise
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads, queue))
+    futures = {pool.submit(execute_run, *args): run for args, run in zip(arguments, runs)}
+    try:
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker's error, reported per run
+                failed[run.name] = f"{run.name}: {_first_line(exc)}"
+                log.warning("%s failed: %s", run.name, failed[run.name])
+            write_summary(study, out, summarize(study, out, failed))
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())  # the executor has no public handle
+        pool.shutdown(wait=False, cancel_futures=True)  # queued runs never start
+        for process in processes:
+            process.terminate()  # SIGTERM: the run in it marks itself interrupted
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+        raise
+    pool.shutdown()
 
 
 def _run_with_submitit(arguments: list[tuple], runs: list[PlannedRun], out: Path, engine: str,
-                       engine_options: dict[str, str], failed: dict[str, str]) -> None:
+                       engine_options: dict[str, str], failed: dict[str, str], study: Study) -> None:
     """Hand the runs to submitit: SLURM jobs (``engine`` ``slurm``) or its local executor
     (``submitit-local``, subprocesses on this machine)."""
     try:
@@ -412,35 +445,38 @@ def _run_with_submitit(arguments: list[tuple], runs: list[PlannedRun], out: Path
     options.setdefault("timeout_min", 24 * 60)
     executor.update_parameters(**options)
     jobs = [executor.submit(execute_run, *args) for args in arguments]
-    for job, run in zip(jobs, runs):
-        try:
-            job.result()
-        except Exception as exc:  # noqa: BLE001 - submitit wraps the run's error
-            failed[run.name] = f"{run.name}: {str(exc).strip().splitlines()[-1] if str(exc) else exc!r}"
-            log.warning("%s failed: %s", run.name, failed[run.name])
+    try:
+        for job, run in zip(jobs, runs):
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - submitit wraps the run's error; its last line is the run's
+                lines = str(exc).strip().splitlines()
+                failed[run.name] = f"{run.name}: {lines[-1] if lines else type(exc).__name__}"
+                log.warning("%s failed: %s", run.name, failed[run.name])
+            write_summary(study, out, summarize(study, out, failed))
+    except BaseException:
+        for job in jobs:
+            job.cancel(check=False)  # SLURM sends SIGTERM: each run marks itself interrupted
+        raise
 
 
 def estimated_seconds(study: Study, out: Path) -> dict[str, float | None]:
-    """Training seconds each unfinished run may take: its planned epochs at the seconds per epoch
-    measured so far by its configuration's runs (finished ones, or the epochs an interrupted one
-    logged), else by its config's; None before any epoch of either has run."""
-    import csv
-
+    """Training seconds each unfinished run may still take: the epochs it has left at the seconds
+    per epoch measured so far by its configuration's runs (finished ones, or the epochs an
+    interrupted one logged), else by its config's; None before any epoch of either has run."""
+    histories = {run.name: rundir.read_history(out / run.name) for run in study.runs}
     measured: dict[str, list[float]] = {}
     for run in study.runs:
-        history = out / run.name / "history.csv"
-        if history.is_file():
-            seconds = [float(r["seconds"]) for r in csv.DictReader(history.open()) if r.get("seconds")]
-            for key in (run.configuration, run.config):
-                measured.setdefault(key, []).extend(seconds)
+        for key in (run.configuration, run.config):
+            measured.setdefault(key, []).extend(histories[run.name].get("seconds", []))
     estimates: dict[str, float | None] = {}
     for run in study.runs:
         if state_of(run, out) == "finished":
             continue
         per_epoch = measured.get(run.configuration) or measured.get(run.config)
-        epochs = run.options.get("epochs") or RunConfig(**{k: v for k, v in run.options.items()
-                                                           if k == "dataset" or k == "model"}).epochs
-        estimates[run.name] = float(np.mean(per_epoch)) * epochs if per_epoch else None
+        epochs = run.options.get("epochs") or RunConfig(run.options["dataset"], run.options["model"]).epochs
+        left = max(0, epochs - len(histories[run.name].get("epoch", [])))
+        estimates[run.name] = float(np.mean(per_epoch)) * left if per_epoch else None
     return estimates
 
 
@@ -475,16 +511,18 @@ def paired_test(a: dict[tuple, dict[str, Any]], b: dict[tuple, dict[str, Any]], 
     None when they share no replicate tested on the same images."""
     from scipy import stats
 
-    shared = [k for k in a if k in b and a[k]["test_set"]["fingerprint"] == b[k]["test_set"]["fingerprint"]]
+    from kerascnn.reports import same_test_set
+
+    shared = [k for k in a if k in b and same_test_set(a[k]["test_set"], b[k]["test_set"])]
     if not shared:
         return None
     diffs = np.array([a[k]["accuracy"] - b[k]["accuracy"] for k in shared])
     if len(shared) >= 2:
-        if np.std(diffs) == 0:
-            p = 1.0 if diffs[0] == 0 else 0.0
-        else:
-            p = float(stats.ttest_rel([a[k]["accuracy"] for k in shared], [b[k]["accuracy"] for k in shared]).pvalue)
-        return {"test": f"paired t over {len(shared)} replicates", "difference": float(diffs.mean()), "p": p}
+        test = f"paired t over {len(shared)} replicates"
+        if np.std(diffs) == 0:  # t is undefined: the same difference on every replicate
+            return {"test": test, "difference": float(diffs.mean()), "p": None}
+        p = float(stats.ttest_rel([a[k]["accuracy"] for k in shared], [b[k]["accuracy"] for k in shared]).pvalue)
+        return {"test": test, "difference": float(diffs.mean()), "p": p}
     key = shared[0]
     pa, pb = (np.load(out / r[key]["run"] / "test_predictions.npz") for r in (a, b))
     if not np.array_equal(pa["labels"], pb["labels"]) or not np.array_equal(pa["index"], pb["index"]):
@@ -494,6 +532,16 @@ def paired_test(a: dict[tuple, dict[str, Any]], b: dict[tuple, dict[str, Any]], 
     p = float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
     return {"test": f"McNemar exact on {len(right_a)} test images ({only_a} vs {only_b} discordant)",
             "difference": float(diffs[0]), "p": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (family-wise error over all the comparisons)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> dict[str, Any]:
@@ -540,16 +588,22 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
         scored = [e for e in members if e.get("val_accuracy") is not None]
         if scored:
             max(scored, key=lambda e: e["val_accuracy"])["chosen"] = True
+        elif len(members) == 1 and members[0]["runs_finished"]:  # nothing to choose between
+            members[0]["chosen"] = True
     chosen = [e for e in configurations if e["chosen"]]
     comparisons = []
     for first, second in itertools.combinations(chosen, 2):
         result = paired_test(rows[first["configuration"]], rows[second["configuration"]], out)
+        pair = {"a": first["configuration"], "b": second["configuration"]}
         if result is None:
-            comparisons.append({"a": first["configuration"], "b": second["configuration"],
-                                "verdict": "not compared: no runs tested on the same test set"})
-            continue
-        real = result["p"] < 0.05
-        comparisons.append({"a": first["configuration"], "b": second["configuration"], **result, "real": real})
+            comparisons.append({**pair, "verdict": "not compared: no runs tested on the same test set"})
+        elif result["p"] is None:
+            comparisons.append({**pair, **result, "verdict": "not testable: the same difference on every replicate"})
+        else:
+            comparisons.append({**pair, **result})
+    tested = [c for c in comparisons if c.get("p") is not None]
+    for c, adjusted in zip(tested, holm([c["p"] for c in tested])):
+        c["p_holm"], c["real"] = adjusted, adjusted < 0.05
     return {"study": study.name, "file": str(study.path), "plan": plan_rows(study), "configurations": configurations,
             "comparisons": comparisons, "failed": dict(failed or {}),
             "runs_finished": sum(e["runs_finished"] for e in configurations),
@@ -596,14 +650,17 @@ def study_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## Which differences are real", ""]
     if not summary["comparisons"]:
         lines.append("Fewer than two chosen configurations have finished runs: nothing to compare yet.")
+    if any("p_holm" in c for c in summary["comparisons"]):
+        lines += ["p-values are Holm-adjusted over all the comparisons below, so \"real at 95%\" holds for "
+                  "the whole list at once.", ""]
     for c in summary["comparisons"]:
-        if "p" not in c:
+        if "p_holm" not in c:
             lines.append(f"- {c['a']} vs {c['b']}: {c['verdict']}.")
             continue
         better, worse = (c["a"], c["b"]) if c["difference"] >= 0 else (c["b"], c["a"])
         words = "a real difference at 95%" if c["real"] else "not distinguishable at 95%"
         lines.append(f"- {better} vs {worse}: {100 * abs(c['difference']):+.2f} points of test accuracy "
-                     f"({c['test']}, p = {c['p']:.3g}): {words}.")
+                     f"({c['test']}, adjusted p = {c['p_holm']:.3g}): {words}.")
     lines += ["", "![validation curves and accuracy against training time](comparison.png)", ""]
     return "\n".join(lines)
 
@@ -616,15 +673,6 @@ def write_summary(study: Study, out: Path, summary: dict[str, Any]) -> None:
     (out / "study.md").write_text(study_markdown(summary))
     curves = {}
     for e in summary["configurations"]:
-        histories = [_history(out / run / "history.csv") for run in e.get("runs", [])]
-        curves[e["configuration"]] = [h for h in histories if h is not None]
+        histories = [rundir.read_history(out / run).get("val_accuracy") for run in e.get("runs", [])]
+        curves[e["configuration"]] = [np.array(h) for h in histories if h]
     plot_study(summary["configurations"], curves, out / "comparison.png")
-
-
-def _history(path: Path) -> np.ndarray | None:
-    import csv
-
-    if not path.is_file():
-        return None
-    rows = [r for r in csv.DictReader(path.open()) if r.get("val_accuracy")]
-    return np.array([float(r["val_accuracy"]) for r in rows]) if rows else None

@@ -78,10 +78,13 @@ def learning_rate(config: RunConfig, steps_per_epoch: int, phase: Phase | None =
         warmup_target=lr, warmup_steps=warmup)
 
 
-def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None,
+                   lr: float | keras.optimizers.schedules.LearningRateSchedule | None = None
+                   ) -> keras.optimizers.Optimizer:
     """Adam, AdamW or SGD (momentum, Nesterov) with decoupled weight decay that spares biases and
-    norms; with ``backbone_lr_scale`` != 1, the discriminative variant."""
-    lr = learning_rate(config, steps_per_epoch, phase)
+    norms; with ``backbone_lr_scale`` != 1, the discriminative variant. ``lr`` replaces the
+    schedule of `learning_rate` (the LR range test's)."""
+    lr = learning_rate(config, steps_per_epoch, phase) if lr is None else lr
     plain, scaled = OPTIMIZERS[config.optimizer]
     kwargs: dict = {"weight_decay": config.weight_decay or None}
     if config.optimizer == "sgd":
@@ -95,8 +98,10 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None 
     return opt
 
 
-def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, phase: Phase | None = None) -> None:
-    """Compile with a fresh optimizer, label-smoothed cross-entropy on softmax outputs, and accuracy.
+def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, phase: Phase | None = None,
+                  lr: float | keras.optimizers.schedules.LearningRateSchedule | None = None) -> None:
+    """Compile with a fresh optimizer (``lr``: see `make_optimizer`), label-smoothed cross-entropy
+    on softmax outputs, and accuracy.
 
     On the torch backend the model then gets kerascnn's fast steps (`kerascnn.torch_step`; with
     ``jit`` True, compiled by ``torch.compile``) unless ``jit`` is False, which keeps Keras' own.
@@ -104,7 +109,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
     """
     fast = keras.backend.backend() == "torch" and config.jit is not False
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch, phase),
+        optimizer=make_optimizer(config, steps_per_epoch, phase, lr),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=resolved(config).label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False if fast else "auto" if config.jit is None else config.jit,

@@ -51,6 +51,9 @@ def write(tmp_path, text, name="s.toml"):
     (TINY + "[[config]]\nname = 'a'\ngrid.unfreeze = ['layer9']\n", "run a-unfreeze-layer9-seed0"),
     (TINY + "[[config]]\nname = 'a'\nlr = -1.0\n", "line 8: run a-seed0: --lr must be > 0"),
     (TINY + "[[config]]\nname = 'a'\nepochs = 'many'\n", "line 8: run a-seed0: --epochs must be an integer"),
+    (TINY + "seeds = [0, 0]\n[[config]]\nname = 'a'\n", "two runs of 'a' would share the folder a-seed0"),
+    (TINY + "[[config]]\nname = 'p'\n[[config]]\nname = 'q'\nweights = '@p'\n[[config]]\nname = 'a'\n"
+     "weights = '@q'\n", "'q' fine-tunes from another config itself"),
     (TINY + "[[config]\n", "s.toml: "),
     (TINY, "no [[config]] tables"),
 ])
@@ -72,10 +75,12 @@ grid.pool = ["max", "avg"]
 [[config]]
 name = "pre"
 seeds = [0]
+split = "default"
 """
     plan = studies.load_study(str(write(tmp_path, text)))
     assert plan.runs[0].name == "pre-seed0" and plan.runs[0].dependency
     assert len(plan.runs) == 1 + 2 * 2 * 2
+    assert "split" not in plan.runs[0].options and plan.runs[1].options["split"] == "20,10,30"
     run = plan.runs[1]
     assert run.options["split_seed"] == 0 and {r.seed for r in plan.runs[1:]} == {0, 1}
     assert run.configuration == "tune [lr=0.01, pool=max]" and run.group == "tune [pool=max]"
@@ -144,23 +149,33 @@ def run_intervals(out):
 FOUR_RUNS = TINY + "epochs = 3\nseeds = [0, 1]\n[[config]]\nname = 'a'\n[[config]]\nname = 'b'\nlr = 0.001\n"
 
 
+def study_process(*argv):
+    """The study command in its own process, as a user runs it (worker processes and submitit's
+    jobs stay out of the test process)."""
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+    done = subprocess.run([sys.executable, "-m", "experiments.study", *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.mark.slow
-def test_two_workers_run_a_four_run_study_two_at_a_time(tmp_path, capsys):
+def test_two_workers_run_a_four_run_study_two_at_a_time(tmp_path):
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, FOUR_RUNS)), "--out", str(out), "--workers", "2"]) == 0
+    study_process(write(tmp_path, FOUR_RUNS), "--out", out, "--workers", "2")
     summary = json.loads((out / "study.json").read_text())
     assert summary["runs_finished"] == 4 and not summary["failed"]
     intervals = run_intervals(out)
     assert len(intervals) == 4
-    at_once = [sum(a < e and s < b for s, e in intervals) for a, b in intervals]
-    assert max(at_once) == 2  # some run overlapped another; none overlapped two others
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])  # at a tie, ends first
+    running = np.cumsum([step for _, step in events])
+    assert running.max() == 2  # two runs at a time, never three
 
 
 @pytest.mark.slow
-def test_the_submitit_engine_runs_the_same_study_in_its_local_mode(tmp_path, capsys):
+def test_the_submitit_engine_runs_the_same_study_in_its_local_mode(tmp_path):
     pytest.importorskip("submitit", reason="the slurm extra (submitit) is not installed")
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, FOUR_RUNS)), "--out", str(out), "--engine", "submitit-local"]) == 0
+    study_process(write(tmp_path, FOUR_RUNS), "--out", out, "--engine", "submitit-local")
     summary = json.loads((out / "study.json").read_text())
     assert summary["runs_finished"] == 4 and (out / "submitit").is_dir()
     assert all(history_epochs(out / r["run"]) == [1, 2, 3] for r in summary["plan"])
@@ -172,6 +187,11 @@ def test_another_study_in_the_same_folder_is_refused(tmp_path, capsys):
     (out / "study.toml").write_text("name = 'other'\n")
     assert study([str(write(tmp_path, TINY + "[[config]]\nname = 'a'\n")), "--out", str(out)]) == 2
     assert "holds another version of the study" in capsys.readouterr().err
+
+
+def test_holm_adjustment():
+    assert studies.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert studies.holm([0.5]) == [0.5] and studies.holm([]) == []
 
 
 def test_t_interval_and_paired_tests(tmp_path):
@@ -187,6 +207,8 @@ def test_t_interval_and_paired_tests(tmp_path):
     assert paired["p"] == pytest.approx(stats.ttest_rel([0.90, 0.91, 0.92], [0.80, 0.815, 0.818]).pvalue)
     assert paired["difference"] == pytest.approx(np.mean([0.1, 0.095, 0.102]))
     assert studies.paired_test(a, {(0,): row("c", 0.5, fp="other")}, tmp_path) is None  # another test set
+    shifted = {k: row(r["run"], r["accuracy"] - 0.05) for k, r in a.items()}
+    assert studies.paired_test(a, shifted, tmp_path)["p"] is None  # t undefined: not "real" by default
     labels = np.arange(100) % 10
     for name, wrong in (("m", 5), ("n", 20)):  # m is right wherever n is, and on 15 more images
         predicted = labels.copy()
