@@ -21,6 +21,8 @@ from kerascnn.config import (
     AUGMENTS,
     BN_POLICIES,
     CLASS_WEIGHTS,
+    DEEP_FINETUNE_LR,
+    DEFAULT_LR,
     LR_SCALINGS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -100,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--epochs", "maximum epochs", type=int)
     _opt(t, "--batch-size", "images per step", type=int)
     _opt(t, "--optimizer", "optimizer", choices=OPTIMIZERS)
-    _opt(t, "--lr", "peak learning rate", type=float)
+    _opt(t, "--lr", f"peak learning rate (default: {DEFAULT_LR:g}; {DEEP_FINETUNE_LR:g} when two or more backbone "
+         "stages train from the first epoch, as the transfer_digits study chose)", type=float)
     _opt(t, "--momentum", "SGD momentum", type=float)
     _opt(t, "--nesterov", "Nesterov momentum for SGD", action="store_true")
     _opt(t, "--weight-decay", "decoupled weight decay (not on biases and norms)", type=float)

@@ -20,6 +20,10 @@ POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see distribute.auto_precision
 LR_SCALINGS = ("linear", "none")
+# Peak LRs of AdamW with one-cycle. The lower one is the default whenever two or more backbone stages
+# train from the first epoch: on the transfer_digits study it was chosen on validation for training
+# from scratch, layer3+layer4 and all, while 3e-3 was chosen for the head alone and layer4 (README).
+DEFAULT_LR, DEEP_FINETUNE_LR = 3e-3, 3e-4
 EXPORT_FORMATS = ("onnx", "savedmodel", "keras")  # kerascnn.export
 TTAS = ("none", "flip")  # test-time augmentation: flip averages the probabilities of each image and its mirror
 
@@ -57,7 +61,7 @@ class RunConfig:
     epochs: int = 14
     batch_size: int = 128
     optimizer: str = "adamw"
-    lr: float = 3e-3
+    lr: float | None = None  # None: DEFAULT_LR, or DEEP_FINETUNE_LR when several backbone stages train (resolve)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -102,7 +106,7 @@ class RunConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise KerascnnError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise KerascnnError(f"--weight-decay must be >= 0, got {self.weight_decay}")
@@ -169,8 +173,10 @@ class RunConfig:
     def resolve(self) -> RunConfig:
         """Fill the defaults that depend on the model (its `kerascnn.models.ModelSpec`): ``weights``
         (imagenet for a pretrained model, else none), ``unfreeze`` (none for pretrained weights, all
-        when training from scratch or with ``unfreeze_at``) and ``label_smoothing`` (the model's).
-        Settings already given are kept, so resolving twice changes nothing; returns self."""
+        when training from scratch or with ``unfreeze_at``), ``label_smoothing`` (the model's) and
+        ``lr`` (`DEEP_FINETUNE_LR` when two or more backbone stages train from the first epoch,
+        else `DEFAULT_LR`). Settings already given are kept, so resolving twice changes nothing;
+        returns self."""
         spec = registry.get(self.model)
         if self.label_smoothing is None:
             self.label_smoothing = spec.label_smoothing
@@ -178,7 +184,19 @@ class RunConfig:
             self.weights = "imagenet" if spec.pretrained else "none"
         if self.unfreeze is None:
             self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
+        if self.lr is None:
+            self.lr = DEEP_FINETUNE_LR if self.backbone_stages_trained_at_start(spec) >= 2 else DEFAULT_LR
         return self
+
+    def backbone_stages_trained_at_start(self, spec: registry.ModelSpec) -> int:
+        """How many of a backbone's stages train from the first epoch (0 for scratch CNN presets,
+        and with ``unfreeze_at``, whose first epochs train the head alone)."""
+        if spec.cnn is not None or self.unfreeze_at:
+            return 0
+        stages = [s for s in spec.stage_names(self.filters) if s != "head"]
+        if (self.unfreeze or "").strip().lower() == "all":
+            return len(stages)
+        return len({part.strip() for part in (self.unfreeze or "").split(",")} & set(stages))
 
     @property
     def data_seed(self) -> int:

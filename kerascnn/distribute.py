@@ -155,6 +155,33 @@ TORCH_MESSAGE = ("--devices above 1 needs the jax or tensorflow backend: Keras 3
                  "on torch; rerun with --backend jax (keras.distribution.DataParallel) or --backend tensorflow")
 
 
+def peak_memory() -> dict[str, Any]:
+    """The most memory training has held: the GPU's (torch or jax on CUDA) when there is one, else
+    this process's peak resident set (which, in a study that runs its runs in one process, covers
+    the runs before this one too)."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20), "memory": "gpu"}
+        elif backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                return {"peak_memory_mb": round(stats["peak_bytes_in_use"] / 2**20), "memory": "accelerator"}
+    except Exception:  # noqa: BLE001 - memory statistics are a report, never a failure
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return {"peak_memory_mb": round(peak), "memory": "process"}
+
+
 def resolve_count(devices: str) -> int:
     """``--devices N|all`` (checked by `RunConfig.validate`) as a number of devices of this machine."""
     import keras

@@ -126,6 +126,7 @@ def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effectiv
         "skipped_file_names": skipped,
         "devices": {"count": devices.count, "effective_batch_size": devices.batch_size, "effective_lr": devices.lr},
         "precision": config.precision,
+        **distribute.peak_memory(),
         "dataset": summary,
     })
     rundir.write_json(run_dir / "metrics.json", metrics)

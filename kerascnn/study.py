@@ -575,7 +575,8 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
                 entry[metric] = {"mean": float(np.mean(values)),
                                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                                  "ci95": ci, "values": values}
-            for key in ("val_accuracy", "best_epoch", "seconds_per_epoch", "images_per_second", "train_seconds"):
+            for key in ("val_accuracy", "best_epoch", "seconds_per_epoch", "images_per_second", "train_seconds",
+                        "peak_memory_mb"):
                 values = [r[key] for r in done if r.get(key) is not None]
                 entry[key] = float(np.mean(values)) if values else None
             entry["trainable_params"] = done[0]["trainable_params"]
@@ -628,15 +629,16 @@ def study_markdown(summary: dict[str, Any]) -> str:
         lines += ["Failed: " + "; ".join(summary["failed"].values()), ""]
     lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
               "with a 95% interval (Student t over runs; with one run, the run's own interval: Wilson for "
-              "accuracy, bootstrap over test images for macro F1). **chosen** marks, within each strategy, the "
-              "setting with the best validation accuracy (of the model each run kept); the test scores of the "
-              "other settings are shown but were not used to choose.", "",
+              "accuracy, bootstrap over test images for macro F1). Peak MB: the GPU's peak memory, or on a CPU "
+              "the process's peak resident memory. **chosen** marks, within each strategy, the setting with the "
+              "best validation accuracy (of the model each run kept); the test scores of the other settings are "
+              "shown but were not used to choose.", "",
               "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "
-              "best epoch | trainable | s/epoch | images/s | chosen |",
-              "|" + " --- |" * 12]
+              "best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
+              "|" + " --- |" * 13]
     for e in summary["configurations"]:
         if not e["runs_finished"]:
-            lines.append(f"| {e['configuration']} | 0/{e['runs_planned']} | not run yet |" + " |" * 9)
+            lines.append(f"| {e['configuration']} | 0/{e['runs_planned']} | not run yet |" + " |" * 10)
             continue
         acc, ci = e["accuracy"], e["accuracy"]["ci95"]
         interval = f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "–"
@@ -646,7 +648,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
             f"{_pct(e['weighted_f1']['mean'])} | {_pct(e['val_accuracy'])} | "
             f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "
             f"{_number(e['seconds_per_epoch'], '.1f')} | {_number(e['images_per_second'], '.0f')} | "
-            f"{'**chosen**' if e['chosen'] else ''} |")
+            f"{_number(e['peak_memory_mb'], '.0f')} | {'**chosen**' if e['chosen'] else ''} |")
     lines += ["", "## Which differences are real", ""]
     if not summary["comparisons"]:
         lines.append("Fewer than two chosen configurations have finished runs: nothing to compare yet.")

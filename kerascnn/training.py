@@ -55,7 +55,7 @@ def resolved(config: RunConfig) -> RunConfig:
     """``config`` with its model-dependent defaults filled by `RunConfig.resolve` (the one place
     they are decided), the caller's object left as it is: a config made by hand in Python trains
     as the same config would from the command line."""
-    return config if config.unfreeze is not None and config.label_smoothing is not None else (
+    return config if None not in (config.unfreeze, config.label_smoothing, config.lr) else (
         dataclasses.replace(config).resolve())
 
 
@@ -337,5 +337,6 @@ def _check_finite(losses: list[float], config: RunConfig) -> None:
     if any(not math.isfinite(v) for v in losses):
         raise KerascnnError(
             f"training diverged: the loss became NaN or infinite in epoch {len(losses)}; "
-            f"try a lower --lr (now {config.lr:g})" + (" or --optimizer sgd" if config.optimizer != "sgd" else "")
+            f"try a lower --lr (now {resolved(config).lr:g})"
+            + (" or --optimizer sgd" if config.optimizer != "sgd" else "")
         )

@@ -117,13 +117,15 @@ def test_deep_weeds_end_to_end(kerascnn_data, tmp_path):
 def test_study_over_folds_reports_the_mean(kerascnn_data, tmp_path):
     replicas.deep_weeds(kerascnn_data / "deep_weeds")
     out = tmp_path / "study"
-    argv = ["deep_weeds", "cnn", "--folds", "0,1", "--out", str(out), "--epochs", "1", "--image-size", "16",
-            "--verbose", "0"]
-    assert main(study_cli.body, study_cli.parser(), argv, known_only=True) == 0
+    path = tmp_path / "folds.toml"
+    path.write_text('dataset = "deep_weeds"\nmodel = "cnn"\nepochs = 1\nimage_size = 16\nverbose = 0\n'
+                    'grid.fold = [0, 1]\n[[config]]\nname = "cnn"\n')
+    assert main(study_cli.body, study_cli.parser(), [str(path), "--out", str(out)]) == 0
     study = json.loads((out / "study.json").read_text())
-    accuracies = [r["accuracy"] for r in study["runs"]]
-    assert len(accuracies) == 2 and study["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
-    assert (out / "fold0" / "model.keras").is_file() and (out / "fold1" / "report.md").is_file()
+    (row,) = study["configurations"]
+    accuracies = [json.loads((out / f"cnn-fold-{k}-seed0" / "metrics.json").read_text())["accuracy"] for k in (0, 1)]
+    assert row["runs_finished"] == 2 and row["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert (out / "cnn-fold-0-seed0" / "model.keras").is_file() and (out / "cnn-fold-1-seed0" / "report.md").is_file()
 
 
 def test_fer2013_csv_splits_and_malformed_row(kerascnn_data):
