@@ -120,8 +120,8 @@ def plot_study(configurations: list[dict], curves: dict[str, list[np.ndarray]], 
         if entry.get("runs_finished") and entry.get("train_seconds") is not None:
             accuracy = entry["accuracy"]
             low, high = accuracy["ci95"] or (accuracy["mean"], accuracy["mean"])
-            right.errorbar(entry["train_seconds"], 100 * accuracy["mean"],
-                           yerr=[[100 * (accuracy["mean"] - low)], [100 * (high - accuracy["mean"])]],
+            below, above = max(0.0, accuracy["mean"] - low), max(0.0, high - accuracy["mean"])  # rounding
+            right.errorbar(entry["train_seconds"], 100 * accuracy["mean"], yerr=[[100 * below], [100 * above]],
                            fmt="o" if entry.get("chosen") else "s", color=colour, capsize=3, label=name)
     left.set(title="Validation accuracy (mean over runs; chosen solid)", xlabel="epoch", ylabel="accuracy (%)")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
