@@ -154,6 +154,9 @@ def load_study(source: str, check: bool = True) -> Study:
                                 f"'_', '.', '-', got {name!r}")
         if names.count(name) > 1:
             raise KerascnnError(f"{where('name', index)}: config name {name!r} is used twice")
+        for axes in (data.get("grid", {}), table.get("grid", {})):
+            if not isinstance(axes, dict):
+                raise KerascnnError(f"{where('grid', index)}: grid must be a table of lists (grid.lr = [...])")
         own = {k.replace("-", "_"): v for k, v in table.items() if k not in ("name", "grid")}
         grid = {**{k.replace("-", "_"): v for k, v in data.get("grid", {}).items()},
                 **{k.replace("-", "_"): v for k, v in table.get("grid", {}).items()}}

@@ -54,6 +54,7 @@ def write(tmp_path, text, name="s.toml"):
     (TINY + "seeds = [0, 0]\n[[config]]\nname = 'a'\n", "two runs of 'a' would share the folder a-seed0"),
     (TINY + "[[config]]\nname = 'p'\n[[config]]\nname = 'q'\nweights = '@p'\n[[config]]\nname = 'a'\n"
      "weights = '@q'\n", "'q' fine-tunes from another config itself"),
+    (TINY + "[[config]]\nname = 'a'\ngrid = 3\n", "line 8: grid must be a table of lists"),
     (TINY + "[[config]\n", "s.toml: "),
     (TINY, "no [[config]] tables"),
 ])
