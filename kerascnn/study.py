@@ -63,6 +63,7 @@ class PlannedRun:
     seed: int
     options: dict[str, Any]  # RunConfig fields (weights "@NAME" until the dependency has run)
     table: int = 0  # which [[config]] of the file
+    upstream_run: str | None = None  # the folder of the run its "@NAME" weights come from
     dependency: bool = False  # another configuration fine-tunes from it: run first, not a row
 
     @property
@@ -199,6 +200,7 @@ def load_study(source: str, check: bool = True) -> Study:
                 raise KerascnnError(f"{where('weights', index)}: {upstream!r} fine-tunes from another config itself; "
                                     "a study pretrains in one step")
             by_config[upstream][0].dependency = True
+            run.upstream_run = by_config[upstream][0].name
     study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
     for run in study.runs if check else []:
         check_run(run, where)
@@ -227,15 +229,10 @@ def run_config(run: PlannedRun, study_dir: Path) -> RunConfig:
     """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file)."""
     options = dict(run.options)
     if run.upstream:
-        options["weights"] = str(study_dir / upstream_run_name(run, study_dir) / "model.keras")
+        options["weights"] = str(study_dir / run.upstream_run / "model.keras")
     config = RunConfig(**options, out=str(study_dir / run.name))
     config.environment = {"study": str(study_dir), "study_config": run.config}
     return config
-
-
-def upstream_run_name(run: PlannedRun, study_dir: Path) -> str:
-    plan = json.loads((study_dir / "study.json").read_text())["plan"]
-    return next(p["run"] for p in plan if p["config"] == run.upstream)
 
 
 def prepare_folder(study: Study, out: Path) -> None:
