@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
-from kerascnn.data.pipeline import augmentation  # noqa: E402
+from kerascnn.data.augment import augmentation  # noqa: E402
 from kerascnn.distribute import device_names  # noqa: E402
 
 

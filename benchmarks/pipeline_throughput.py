@@ -1,7 +1,12 @@
-"""Does the streaming input pipeline keep up with training? Images/s of the pipeline (decode, resize,
-augment) beside images/s of the model's training step, measured side by side in one process.
+"""Does the input pipeline keep up with training? Images/s delivered by the pipeline over image files,
+measured side by side in one process against the model's training step:
 
-    python benchmarks/pipeline_throughput.py [--images 512] [--size 224] [--model resnet18] [--workers 1,2,4,8]
+- today's path without a cache: every epoch decodes its files in worker threads (``--cache none``),
+  with augmentation run as before (the Keras layers on each batch) or as now (`Augmenter`);
+- the decoded-image cache: the first (decoding) pass in worker processes, then later epochs read
+  from RAM, with no augmentation, ``--augment basic`` (flip + translation) as now, and as before.
+
+    python benchmarks/pipeline_throughput.py [--images 4500] [--size 224] [--batch-size 32] [--json]
 
 It writes a replica of JPEG photos (Animals-10-like: 300x225 to 640x480) to a temporary folder.
 """
@@ -9,6 +14,7 @@ It writes a replica of JPEG photos (Animals-10-like: 300x225 to 640x480) to a te
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -22,11 +28,13 @@ from PIL import Image  # noqa: E402
 
 from kerascnn import data, models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
-from kerascnn.data.pipeline import Batches, augmentation  # noqa: E402
+from kerascnn.data.augment import augmentation  # noqa: E402
+from kerascnn.data.cache import decode_splits  # noqa: E402
+from kerascnn.data.pipeline import Batches  # noqa: E402
 from kerascnn.distribute import device_names  # noqa: E402
 
 
-def write_photos(root: Path, n: int, classes: int = 4) -> None:
+def write_photos(root: Path, n: int, classes: int = 10) -> None:
     rng = np.random.default_rng(0)
     sizes = [(300, 225), (400, 300), (640, 480), (500, 375)]
     for i in range(n):
@@ -37,25 +45,38 @@ def write_photos(root: Path, n: int, classes: int = 4) -> None:
         Image.fromarray(smooth).resize((w, h), Image.Resampling.BICUBIC).save(folder / f"{i}.jpg", quality=90)
 
 
-def pipeline_rate(batches: Batches, repeats: int = 1) -> float:
-    """Images/s of a pipeline run by Keras' own PyDataset machinery (its worker threads)."""
+class KerasLayerBatches(Batches):
+    """Today's augmentation before this benchmark's change: a NumPy flip, then the other Keras layers
+    called on the batch (Keras 3.15 on torch resamples one image at a time)."""
+
+    def __init__(self, *args, augment: keras.layers.Pipeline, **kwargs) -> None:
+        super().__init__(*args, augment=augmentation("none", flip=True), **kwargs)
+        self.layers = keras.layers.Pipeline(augment.layers[1:])
+
+    def __getitem__(self, batch: int):
+        x, *rest = super().__getitem__(batch)
+        return (keras.ops.convert_to_numpy(self.layers(x.astype("float32"), training=True)), *rest)
+
+
+def epoch_rate(batches: Batches, epochs: int = 1) -> float:
+    """Images/s of ``epochs`` whole epochs run by Keras' own PyDataset machinery (its worker threads)."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     adapter = PyDatasetAdapter(batches, shuffle=False)
     start, count = time.perf_counter(), 0
-    for _ in range(repeats):
+    for _ in range(epochs):
         for x, *_ in adapter.get_numpy_iterator():
             count += len(x)
         adapter.on_epoch_end()
     return count / (time.perf_counter() - start)
 
 
-def step_rate(model_name: str, size: int, batch: int, steps: int) -> float:
+def step_rate(model_name: str, size: int, batch: int, steps: int, classes: int) -> float:
     """Images/s of the model's training step on in-memory data (no input pipeline)."""
-    model = models.build(model_name, (size, size, 3), 4, image_size=size, weights="none")
+    model = models.build(model_name, (size, size, 3), classes, image_size=size, weights="none")
     training.compile_model(model, RunConfig("x", model_name, weights="none", label_smoothing=0.0), steps)
     x = np.random.default_rng(0).integers(0, 255, (batch * steps, size, size, 3)).astype("uint8")
-    y = np.eye(4, dtype="float32")[np.arange(batch * steps) % 4]
+    y = np.eye(classes, dtype="float32")[np.arange(batch * steps) % classes]
     model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, verbose=0)
@@ -64,36 +85,59 @@ def step_rate(model_name: str, size: int, batch: int, steps: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--images", type=int, default=4500, help="JPEGs in the replica (Animals-10's test set: 4,500)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
-    p.add_argument("--workers", default="1,2,4,8", help="comma-separated worker-thread counts to try")
+    p.add_argument("--workers", type=int, default=0, help="pipeline threads (default: kerascnn's)")
+    p.add_argument("--epochs", type=int, default=2, help="cached epochs timed per row")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         write_photos(Path(tmp), args.images)
+        ds = data.load(f"folder:{tmp}", image_size=args.size)
+        every = data.Split.concat([ds.train, ds.val, ds.test])  # all the replica's files, as one epoch
+        shape, n = ds.image_shape, len(every)
+
+        def batches(augment: str, before: bool = False) -> Batches:
+            kind = KerasLayerBatches if before and augment != "none" else Batches
+            kwargs = {"augment": augmentation(augment, seed=0)} if augment != "none" else {}
+            return kind(every, shape, ds.num_classes, args.batch_size, shuffle=True, workers=args.workers or None,
+                        **kwargs)
+
+        def row(cache: str, epoch: str, augment: str, rate: float) -> None:
+            rows.append({"cache": cache, "epoch": epoch, "augment": augment, "images_per_s": rate})
+
+        row("none", "every", "none", epoch_rate(batches("none")))
+        row("none", "every", "basic (Keras layers, before)", epoch_rate(batches("basic", before=True)))
+        row("none", "every", "basic", epoch_rate(batches("basic")))
         start = time.perf_counter()
-        ds = data.load(f"folder:{tmp}", split="0.9,0.05,0.05", image_size=args.size)
-        check = args.images / (time.perf_counter() - start)
-        shape = ds.image_shape
-        rows = []
-        for workers in map(int, args.workers.split(",")):
-            for augment in ("none", "basic"):
-                layers = augmentation(augment, channels=3, seed=0)
-                batches = Batches(ds.train, shape, ds.num_classes, args.batch_size, shuffle=True, augment=layers,
-                                  workers=workers)
-                rows.append((workers, augment, pipeline_rate(batches)))
-        model = step_rate(args.model, args.size, args.batch_size, args.steps)
-    print(f"backend {keras.backend.backend()} on {device_names()[0]}, {os.cpu_count()} CPUs, {len(ds.train)} JPEGs "
-          f"at {args.size}x{args.size},"
-          f" batch {args.batch_size}")
-    print(f"{args.model} training step: {model:.1f} images/s; loading (listing + checking every file decodes): "
-          f"{check:.0f} images/s")
-    print("| workers | augmentation | pipeline images/s | pipeline / training step |")
-    print("| --- | --- | --- | --- |")
-    for workers, augment, rate in rows:
-        print(f"| {workers} | {augment} | {rate:.1f} | {rate / model:.1f}x |")
+        decode_splits({"train": every}, shape, "ram")
+        row("ram", "first (decoding)", "none", n / (time.perf_counter() - start))
+        row("ram", "later", "none", epoch_rate(batches("none"), args.epochs))
+        row("ram", "later", "basic (Keras layers, before)", epoch_rate(batches("basic", before=True), 1))
+        row("ram", "later", "basic", epoch_rate(batches("basic"), args.epochs))
+        step = step_rate(args.model, args.size, args.batch_size, args.steps, ds.num_classes)
+    today = {r["augment"]: r["images_per_s"] for r in rows if r["cache"] == "none"}
+    for r in rows:
+        r["vs_training_step"] = r["images_per_s"] / step
+        before = today["basic (Keras layers, before)"] if r["augment"].startswith("basic") else today["none"]
+        r["vs_today_uncached"] = r["images_per_s"] / before
+    result = {"backend": keras.backend.backend(), "device": device_names()[0], "cpus": os.cpu_count(),
+              "images": n, "size": args.size, "batch_size": args.batch_size, "model": args.model,
+              "training_step_images_per_s": step, "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"backend {result['backend']} on {result['device']}, {result['cpus']} CPUs, {n} JPEGs at "
+          f"{args.size}x{args.size}, batch {args.batch_size}; {args.model} training step: {step:.1f} images/s")
+    print("| cache | epoch | augmentation | pipeline images/s | / training step | / today (no cache, as before) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['cache']} | {r['epoch']} | {r['augment']} | {r['images_per_s']:.0f} | "
+              f"{r['vs_training_step']:.1f}x | {r['vs_today_uncached']:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from kerascnn.config import (
     ACTIVATIONS,
     AUGMENTS,
     BN_POLICIES,
+    CACHE_MODES,
     CLASS_WEIGHTS,
     DEEP_FINETUNE_LR,
     DEFAULT_LR,
@@ -120,10 +121,17 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--flip", "random horizontal flips", action="store_true")
     _opt(t, "--rotate", "random rotation up to DEG degrees", type=float, metavar="DEG")
     _opt(t, "--translate", "random shifts up to this fraction of the size", type=float, metavar="F")
+    _opt(t, "--mixup", "MixUp with Beta(ALPHA, ALPHA) mixing weights (timm uses 0.8; 0: off)", type=float,
+         metavar="ALPHA")
+    _opt(t, "--cutmix", "CutMix with Beta(ALPHA, ALPHA) box areas (timm uses 1.0; 0: off); with --mixup each "
+         "batch takes one of the two", type=float, metavar="ALPHA")
     _opt(t, "--class-weight", "weight the loss by inverse class frequency", choices=CLASS_WEIGHTS)
     _opt(t, "--seed", "seed of splits, initialisation, shuffling and augmentation", type=int)
     _opt(t, "--split-seed", "seed of the train/val/test split alone (default: --seed)", type=int)
     _opt(t, "--workers", "input pipeline threads (default: 0 = automatic)", type=int)
+    _opt(t, "--cache", "decoded-image cache of image-file datasets: ram, disk (a memory map in $KERASCNN_CACHE, "
+         "default ~/.cache/kerascnn, reused by later runs), auto (a disk entry if one exists, else RAM when it "
+         "fits in half the free memory, else disk) or none (decode every epoch)", choices=CACHE_MODES)
     n = p.add_argument_group("devices and numerics")
     _opt(n, "--devices", "N or all: data-parallel training on N devices (jax: keras.distribution.DataParallel, "
          "tensorflow: MirroredStrategy; not on torch); --batch-size is per device", metavar="N|all")

@@ -25,6 +25,7 @@ LR_SCALINGS = ("linear", "none")
 # from scratch, layer3+layer4 and all, while 3e-3 was chosen for the head alone and layer4 (README).
 DEFAULT_LR, DEEP_FINETUNE_LR = 3e-3, 3e-4
 EXPORT_FORMATS = ("onnx", "savedmodel", "keras")  # kerascnn.export
+CACHE_MODES = ("auto", "ram", "disk", "none")  # decoded-image cache of image-file datasets: kerascnn.data.cache
 TTAS = ("none", "flip")  # test-time augmentation: flip averages the probabilities of each image and its mirror
 
 
@@ -74,10 +75,13 @@ class RunConfig:
     flip: bool = False
     rotate: float = 0.0
     translate: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (with mixup, each batch takes one)
     class_weight: str = "none"
     seed: int = 0
     split_seed: int | None = None  # None: seed (a study's seeds axis keeps the split and changes training)
     workers: int = 0
+    cache: str = "auto"
     # devices and numerics
     devices: str = "1"
     lr_scaling: str = "linear"
@@ -106,6 +110,11 @@ class RunConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _choice("cache", self.cache, CACHE_MODES)
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if not alpha >= 0:
+                raise KerascnnError(f"--{name} is the alpha of a Beta distribution, >= 0 (0: off), got {alpha}")
         if self.lr is not None and not self.lr > 0:
             raise KerascnnError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

@@ -14,6 +14,7 @@ import numpy as np
 import kerascnn
 from kerascnn import checkpoint, data, distribute, evaluation, models, plots, reports, rundir, training
 from kerascnn.config import RunConfig
+from kerascnn.data.cache import decode_splits
 from kerascnn.data.dataset import Dataset
 from kerascnn.errors import KerascnnError
 from kerascnn.saving import save_model
@@ -22,10 +23,17 @@ log = logging.getLogger("kerascnn")
 
 
 def load_dataset(config: RunConfig) -> Dataset:
-    """The dataset of ``config``, image files decoded at the size its model works at."""
-    return data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
-                     seed=config.data_seed, image_size=models.get(config.model).decode_size(config.image_size),
-                     fold=config.fold)
+    """The dataset of ``config``, image files decoded at the size its model works at (and cached as
+    ``config.cache`` says, `kerascnn.data.cache`)."""
+    dataset = data.load(config.dataset, data_dir=config.data_dir, split=config.split, val_split=config.val_split,
+                        seed=config.data_seed, image_size=models.get(config.model).decode_size(config.image_size),
+                        fold=config.fold)
+    where = decode_splits({s: getattr(dataset, s) for s in ("train", "val", "test")}, dataset.image_shape,
+                          config.cache)
+    if where:
+        log.info(where)
+        dataset.notes.append(where)
+    return dataset
 
 
 def cnn_options(config: RunConfig) -> dict[str, Any]:

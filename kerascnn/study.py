@@ -44,7 +44,8 @@ BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "studies"
 # in these is one strategy, and its setting with the best validation accuracy is chosen
 HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", "label_smoothing", "dropout",
                     "head_dropout", "epochs", "lr_schedule", "lr_step", "lr_gamma", "patience", "optimizer",
-                    "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip")
+                    "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip",
+                    "mixup", "cutmix")
 REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
 STUDY_KEYS = ("name", "seeds", "grid", "config")
 NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these
@@ -226,10 +227,13 @@ def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
 
 
 def run_config(run: PlannedRun, study_dir: Path) -> RunConfig:
-    """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file)."""
+    """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file; the
+    default decoded-image cache becomes ``disk``, so that runs share it)."""
     options = dict(run.options)
     if run.upstream:
         options["weights"] = str(study_dir / run.upstream_run / "model.keras")
+    if options.get("cache", "auto") == "auto":
+        options["cache"] = "disk"  # the study's runs decode each image-file split once and share it
     config = RunConfig(**options, out=str(study_dir / run.name))
     config.environment = {"study": str(study_dir), "study_config": run.config}
     return config

@@ -17,7 +17,8 @@ import numpy as np
 from kerascnn import checkpoint
 from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
-from kerascnn.data.pipeline import Batches, augmentation
+from kerascnn.data.augment import LabelMixing, augmentation
+from kerascnn.data.pipeline import Batches
 from kerascnn.distribute import replicas
 from kerascnn.errors import KerascnnError, stop_requested
 from kerascnn.models import set_trainable
@@ -175,7 +176,8 @@ def train_batches(dataset: Dataset, config: RunConfig, multiple: int = 1) -> Bat
                            channels=dataset.image_shape[2], seed=config.seed)
     weights = class_weights(dataset.train.labels, dataset.num_classes) if config.class_weight == "balanced" else None
     return Batches(dataset.train, dataset.image_shape, dataset.num_classes, config.batch_size, shuffle=True,
-                   seed=config.seed, augment=augment, class_weights=weights, workers=config.workers or None,
+                   seed=config.seed, augment=augment, mixing=LabelMixing(config.mixup, config.cutmix),
+                   class_weights=weights, workers=config.workers or None,
                    multiple=multiple)
 
 

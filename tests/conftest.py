@@ -28,5 +28,7 @@ def colour_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    """Keep KERASCNN_DATA from the caller's environment out of the tests."""
+    """Keep KERASCNN_DATA from the caller's environment out of the tests, and the decoded-image cache
+    out of the caller's home."""
     monkeypatch.delenv("KERASCNN_DATA", raising=False)
+    monkeypatch.setenv("KERASCNN_CACHE", str(tmp_path_factory.getbasetemp() / "kerascnn-cache"))

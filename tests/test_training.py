@@ -5,7 +5,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from kerascnn import data, models, training
 from kerascnn.config import RunConfig
-from kerascnn.data.pipeline import Batches, augmentation
+from kerascnn.data.augment import augmentation
+from kerascnn.data.pipeline import Batches
 from kerascnn.errors import KerascnnError
 
 
@@ -59,7 +60,7 @@ def test_flips_run_in_numpy_on_about_half_the_images_seeded_by_epoch_and_batch()
     images = np.random.default_rng(0).integers(0, 256, (400, 5, 6, 1), dtype=np.uint8)
     split = data.Split(np.zeros(400, int), images=images)
     batches = Batches(split, (5, 6, 1), 2, 400, augment=augmentation("none", flip=True, seed=3), seed=3)
-    assert batches.flip and batches.augment is None
+    assert batches.augment.flip and not batches.augment.geometric and batches.augment.others is None
     x = batches[0][0]
     flipped = np.all(x == images[:, :, ::-1], axis=(1, 2, 3))
     assert x.dtype == np.uint8 and np.all(flipped | np.all(x == images, axis=(1, 2, 3)))
@@ -68,7 +69,7 @@ def test_flips_run_in_numpy_on_about_half_the_images_seeded_by_epoch_and_batch()
     batches.on_epoch_end()
     assert not np.array_equal(batches[0][0], x)
     rest = Batches(split, (5, 6, 1), 2, 8, augment=augmentation("none", flip=True, rotate=10))
-    assert rest.flip and [type(layer).__name__ for layer in rest.augment.layers] == ["RandomRotation"]
+    assert rest.augment.flip and [type(layer).__name__ for layer in rest.augment.geometric] == ["RandomRotation"]
 
 
 def test_augmentation_changes_images_but_not_their_shape():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerascnn.data.cache import Decoded
 from kerascnn.data.images import read_images
 
 
@@ -17,11 +18,14 @@ class Split:
 
     Either ``images`` holds uint8 pixels of shape (n, height, width, channels), or ``paths``
     holds n image files that are decoded on the fly (streamed) at the dataset's image shape.
+    ``decoded`` holds those files' pixels once the decoded-image cache has them
+    (`kerascnn.data.cache.decode_splits`).
     """
 
     labels: np.ndarray
     images: np.ndarray | None = None
     paths: np.ndarray | None = None
+    decoded: Decoded | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -57,6 +61,8 @@ class Split:
         """uint8 pixels of the images at ``index``, decoding files at ``shape`` (h, w, c)."""
         if self.images is not None:
             return self.images[index]
+        if self.decoded is not None:
+            return np.asarray(self.decoded.pixels[index])
         return read_images(self.paths[index], shape)
 
     def fingerprint(self) -> str:

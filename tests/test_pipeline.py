@@ -1,0 +1,181 @@
+"""The decoded-image cache, batched geometric augmentation and label mixing of the input pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+import numpy as np
+import pytest
+from helpers import write_folder
+from PIL import Image
+
+from kerascnn import data
+from kerascnn.data import cache
+from kerascnn.data.augment import Augmenter, LabelMixing, affine_matrices, augmentation, resample
+from kerascnn.data.images import read_image
+from kerascnn.data.pipeline import Batches
+
+
+def _splits(ds):
+    return {s: getattr(ds, s) for s in ("train", "val", "test")}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of JPEG photos of mixed sizes (the decoder resizes and centre-crops them)."""
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        folder = tmp_path / "photos" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = [(30, 20), (17, 25), (40, 40)][i % 3]
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return tmp_path / "photos"
+
+
+@pytest.mark.parametrize("mode", ["ram", "disk"])
+def test_the_cache_holds_exactly_the_decoded_images(photos, mode):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    where = cache.decode_splits(_splits(ds), ds.image_shape, mode)
+    assert "40 decoded now" in where
+    for split in _splits(ds).values():
+        expected = np.stack([read_image(p, ds.image_shape) for p in split.paths])
+        np.testing.assert_array_equal(split.decoded.pixels, expected)
+        assert split.decoded.readable.all()
+        x, _ = Batches(split, ds.image_shape, ds.num_classes, 64)[0]
+        np.testing.assert_array_equal(x, expected)
+    assert (ds.train.decoded.where == "ram") == (mode == "ram")
+
+
+def test_decoding_in_several_threads_equals_decoding_in_one(tmp_path):
+    root = write_folder(tmp_path / "many", per_class=50, size=9)  # 150 files: three tasks of the pool
+    paths = sorted(str(p) for p in root.rglob("*.png"))
+    here, there = (np.zeros((len(paths), 9, 9, 3), np.uint8) for _ in range(2))
+    assert cache.decode_into(here, paths, (9, 9, 3), threads=1).all()
+    assert cache.decode_into(there, paths, (9, 9, 3), threads=3).all()
+    np.testing.assert_array_equal(here, there)
+    assert here.any()
+
+
+def test_a_disk_entry_is_reused_and_auto_finds_it(photos):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    cache.decode_splits(_splits(ds), ds.image_shape, "disk")
+    again = data.load(f"folder:{photos}", image_size=12)
+    where = cache.decode_splits(_splits(again), again.image_shape, "auto")
+    assert "all reused" in where and str(cache.cache_dir()) in where
+    np.testing.assert_array_equal(again.train.decoded.pixels, ds.train.decoded.pixels)
+    assert isinstance(again.train.decoded.pixels, np.memmap)
+
+
+def test_the_key_changes_with_the_file_list_the_size_and_a_changed_file(photos):
+    paths = sorted(str(p) for p in photos.rglob("*.jpg"))
+    key = cache.cache_key(paths, (12, 12, 3))
+    assert cache.cache_key(list(paths), (12, 12, 3)) == key
+    assert cache.cache_key(paths[1:], (12, 12, 3)) != key
+    assert cache.cache_key(paths, (16, 16, 3)) != key
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(paths[0])
+    os.utime(paths[0], ns=(1, 1))  # a rewrite within the clock's resolution still changes the size
+    assert cache.cache_key(paths, (12, 12, 3)) != key
+
+
+def test_auto_keeps_images_in_ram_when_they_fit_else_on_disk(photos, monkeypatch):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    assert "in RAM" in cache.decode_splits(_splits(ds), ds.image_shape, "auto")
+    monkeypatch.setattr(cache, "available_memory", lambda: 1000)
+    ds = data.load(f"folder:{photos}", image_size=12)
+    assert str(cache.cache_dir()) in cache.decode_splits(_splits(ds), ds.image_shape, "auto")
+    assert cache.decode_splits(_splits(ds), ds.image_shape, "none") == ""
+
+
+def test_a_file_corrupted_after_loading_is_skipped_and_reported_once(photos, caplog):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    victim = ds.train.paths[3]
+    open(victim, "wb").write(b"broken")
+    cache.decode_splits(_splits(ds), ds.image_shape, "disk")
+    assert ds.train.decoded.readable.sum() == len(ds.train) - 1
+    batches = Batches(ds.train, ds.image_shape, ds.num_classes, 8, shuffle=True)
+    with caplog.at_level(logging.WARNING, logger="kerascnn"):
+        for _ in range(2):
+            count = sum(len(batches[b][0]) for b in range(len(batches)))
+            batches.on_epoch_end()
+    assert count == len(ds.train) - 1 and batches.skipped == {victim}
+    assert sum(victim in r.getMessage() for r in caplog.records) == 1
+    reloaded = data.load(f"folder:{photos}", image_size=12)  # the loader now leaves the file out
+    assert victim not in set(reloaded.train.paths)
+
+
+class Drawn:
+    """A stand-in for a NumPy generator whose ``uniform`` returns given values in turn."""
+
+    def __init__(self, *values: np.ndarray) -> None:
+        self.values = list(values)
+
+    def uniform(self, low, high, size):
+        return np.asarray(self.values.pop(0), np.float64).reshape(size)
+
+
+def _smooth(n: int, size: int, channels: int = 3) -> np.ndarray:
+    coarse = np.random.default_rng(1).uniform(0, 255, (n, 4, 4, channels)).astype("float32")
+    return keras.ops.convert_to_numpy(keras.ops.image.resize(coarse, (size, size), interpolation="bilinear"))
+
+
+@pytest.mark.parametrize("name", ["rotation", "translation", "zoom"])
+def test_one_batched_resample_equals_the_keras_layer_with_the_same_parameters(name):
+    x = _smooth(6, 20)
+    layer = {"rotation": keras.layers.RandomRotation(0.1, fill_mode="constant", seed=2),
+             "translation": keras.layers.RandomTranslation(0.2, 0.3, fill_mode="constant", seed=2),
+             "zoom": keras.layers.RandomZoom(0.3, fill_mode="constant", seed=2)}[name]
+    drawn = layer.get_random_transformation(x, training=True)
+    values = {"rotation": lambda t: [t["angle"]],
+              "translation": lambda t: [t["translations"][:, 1] / 20, t["translations"][:, 0] / 20],
+              "zoom": lambda t: [t["height_zoom"] - 1]}[name](
+        {k: keras.ops.convert_to_numpy(v) for k, v in drawn.items() if k in ("angle", "translations", "height_zoom")})
+    expected = keras.ops.convert_to_numpy(layer.transform_images(x, drawn, training=True))
+    ours = resample(x, affine_matrices(layer, 6, 20, 20, Drawn(*values)))
+    assert not np.allclose(expected, x, atol=1.0)  # the layer did move the pixels
+    np.testing.assert_allclose(ours, expected, atol=1e-2)
+
+
+def test_several_geometric_layers_are_one_resample_in_the_layers_order():
+    x = _smooth(4, 24)
+    layers = augmentation("strong", seed=0).layers
+    geometric = [la for la in layers if "Random" in type(la).__name__ and type(la).__name__ != "RandomFlip"][:3]
+    names = [type(la).__name__ for la in geometric]
+    assert names == ["RandomZoom", "RandomRotation", "RandomTranslation"]
+    rng = np.random.default_rng(5)
+    maps = [affine_matrices(layer, 4, 24, 24, rng) for layer in geometric]
+    one = resample(x, maps[0] @ maps[1] @ maps[2])
+    step_by_step = x
+    for m in maps:
+        step_by_step = resample(step_by_step, m)
+    inner = (slice(None), slice(6, 18), slice(6, 18))  # away from the zero fill, where only interpolation differs
+    assert np.abs(one[inner] - step_by_step[inner]).mean() < 2.0
+
+
+def test_augmentation_is_drawn_from_the_batch_generator_so_a_batch_replays_exactly():
+    images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3), dtype=np.uint8)
+    split = data.Split(np.arange(16) % 2, images=images)
+    batches = Batches(split, (12, 12, 3), 2, 16, shuffle=True, seed=4, augment=augmentation("basic", rotate=20))
+    assert batches.augment.flip and len(batches.augment.geometric) == 2
+    first = batches[0][0]
+    assert first.dtype == np.float32 and first.shape == images.shape
+    np.testing.assert_array_equal(batches[0][0], first)
+    batches.start_at(1)
+    assert not np.array_equal(batches[0][0], first)
+    batches.start_at(0)
+    np.testing.assert_array_equal(batches[0][0], first)
+    assert not Augmenter(None) and Augmenter(augmentation("none", flip=True))
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_mix_images_and_labels_alike(mixup, cutmix):
+    images = np.concatenate([np.zeros((8, 10, 10, 1), np.uint8), np.full((8, 10, 10, 1), 200, np.uint8)])
+    split = data.Split(np.repeat([0, 1], 8), images=images)
+    mixing = LabelMixing(mixup, cutmix)
+    x, y = Batches(split, (10, 10, 1), 2, 16, shuffle=True, mixing=mixing)[0]
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-6)
+    assert ((y > 0) & (y < 1)).any()  # some labels are mixed
+    # the share of class 1 in each label is the share of class-1 pixels (value 200) in each image
+    np.testing.assert_allclose(x.reshape(16, -1).mean(axis=1) / 200, y[:, 1], atol=1e-4)
+    assert not LabelMixing()
