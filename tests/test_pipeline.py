@@ -13,7 +13,7 @@ from PIL import Image
 
 from kerascnn import data
 from kerascnn.data import cache
-from kerascnn.data.augment import Augmenter, LabelMixing, affine_matrices, augmentation, resample
+from kerascnn.data.augment import Augmenter, LabelMixing, RandAugment, affine_matrices, augmentation, resample
 from kerascnn.data.images import read_image
 from kerascnn.data.pipeline import Batches
 
@@ -139,8 +139,7 @@ def test_one_batched_resample_equals_the_keras_layer_with_the_same_parameters(na
 
 def test_several_geometric_layers_are_one_resample_in_the_layers_order():
     x = _smooth(4, 24)
-    layers = augmentation("strong", seed=0).layers
-    geometric = [la for la in layers if "Random" in type(la).__name__ and type(la).__name__ != "RandomFlip"][:3]
+    geometric = augmentation("strong", seed=0).geometric
     names = [type(la).__name__ for la in geometric]
     assert names == ["RandomZoom", "RandomRotation", "RandomTranslation"]
     rng = np.random.default_rng(5)
@@ -165,7 +164,8 @@ def test_augmentation_is_drawn_from_the_batch_generator_so_a_batch_replays_exact
     assert not np.array_equal(batches[0][0], first)
     batches.start_at(0)
     np.testing.assert_array_equal(batches[0][0], first)
-    assert not Augmenter(None) and Augmenter(augmentation("none", flip=True))
+    with pytest.raises(ValueError, match="RandomContrast is not"):
+        Augmenter([keras.layers.RandomContrast(0.2)])
 
 
 @pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
@@ -179,3 +179,39 @@ def test_mixup_and_cutmix_mix_images_and_labels_alike(mixup, cutmix):
     # the share of class 1 in each label is the share of class-1 pixels (value 200) in each image
     np.testing.assert_allclose(x.reshape(16, -1).mean(axis=1) / 200, y[:, 1], atol=1e-4)
     assert not LabelMixing()
+
+
+def test_randaugment_ops_do_what_their_names_say():
+    from PIL import ImageEnhance, ImageOps
+
+    ra = RandAugment(magnitude=10)
+    x = _smooth(2, 16)
+    pil = Image.fromarray(x[0].round().astype(np.uint8))
+    rounded = np.asarray(pil, np.float32)[None]
+    np.testing.assert_array_equal(ra.apply("invert", x, np.ones(2)), 255 - x)
+    np.testing.assert_allclose(ra.apply("brightness", x, -np.ones(2)), x * 0.1, rtol=1e-5)
+    np.testing.assert_array_equal(ra.apply("posterize", rounded, np.ones(1))[0], np.asarray(ImageOps.posterize(pil, 4)))
+    np.testing.assert_array_equal(ra.apply("equalize", rounded, np.ones(1))[0], np.asarray(ImageOps.equalize(pil)))
+    assert np.all(ra.apply("solarize", x, np.ones(2)) == 255 - x)  # threshold 0 at full magnitude
+    sharp = ra.apply("sharpness", rounded, np.ones(1))[0]
+    expected = np.asarray(ImageEnhance.Sharpness(pil).enhance(1.9), np.float32)
+    assert np.abs(sharp - expected).max() <= 1.5  # PIL rounds its smoothed image (x0.9) and its result
+    stretched = ra.apply("auto_contrast", x, np.ones(2))
+    np.testing.assert_allclose(stretched.min(axis=(1, 2)), 0, atol=1e-3)
+    np.testing.assert_allclose(stretched.max(axis=(1, 2)), 255, atol=1e-3)
+    wide = _smooth(2, 20)
+    shifted = ra.apply("translate_x", wide, np.ones(2))  # 45% of the width, 9 px: the content moves left
+    np.testing.assert_allclose(shifted[:, :, :11], wide[:, :, 9:], atol=1e-3)
+    np.testing.assert_array_equal(shifted[:, :, 11:], 0)
+
+
+def test_randaugment_gives_each_image_its_own_ops_and_replays_from_the_generator():
+    x = np.repeat(_smooth(1, 16), 64, axis=0)
+    ra = RandAugment()
+    out = ra(x, np.random.default_rng(3))
+    np.testing.assert_array_equal(ra(x, np.random.default_rng(3)), out)
+    unchanged = np.all(np.isclose(out, x), axis=(1, 2, 3))
+    assert 0.1 < unchanged.mean() < 0.5  # neither op applied: (1 - 0.5)^2 = 1/4 of the images
+    assert len({out[i].tobytes() for i in range(64)}) > 20
+    strong = augmentation("strong")
+    assert strong.randaugment is not None and augmentation("basic").randaugment is None

@@ -24,15 +24,12 @@ def augmentation(
     flip: bool = False,
     rotate: float = 0.0,
     translate: float = 0.0,
-    channels: int = 3,
     seed: int | None = None,
-) -> keras.layers.Pipeline | None:
-    """Keras augmentation layers for ``preset`` (none, basic, strong) plus the single flags.
-
-    ``rotate`` is in degrees, ``translate`` a fraction of the image size. Returns None when
-    nothing is asked for. Inputs and outputs are float pixels in 0..255. Order: flip, zoom,
-    rotation, translation, colour.
-    """
+) -> Augmenter | None:
+    """The augmentation of ``preset`` (none; basic: flip and translation 0.1; strong: flip, zoom 0.1,
+    rotation 15 degrees, translation 0.1 and `RandAugment`) plus the single flags, as Keras layers run
+    by an `Augmenter`; None when nothing is asked for. ``rotate`` is in degrees, ``translate`` a
+    fraction of the image size. Inputs and outputs are pixels in 0..255."""
     L = keras.layers
     chosen: list[keras.layers.Layer] = []
     if preset in ("basic", "strong") or flip:
@@ -46,11 +43,8 @@ def augmentation(
         chosen.append(L.RandomRotation(rotate / 360.0, fill_mode="constant", seed=seed))
     if translate:
         chosen.append(L.RandomTranslation(translate, translate, fill_mode="constant", seed=seed))
-    if preset == "strong":
-        chosen.append(L.RandomColorJitter(value_range=(0, 255), brightness_factor=0.2, contrast_factor=0.2,
-                                          saturation_factor=(0.4, 0.6), seed=seed) if channels == 3
-                      else L.RandomContrast(0.2, value_range=(0, 255), seed=seed))
-    return L.Pipeline(chosen, name="augmentation") if chosen else None
+    randaugment = RandAugment() if preset == "strong" else None
+    return Augmenter(chosen, randaugment) if chosen or randaugment else None
 
 
 def affine_matrices(layer: keras.layers.Layer, n: int, height: int, width: int,
@@ -104,25 +98,122 @@ def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-class Augmenter:
-    """Runs an `augmentation` pipeline on a batch of images with a NumPy generator (seeded per epoch
-    and batch by `kerascnn.data.pipeline.Batches`, so a resumed run sees the same augmentations).
+class RandAugment:
+    """timm's RandAugment ``rand-m9-n2``, per image: each image draws ``num_ops`` of `OPS` and applies
+    each with probability ``prob`` at ``magnitude`` out of 10 (signs drawn at random). Geometric ops
+    fill with zeros, as the other layers do. Keras 3.15's ``RandAugment`` draws its ops once for a
+    whole batch and computes all eleven on every image: 2.6-3.4 s for 32 images at 224x224 on 2 CPU
+    cores (this one: 36 ms)."""
 
-    A horizontal flip is a NumPy flip of each image with probability 1/2; the geometric layers are
-    one batched resample (module docstring); the other layers (colour) run as Keras layers.
+    OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
+           "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, prob: float = 0.5) -> None:
+        self.num_ops, self.level, self.prob = num_ops, magnitude / 10.0, prob
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``images`` (n, h, w, c) float32 in 0..255, augmented (a new array)."""
+        images = np.array(images, np.float32)
+        n = len(images)
+        ops = rng.integers(len(self.OPS), size=(n, self.num_ops))
+        applied = rng.random((n, self.num_ops)) < self.prob
+        signs = np.where(rng.random((n, self.num_ops)) < 0.5, -1.0, 1.0)
+        for k in range(self.num_ops):
+            for op in np.unique(ops[applied[:, k], k]):
+                index = np.flatnonzero(applied[:, k] & (ops[:, k] == op))
+                images[index] = self.apply(self.OPS[op], images[index], signs[index, k])
+        return images
+
+    def apply(self, op: str, x: np.ndarray, sign: np.ndarray) -> np.ndarray:
+        """Op ``op`` at this magnitude on ``x`` (m, h, w, c), ``sign`` (m,) of +-1 for signed ops."""
+        level, per_image = self.level, (slice(None), None, None, None)
+        grey = x.mean(axis=-1, keepdims=True) if x.shape[-1] == 1 else x @ np.array([[0.299], [0.587], [0.114]],
+                                                                                    np.float32)
+        if op in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
+            m, height, width = x.shape[:3]
+            maps = np.tile(np.eye(3), (m, 1, 1))
+            cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+            if op == "rotate":
+                angle = np.deg2rad(30.0 * level) * sign
+                cos, sin = np.cos(angle), np.sin(angle)
+                maps[:, 0, 0], maps[:, 0, 1], maps[:, 1, 0], maps[:, 1, 1] = cos, -sin, sin, cos
+                maps[:, 0, 2], maps[:, 1, 2] = cx - cx * cos + cy * sin, cy - cx * sin - cy * cos
+            elif op == "shear_x":
+                maps[:, 0, 1], maps[:, 0, 2] = 0.3 * level * sign, -0.3 * level * sign * cy
+            elif op == "shear_y":
+                maps[:, 1, 0], maps[:, 1, 2] = 0.3 * level * sign, -0.3 * level * sign * cx
+            else:
+                maps[:, 0 if op == "translate_x" else 1, 2] = 0.45 * level * sign * (width if op == "translate_x"
+                                                                                     else height)
+            return resample(x, maps)
+        if op == "auto_contrast":
+            low, high = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+            flat = high <= low  # a constant channel stays as it is
+            return (x - np.where(flat, 0.0, low)) * np.where(flat, 1.0, 255.0 / np.maximum(high - low, 1e-3))
+        if op == "equalize":
+            return _equalize(x)
+        if op == "invert":
+            return 255.0 - x
+        if op == "posterize":
+            shift = 8 - int(level * 4)  # keeps int(4 * level) bits, as timm does
+            return ((x.astype(np.uint8) >> shift) << shift).astype(np.float32)
+        if op == "solarize":
+            return np.where(x >= 256.0 * (1.0 - level), 255.0 - x, x)  # timm: threshold 256 - 256 * level
+        if op == "solarize_add":
+            return np.where(x < 128, np.minimum(x + 110.0 * level, 255.0), x)
+        factor = (1.0 + 0.9 * level * sign)[per_image]
+        if op == "brightness":
+            blend = np.zeros_like(x)
+        elif op == "color":
+            blend = np.broadcast_to(grey, x.shape)
+        elif op == "contrast":
+            blend = np.broadcast_to(grey.mean(axis=(1, 2, 3), keepdims=True), x.shape)
+        elif op == "sharpness":  # PIL's smoothing kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, borders kept
+            blend = x.copy()
+            padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+            h, w = x.shape[1:3]
+            smooth = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)) + 4 * x
+            blend[:, 1:-1, 1:-1] = (smooth / 13.0)[:, 1:-1, 1:-1]
+        else:
+            raise ValueError(f"unknown RandAugment op {op!r}")
+        return np.clip(blend + factor * (x - blend), 0.0, 255.0)
+
+
+def _equalize(x: np.ndarray) -> np.ndarray:
+    """Histogram equalisation of each image and channel (PIL's ``ImageOps.equalize``)."""
+    out = np.empty_like(x)
+    pixels = x.astype(np.uint8)
+    for i in range(len(x)):
+        for c in range(x.shape[-1]):
+            channel = pixels[i, ..., c]
+            hist = np.bincount(channel.ravel(), minlength=256)
+            nonzero = hist[hist > 0]
+            step = (nonzero.sum() - nonzero[-1]) // 255 if len(nonzero) else 0
+            if step == 0:
+                out[i, ..., c] = x[i, ..., c]
+                continue
+            lut = np.clip((np.cumsum(hist) - hist + step // 2) // step, 0, 255)
+            out[i, ..., c] = lut[channel]
+    return out
+
+
+class Augmenter:
+    """Runs augmentation layers on a batch of images with a NumPy generator (seeded per epoch and
+    batch by `kerascnn.data.pipeline.Batches`, so a resumed run sees the same augmentations).
+
+    ``layers`` are a horizontal ``RandomFlip`` (a NumPy flip of each image with probability 1/2)
+    and `GEOMETRIC` layers (one batched resample, module docstring), then ``randaugment``.
     """
 
-    def __init__(self, layers: keras.layers.Layer | None) -> None:
-        layers = list(getattr(layers, "layers", [layers] if layers is not None else []))
-        self.flip = any(isinstance(la, keras.layers.RandomFlip) and la.mode == "horizontal" for la in layers)
-        others = [la for la in layers if not isinstance(la, (keras.layers.RandomFlip, *GEOMETRIC))]
-        if any(isinstance(la, keras.layers.RandomFlip) and la.mode != "horizontal" for la in layers):
-            raise ValueError("only horizontal flips are supported")
-        self.geometric = [la for la in layers if isinstance(la, GEOMETRIC)]
-        self.others = keras.layers.Pipeline(others, name="colour") if others else None
-
-    def __bool__(self) -> bool:
-        return self.flip or bool(self.geometric) or self.others is not None
+    def __init__(self, layers: list[keras.layers.Layer], randaugment: RandAugment | None = None) -> None:
+        for layer in layers:
+            flip = isinstance(layer, keras.layers.RandomFlip) and layer.mode == "horizontal"
+            if not flip and not isinstance(layer, GEOMETRIC):
+                raise ValueError(f"{type(layer).__name__} is not a horizontal flip or one of "
+                                 f"{', '.join(g.__name__ for g in GEOMETRIC)}")
+        self.layers, self.randaugment = list(layers), randaugment
+        self.flip = any(isinstance(layer, keras.layers.RandomFlip) for layer in layers)
+        self.geometric = [layer for layer in layers if isinstance(layer, GEOMETRIC)]
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The augmented batch: ``images`` itself (flipped in place) while only flips apply, else float32."""
@@ -137,8 +228,8 @@ class Augmenter:
             for layer in self.geometric:  # applied in order: the first layer's map is the outermost
                 maps = maps @ affine_matrices(layer, n, height, width, rng)
             images = resample(images, maps)
-        if self.others is not None:
-            images = keras.ops.convert_to_numpy(self.others(images.astype("float32"), training=True))
+        if self.randaugment is not None:
+            images = self.randaugment(images, rng)
         return images
 
 

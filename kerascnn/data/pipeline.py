@@ -31,8 +31,8 @@ class Batches(keras.utils.PyDataset):
     Images are uint8 (without augmentation other than flips) or float32 (0..255). ``shape`` is the
     (h, w, c) at which files are decoded; a split with a decoded-image cache (``split.decoded``) is
     read from it. With ``shuffle`` the order is redrawn, seeded, every epoch. ``augment`` (an
-    `kerascnn.data.augment.augmentation` pipeline) runs through an `Augmenter` and ``mixing`` after
-    it, both drawing from a generator seeded by the seed, the epoch and the batch. Unreadable files
+    `kerascnn.data.augment.Augmenter`, from ``augmentation``) and then ``mixing`` run on each batch,
+    both drawing from a generator seeded by the seed, the epoch and the batch. Unreadable files
     are dropped from their batch with one warning each. With
     ``multiple`` > 1 (data parallelism) every batch has sample weights and a size divisible by
     ``multiple``: the last one is padded with weight-0 copies. With ``mirror`` every image is
@@ -48,7 +48,7 @@ class Batches(keras.utils.PyDataset):
         *,
         shuffle: bool = False,
         seed: int = 0,
-        augment: keras.layers.Layer | None = None,
+        augment: Augmenter | None = None,
         mixing: LabelMixing | None = None,
         class_weights: np.ndarray | None = None,
         workers: int | None = None,
@@ -59,7 +59,7 @@ class Batches(keras.utils.PyDataset):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
         self.split, self.shape, self.num_classes = split, tuple(shape), num_classes
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.augment, self.mixing = Augmenter(augment), mixing
+        self.augment, self.mixing = augment, mixing
         self.class_weights, self.multiple, self.mirror = class_weights, multiple, mirror
         self._seed, self._epoch = seed, 0
         self._order = np.random.default_rng([seed, 0]).permutation(len(split)) if shuffle else np.arange(len(split))
@@ -108,7 +108,7 @@ class Batches(keras.utils.PyDataset):
         if self.mirror:
             x = x[:, :, ::-1]
         rng = np.random.default_rng([self._seed, self._epoch, batch])
-        if self.augment:
+        if self.augment is not None:
             x = self.augment(x, rng)
         labels = self.split.labels[index]
         y = np.eye(self.num_classes, dtype="float32")[labels]
