@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--lr-step", "epochs between step decays (implies --lr-schedule step)", type=int)
     _opt(t, "--lr-gamma", "factor of each step decay or plateau reduction", type=float)
     _opt(t, "--patience", "early stopping: epochs without a better validation loss; 0 turns it off", type=int)
-    _opt(t, "--augment", "augmentation preset: basic = flip + translate 0.1; strong adds rotation, zoom, colour",
+    _opt(t, "--augment", "augmentation preset: basic = flip + translate 0.1; strong adds zoom 0.1, rotation 15 and "
+         "RandAugment (2 ops per image at magnitude 9, as timm's rand-m9-n2)",
          choices=AUGMENTS)
     _opt(t, "--flip", "random horizontal flips", action="store_true")
     _opt(t, "--rotate", "random rotation up to DEG degrees", type=float, metavar="DEG")

@@ -28,4 +28,7 @@ def request_stop(signum: int, frame: object) -> None:
 
     exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     stop_requested.append(exc)
+    if frame is not None and getattr(frame, "f_code", None) is not None and \
+            frame.f_code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+        return  # inside a weakref callback a raise is printed as "Exception ignored" and dropped
     raise exc

@@ -27,6 +27,8 @@ def test_parse_split_rejects(text):
         ({"augment": "heavy"}, "none, basic, strong"),
         ({"split": "1,2"}, "--split"),
         ({"translate": 2.0}, "--translate"),
+        ({"cache": "gpu"}, "auto, ram, disk, none"),
+        ({"mixup": -0.2}, "--mixup"),
         ({"filters": [32, 0]}, "--filters"),
     ],
 )

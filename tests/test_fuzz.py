@@ -48,6 +48,8 @@ OPTIONS = {
     "--val-split": ["1", "0.2", "-0.1"],
     "--rotate": ["400", "10"],
     "--translate": ["1.5", "0.1"],
+    "--cache": ["gpu", "none", "disk"],
+    "--mixup": ["-1", "0.2"],
     "--out": ["{existing_out}", "{file_out}", "{fresh_out}"],
     "--epoch": ["1"],
     "--nesterov": [None],

@@ -45,6 +45,10 @@ def test_the_cache_holds_exactly_the_decoded_images(photos, mode):
         assert split.decoded.readable.all()
         x, _ = Batches(split, ds.image_shape, ds.num_classes, 64)[0]
         np.testing.assert_array_equal(x, expected)
+    streamed = data.Split(ds.train.labels, paths=ds.train.paths)  # the same files without the cache
+    augmented = [Batches(s, ds.image_shape, ds.num_classes, 8, shuffle=True, seed=1,
+                         augment=augmentation("strong"))[2][0] for s in (ds.train, streamed)]
+    np.testing.assert_array_equal(*augmented)
     assert (ds.train.decoded.where == "ram") == (mode == "ram")
 
 

@@ -33,10 +33,9 @@ class Batches(keras.utils.PyDataset):
     read from it. With ``shuffle`` the order is redrawn, seeded, every epoch. ``augment`` (an
     `kerascnn.data.augment.Augmenter`, from ``augmentation``) and then ``mixing`` run on each batch,
     both drawing from a generator seeded by the seed, the epoch and the batch. Unreadable files
-    are dropped from their batch with one warning each. With
-    ``multiple`` > 1 (data parallelism) every batch has sample weights and a size divisible by
-    ``multiple``: the last one is padded with weight-0 copies. With ``mirror`` every image is
-    flipped horizontally (flip test-time augmentation).
+    are dropped from their batch with one warning each. With ``multiple`` > 1 (data parallelism)
+    every batch has sample weights and a size divisible by ``multiple``: the last one is padded with
+    weight-0 copies. With ``mirror`` every image is flipped horizontally (flip test-time augmentation).
     """
 
     def __init__(
@@ -72,7 +71,7 @@ class Batches(keras.utils.PyDataset):
         self.start_at(self._epoch + 1)
 
     def start_at(self, epoch: int) -> None:
-        """Serve epoch ``epoch`` (0-based) next: its order and flips depend on the seed and the epoch
+        """Serve epoch ``epoch`` (0-based) next: its order and augmentations depend on the seed and the epoch
         alone, so a resumed run sees the batches it would have seen (`kerascnn.training.EpochOrder`
         calls this as each epoch begins)."""
         self._epoch = epoch
