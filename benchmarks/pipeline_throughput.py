@@ -7,6 +7,7 @@ measured side by side in one process against the model's training step:
   augmentation, ``--augment basic`` (flip + translation) as now and as before, and ``strong``.
 
     python benchmarks/pipeline_throughput.py [--images 4500] [--size 224] [--batch-size 32] [--json]
+    python benchmarks/pipeline_throughput.py --decoders 1200     # threads against processes for decoding
 
 It writes a replica of JPEG photos (Animals-10-like: 300x225 to 640x480) to a temporary folder.
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -28,8 +31,9 @@ from PIL import Image  # noqa: E402
 
 from kerascnn import data, models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
-from kerascnn.data.augment import augmentation  # noqa: E402
-from kerascnn.data.cache import decode_splits  # noqa: E402
+from kerascnn.data.augment import Augmenter, augmentation  # noqa: E402
+from kerascnn.data.cache import decode_into, decode_splits  # noqa: E402
+from kerascnn.data.images import read_image  # noqa: E402
 from kerascnn.data.pipeline import Batches  # noqa: E402
 from kerascnn.distribute import device_names  # noqa: E402
 
@@ -49,13 +53,37 @@ class KerasLayerBatches(Batches):
     """Today's augmentation before this benchmark's change: a NumPy flip, then the other Keras layers
     called on the batch (Keras 3.15 on torch resamples one image at a time)."""
 
-    def __init__(self, *args, augment: keras.layers.Pipeline, **kwargs) -> None:
+    def __init__(self, *args, augment: Augmenter, **kwargs) -> None:
         super().__init__(*args, augment=augmentation("none", flip=True), **kwargs)
-        self.layers = keras.layers.Pipeline(augment.layers[1:])
+        geometric = [layer for layer in augment.layers if not isinstance(layer, keras.layers.RandomFlip)]
+        self.layers = keras.layers.Pipeline(geometric)
 
     def __getitem__(self, batch: int):
         x, *rest = super().__getitem__(batch)
         return (keras.ops.convert_to_numpy(self.layers(x.astype("float32"), training=True)), *rest)
+
+
+def _decode_chunk(task: tuple[list[str], tuple[int, int, int]]) -> np.ndarray:
+    paths, shape = task
+    return np.stack([read_image(p, shape) for p in paths])
+
+
+def decoder_rates(paths: list[str], shape: tuple[int, int, int], workers: int) -> dict[str, float]:
+    """Images/s of decoding ``paths`` into one array: in one thread, in ``workers`` threads writing
+    into it (what the cache does), and in ``workers`` processes whose pixels are sent back."""
+    out = np.empty((len(paths), *shape), np.uint8)
+    rates = {}
+    for name, threads in (("1 thread", 1), (f"{workers} threads", workers)):
+        start = time.perf_counter()
+        decode_into(out, paths, shape, threads)
+        rates[name] = len(paths) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    tasks = [(paths[i:i + 64], shape) for i in range(0, len(paths), 64)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for i, chunk in zip(range(0, len(paths), 64), pool.map(_decode_chunk, tasks)):
+            out[i:i + len(chunk)] = chunk
+    rates[f"{workers} processes (spawned, pixels pickled back)"] = len(paths) / (time.perf_counter() - start)
+    return rates
 
 
 def epoch_rate(batches: Batches, epochs: int = 1) -> float:
@@ -92,8 +120,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--workers", type=int, default=0, help="pipeline threads (default: kerascnn's)")
     p.add_argument("--epochs", type=int, default=2, help="cached epochs timed per row")
+    p.add_argument("--decoders", type=int, default=0, metavar="N",
+                   help="only compare decoding N of the files in 1 thread, in threads and in processes")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
+    if args.decoders:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_photos(Path(tmp), args.decoders)
+            paths = sorted(str(f) for f in Path(tmp).rglob("*.jpg"))
+            workers = os.cpu_count() or 1
+            rates = decoder_rates(paths, (args.size, args.size, 3), workers)
+        print(f"decoding {len(paths)} JPEGs at {args.size}x{args.size} on {workers} CPUs:")
+        print("| decoder | images/s |\n| --- | --- |")
+        for name, rate in rates.items():
+            print(f"| {name} | {rate:.0f} |")
+        return
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         write_photos(Path(tmp), args.images)
@@ -103,7 +144,7 @@ def main() -> None:
 
         def batches(augment: str, before: bool = False) -> Batches:
             kind = KerasLayerBatches if before and augment != "none" else Batches
-            kwargs = {"augment": augmentation(augment, seed=0)} if augment != "none" else {}
+            kwargs = {"augment": augmentation(augment)} if augment != "none" else {}
             return kind(every, shape, ds.num_classes, args.batch_size, shuffle=True, workers=args.workers or None,
                         **kwargs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import keras
 import numpy as np
@@ -109,6 +110,67 @@ def test_a_file_corrupted_after_loading_is_skipped_and_reported_once(photos, cap
     assert victim not in set(reloaded.train.paths)
 
 
+def test_one_process_writes_an_entry_while_another_waits_and_reads_it(photos, monkeypatch):
+    import threading
+
+    calls, original = [], cache.decode_into
+
+    def slow_decode(pixels, paths, shape, threads=None):
+        calls.append(len(paths))
+        time.sleep(0.3)
+        return original(pixels, paths, shape, threads)
+
+    monkeypatch.setattr(cache, "decode_into", slow_decode)
+    datasets = [data.load(f"folder:{photos}", image_size=12) for _ in range(2)]
+    stale = cache.cache_dir() / f"{cache.cache_key(datasets[0].train.paths, (12, 12, 3))}.1234.partial.npy"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"left by a killed writer")
+    workers = [threading.Thread(target=cache.decode_splits, args=(_splits(ds), ds.image_shape, "disk"))
+               for ds in datasets]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(calls) == sorted(len(s) for s in _splits(datasets[0]).values())  # each split decoded once
+    np.testing.assert_array_equal(datasets[0].train.decoded.pixels, datasets[1].train.decoded.pixels)
+    assert not stale.exists() and not list(cache.cache_dir().glob("*partial*"))
+
+
+def test_a_damaged_entry_is_written_again_and_a_full_disk_is_a_one_line_error(photos, monkeypatch):
+    from kerascnn.errors import KerascnnError
+
+    ds = data.load(f"folder:{photos}", image_size=12)
+    cache.decode_splits(_splits(ds), ds.image_shape, "disk")
+    key = cache.cache_key(ds.train.paths, ds.image_shape)
+    damaged = cache.cache_dir() / "damaged.npy"  # replaced, not rewritten in place: ds still maps the old file
+    np.save(damaged, np.zeros((3, 12, 12, 3), np.uint8))  # not what the JSON says
+    os.replace(damaged, cache.cache_dir() / f"{key}.npy")
+    again = data.load(f"folder:{photos}", image_size=12)
+    assert "decoded now" in cache.decode_splits(_splits(again), again.image_shape, "disk")
+    np.testing.assert_array_equal(again.train.decoded.pixels, ds.train.decoded.pixels)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: shutil_usage(free=1000))
+    other = data.load(f"folder:{photos}", image_size=16)
+    with pytest.raises(KerascnnError, match="GiB are free; free some, point .KERASCNN_CACHE elsewhere") as info:
+        cache.decode_splits(_splits(other), other.image_shape, "disk")
+    assert "\n" not in str(info.value)
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(10**12, 10**12 - free, free)
+
+
+def test_ram_entries_are_read_only_and_statistics_leave_unreadable_files_out(photos):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    for path in ds.train.paths[:len(ds.train) - 2]:
+        open(path, "wb").write(b"broken")
+    cache.decode_splits(_splits(ds), ds.image_shape, "ram")
+    assert not ds.train.decoded.pixels.flags.writeable
+    sample = ds.statistics_sample(seed=0)
+    assert len(sample) == 2 and sample.reshape(2, -1).any(axis=1).all()
+
+
 class Drawn:
     """A stand-in for a NumPy generator whose ``uniform`` returns given values in turn."""
 
@@ -141,9 +203,14 @@ def test_one_batched_resample_equals_the_keras_layer_with_the_same_parameters(na
     np.testing.assert_allclose(ours, expected, atol=1e-2)
 
 
+def test_only_constant_zero_fill_and_bilinear_layers_are_resampled_in_batches():
+    with pytest.raises(ValueError, match="only fill_mode='constant'"):
+        Augmenter([keras.layers.RandomRotation(0.1)])  # Keras' default fill is reflect
+
+
 def test_several_geometric_layers_are_one_resample_in_the_layers_order():
     x = _smooth(4, 24)
-    geometric = augmentation("strong", seed=0).geometric
+    geometric = augmentation("strong").geometric
     names = [type(la).__name__ for la in geometric]
     assert names == ["RandomZoom", "RandomRotation", "RandomTranslation"]
     rng = np.random.default_rng(5)
@@ -193,12 +260,23 @@ def test_randaugment_ops_do_what_their_names_say():
     pil = Image.fromarray(x[0].round().astype(np.uint8))
     rounded = np.asarray(pil, np.float32)[None]
     np.testing.assert_array_equal(ra.apply("invert", x, np.ones(2)), 255 - x)
-    np.testing.assert_allclose(ra.apply("brightness", x, -np.ones(2)), x * 0.1, rtol=1e-5)
+    np.testing.assert_allclose(ra.apply("brightness", x, np.ones(2)), np.minimum(x * 1.9, 255), rtol=1e-5)
     np.testing.assert_array_equal(ra.apply("posterize", rounded, np.ones(1))[0], np.asarray(ImageOps.posterize(pil, 4)))
     np.testing.assert_array_equal(ra.apply("equalize", rounded, np.ones(1))[0], np.asarray(ImageOps.equalize(pil)))
-    assert np.all(ra.apply("solarize", x, np.ones(2)) == 255 - x)  # threshold 0 at full magnitude
+    np.testing.assert_array_equal(ra.apply("solarize", rounded, np.ones(1))[0],
+                                  np.asarray(ImageOps.solarize(pil, 256)))  # threshold 256: nothing changes
+    m9 = RandAugment(magnitude=9)
+    np.testing.assert_array_equal(m9.apply("solarize", rounded, np.ones(1))[0], np.asarray(ImageOps.solarize(pil, 230)))
+    for op, enhancer in (("color", ImageEnhance.Color), ("contrast", ImageEnhance.Contrast),
+                         ("brightness", ImageEnhance.Brightness)):
+        ours = m9.apply(op, rounded, np.ones(1))[0]
+        assert np.abs(ours - np.asarray(enhancer(pil).enhance(1.72), np.float32)).max() <= 1.5, op
+    sheared = m9.apply("shear_x", rounded, np.ones(1))[0]  # about the top-left corner, as PIL's affine
+    expected = np.asarray(pil.transform(pil.size, Image.Transform.AFFINE, (1, 0.27, 0, 0, 1, 0),
+                                        resample=Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(sheared - expected)[:, :8].mean() < 4.0  # about the centre: 38
     sharp = ra.apply("sharpness", rounded, np.ones(1))[0]
-    expected = np.asarray(ImageEnhance.Sharpness(pil).enhance(1.9), np.float32)
+    expected = np.asarray(ImageEnhance.Sharpness(pil).enhance(1.9), np.float32)  # 1.8 + 0.1 at magnitude 10
     assert np.abs(sharp - expected).max() <= 1.5  # PIL rounds its smoothed image (x0.9) and its result
     stretched = ra.apply("auto_contrast", x, np.ones(2))
     np.testing.assert_allclose(stretched.min(axis=(1, 2)), 0, atol=1e-3)

@@ -24,25 +24,25 @@ def augmentation(
     flip: bool = False,
     rotate: float = 0.0,
     translate: float = 0.0,
-    seed: int | None = None,
 ) -> Augmenter | None:
     """The augmentation of ``preset`` (none; basic: flip and translation 0.1; strong: flip, zoom 0.1,
     rotation 15 degrees, translation 0.1 and `RandAugment`) plus the single flags, as Keras layers run
     by an `Augmenter`; None when nothing is asked for. ``rotate`` is in degrees, ``translate`` a
-    fraction of the image size. Inputs and outputs are pixels in 0..255."""
+    fraction of the image size. Inputs and outputs are pixels in 0..255. The random draws come from
+    the generator the `Augmenter` is called with, not from the layers' seeds."""
     L = keras.layers
     chosen: list[keras.layers.Layer] = []
     if preset in ("basic", "strong") or flip:
-        chosen.append(L.RandomFlip("horizontal", seed=seed))
+        chosen.append(L.RandomFlip("horizontal"))
     if preset == "strong":
         rotate, translate = max(rotate, 15.0), max(translate, 0.1)
-        chosen.append(L.RandomZoom(0.1, fill_mode="constant", seed=seed))
+        chosen.append(L.RandomZoom(0.1, fill_mode="constant"))
     elif preset == "basic":
         translate = max(translate, 0.1)
     if rotate:
-        chosen.append(L.RandomRotation(rotate / 360.0, fill_mode="constant", seed=seed))
+        chosen.append(L.RandomRotation(rotate / 360.0, fill_mode="constant"))
     if translate:
-        chosen.append(L.RandomTranslation(translate, translate, fill_mode="constant", seed=seed))
+        chosen.append(L.RandomTranslation(translate, translate, fill_mode="constant"))
     randaugment = RandAugment() if preset == "strong" else None
     return Augmenter(chosen, randaugment) if chosen or randaugment else None
 
@@ -100,10 +100,12 @@ def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
 
 class RandAugment:
     """timm's RandAugment ``rand-m9-n2``, per image: each image draws ``num_ops`` of `OPS` and applies
-    each with probability ``prob`` at ``magnitude`` out of 10 (signs drawn at random). Geometric ops
-    fill with zeros, as the other layers do. Keras 3.15's ``RandAugment`` draws its ops once for a
-    whole batch and computes all eleven on every image: 2.6-3.4 s for 32 images at 224x224 on 2 CPU
-    cores (this one: 36 ms)."""
+    each with probability ``prob`` at ``magnitude`` out of 10, with timm's arguments (rotation 30
+    degrees, shear 0.3, translation 0.45 of the size, each with a random sign, at magnitude 10;
+    posterize keeps int(4 m / 10) bits; solarize above 256 m / 10; enhancements by 1.8 m / 10 + 0.1).
+    Geometric ops fill with zeros, as the other layers do (timm fills with grey 128). Keras 3.15's
+    ``RandAugment`` draws its ops once for a whole batch and computes all eleven on every image:
+    2.6-3.4 s for 32 images at 224x224 on 2 CPU cores (this one: 36 ms)."""
 
     OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
            "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -125,8 +127,8 @@ class RandAugment:
         return images
 
     def apply(self, op: str, x: np.ndarray, sign: np.ndarray) -> np.ndarray:
-        """Op ``op`` at this magnitude on ``x`` (m, h, w, c), ``sign`` (m,) of +-1 for signed ops."""
-        level, per_image = self.level, (slice(None), None, None, None)
+        """Op ``op`` at this magnitude on ``x`` (m, h, w, c), ``sign`` (m,) of +-1 for geometric ops."""
+        level = self.level
         grey = x.mean(axis=-1, keepdims=True) if x.shape[-1] == 1 else x @ np.array([[0.299], [0.587], [0.114]],
                                                                                     np.float32)
         if op in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
@@ -138,10 +140,10 @@ class RandAugment:
                 cos, sin = np.cos(angle), np.sin(angle)
                 maps[:, 0, 0], maps[:, 0, 1], maps[:, 1, 0], maps[:, 1, 1] = cos, -sin, sin, cos
                 maps[:, 0, 2], maps[:, 1, 2] = cx - cx * cos + cy * sin, cy - cx * sin - cy * cos
-            elif op == "shear_x":
-                maps[:, 0, 1], maps[:, 0, 2] = 0.3 * level * sign, -0.3 * level * sign * cy
+            elif op == "shear_x":  # about the top-left corner, as timm (PIL) shears
+                maps[:, 0, 1] = 0.3 * level * sign
             elif op == "shear_y":
-                maps[:, 1, 0], maps[:, 1, 2] = 0.3 * level * sign, -0.3 * level * sign * cx
+                maps[:, 1, 0] = 0.3 * level * sign
             else:
                 maps[:, 0 if op == "translate_x" else 1, 2] = 0.45 * level * sign * (width if op == "translate_x"
                                                                                      else height)
@@ -158,10 +160,10 @@ class RandAugment:
             shift = 8 - int(level * 4)  # keeps int(4 * level) bits, as timm does
             return ((x.astype(np.uint8) >> shift) << shift).astype(np.float32)
         if op == "solarize":
-            return np.where(x >= 256.0 * (1.0 - level), 255.0 - x, x)  # timm: threshold 256 - 256 * level
+            return np.where(x >= int(256 * level), 255.0 - x, x)  # threshold 230 at magnitude 9
         if op == "solarize_add":
             return np.where(x < 128, np.minimum(x + 110.0 * level, 255.0), x)
-        factor = (1.0 + 0.9 * level * sign)[per_image]
+        factor = 1.8 * level + 0.1  # timm's enhancement factor: 1.72 at magnitude 9
         if op == "brightness":
             blend = np.zeros_like(x)
         elif op == "color":
@@ -211,6 +213,9 @@ class Augmenter:
             if not flip and not isinstance(layer, GEOMETRIC):
                 raise ValueError(f"{type(layer).__name__} is not a horizontal flip or one of "
                                  f"{', '.join(g.__name__ for g in GEOMETRIC)}")
+            if not flip and (layer.fill_mode, layer.fill_value, layer.interpolation) != ("constant", 0.0, "bilinear"):
+                raise ValueError(f"{layer.name}: only fill_mode='constant', fill_value=0 and bilinear interpolation "
+                                 "are resampled in batches")
         self.layers, self.randaugment = list(layers), randaugment
         self.flip = any(isinstance(layer, keras.layers.RandomFlip) for layer in layers)
         self.geometric = [layer for layer in layers if isinstance(layer, GEOMETRIC)]
@@ -235,7 +240,8 @@ class Augmenter:
 
 class LabelMixing:
     """MixUp and CutMix on a batch and its one-hot labels, as timm does them: one mixing weight
-    ``lam ~ Beta(alpha, alpha)`` per batch, the batch mixed with a permutation of itself; CutMix
+    ``lam ~ Beta(alpha, alpha)`` per batch, the batch mixed with a random permutation of itself
+    (timm reverses its batch; ours are sorted by index, so reversing would pair class 0 with the last); CutMix
     pastes a box of area ``1 - lam`` (centre uniform, clipped to the image) and sets ``lam`` from
     the box's pixels. With both, each batch takes one at random (even odds). An alpha of 0 leaves
     one out. Drawn from the batch's generator (`Augmenter`). Not Keras' ``MixUp``/``CutMix``: 3.15's

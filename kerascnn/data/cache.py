@@ -5,8 +5,8 @@
 - ``ram``: a NumPy array in this process;
 - ``disk``: a memory-mapped ``.npy`` file under ``$KERASCNN_CACHE`` (default ``~/.cache/kerascnn``),
   ``decoded/<key>.npy`` with ``<key>.json`` beside it, which later runs and a study's runs reuse;
-- ``auto`` (the default): an existing disk entry for the same key, else RAM when the splits take at
-  most half of the available memory, else disk;
+- ``auto`` (the default): disk when an entry for one of the splits exists there, else RAM when the
+  splits take at most half of the available memory, else disk;
 - ``none``: files are decoded in every epoch by the pipeline's threads.
 
 The key hashes the file list (path, size, modification time of each file), the decoding size and
@@ -14,28 +14,37 @@ The key hashes the file list (path, size, modification time of each file), the d
 writing straight into the cache: Pillow releases the GIL while it decodes and resizes, and on 2 CPU
 cores 2 threads decoded 799 images/s at 224 against 420 in one thread and 210 in 2 processes, whose
 pixels are pickled back. A file that fails to decode is marked unreadable in
-the entry and left out of every batch, with one warning (`kerascnn.data.pipeline.Batches`).
+the entry and left out of every batch, with one warning (`kerascnn.data.pipeline.Batches`). One
+process writes an entry while others wanting it wait on a lock file and then read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
+from PIL import Image
 
 from kerascnn.data.images import read_image
+from kerascnn.errors import KerascnnError, stop_requested
 
 log = logging.getLogger("kerascnn")
 
 DECODER_VERSION = 1  # bump when `read_image`'s pixels change: older cache entries stop matching
 CHUNK = 64  # images per task of the decoding pool
+# what Pillow raises for a file that is not a decodable image (OSError covers truncated and unidentified)
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -55,8 +64,9 @@ def cache_dir() -> Path:
 
 
 def cache_key(paths: np.ndarray | list[str], shape: tuple[int, int, int]) -> str:
-    """A hash of the files (path, size, modification time), the decoding ``shape`` and the decoder."""
-    digest = hashlib.sha1(f"kerascnn-decoded v{DECODER_VERSION} {tuple(shape)}\n".encode())
+    """A hash of the files (path, size, modification time), the decoding ``shape``, the decoder and
+    Pillow's version (a new libjpeg may decode other pixels)."""
+    digest = hashlib.sha1(f"kerascnn-decoded v{DECODER_VERSION} pillow {PIL.__version__} {tuple(shape)}\n".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -69,8 +79,8 @@ def cache_key(paths: np.ndarray | list[str], shape: tuple[int, int, int]) -> str
 def decode_into(pixels: np.ndarray, paths: np.ndarray | list[str], shape: tuple[int, int, int],
                 threads: int | None = None) -> np.ndarray:
     """Decode ``paths`` at ``shape`` into ``pixels`` (n, h, w, c) uint8 with ``threads`` threads
-    (default: one per CPU, at most 16). Returns the readable mask (False: the file failed to decode,
-    its pixels stay zero)."""
+    (default: one per CPU, at most 16). Returns the readable mask (False: the file is not an image
+    Pillow can decode; its pixels stay zero). Other errors (out of memory, say) propagate."""
     paths = [str(p) for p in paths]
     readable = np.ones(len(paths), bool)
 
@@ -78,64 +88,108 @@ def decode_into(pixels: np.ndarray, paths: np.ndarray | list[str], shape: tuple[
         for i in range(start, min(start + CHUNK, len(paths))):
             try:
                 pixels[i] = read_image(paths[i], shape)
-            except Exception:  # noqa: BLE001 - any failure to decode marks the file unreadable
+            except UNREADABLE:
                 readable[i] = False
 
-    threads = threads or min(16, os.cpu_count() or 1)
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode, range(0, len(paths), CHUNK)))
+    pool = ThreadPoolExecutor(threads or min(16, os.cpu_count() or 1))
+    try:
+        for _ in pool.map(decode, range(0, len(paths), CHUNK)):
+            if stop_requested:  # a Ctrl-C whose raise a callback swallowed
+                raise stop_requested[-1]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the running chunks only
     return readable
 
 
 def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``; else half the RAM)."""
+    """Bytes of memory available to new allocations: Linux ``MemAvailable``, capped by the
+    container's cgroup limit (v2 or v1) less its usage; elsewhere half the RAM."""
+    available = 0
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return 0
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        except (ValueError, OSError, AttributeError):
+            return 0
+    v1 = "/sys/fs/cgroup/memory/memory."
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         (f"{v1}limit_in_bytes", f"{v1}usage_in_bytes")):
+        try:
+            available = min(available, int(Path(limit).read_text()) - int(Path(usage).read_text()))
+        except (OSError, ValueError):  # no such cgroup, or "max" (no limit)
+            continue
+    return max(available, 0)
 
 
-def _read_entry(key: str) -> Decoded | None:
-    meta_path = cache_dir() / f"{key}.json"
+def _read_entry(key: str, count: int, shape: tuple[int, int, int]) -> Decoded | None:
+    """The disk entry ``key`` if it is complete and holds ``count`` images of ``shape``, else None."""
+    meta_path, data_path = cache_dir() / f"{key}.json", cache_dir() / f"{key}.npy"
     if not meta_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        pixels = np.load(cache_dir() / f"{key}.npy", mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring damaged cache entry %s (%s)", meta_path, exc)
+        pixels = np.load(data_path, mmap_mode="r")
+        if pixels.shape != (count, *shape) or pixels.dtype != np.uint8:
+            raise ValueError(f"holds {pixels.dtype} {pixels.shape}, not uint8 {(count, *shape)}")
+        readable = np.ones(count, bool)
+        readable[np.asarray(meta["unreadable"], np.int64)] = False
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        log.warning("ignoring damaged cache entry %s (%s); it will be written again", meta_path, exc)
         return None
-    readable = np.ones(len(pixels), bool)
-    readable[meta["unreadable"]] = False
-    return Decoded(pixels, readable, str(cache_dir() / f"{key}.npy"))
+    return Decoded(pixels, readable, str(data_path))
+
+
+@contextlib.contextmanager
+def _locked(key: str):
+    """Hold ``<key>.lock`` in the cache folder (POSIX; nothing elsewhere): one writer per entry, on
+    every host sharing the folder, while the others wait and then read what it wrote."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(cache_dir() / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _write_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int], threads: int | None) -> Decoded:
+    """Decode ``paths`` into the disk entry ``key`` (or read it, if another process wrote it meanwhile)."""
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{key}.npy"
-    partial = folder / f"{key}.{os.getpid()}.partial.npy"  # concurrent writers never share a file
-    try:
-        pixels = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
-        readable = decode_into(pixels, paths, shape, threads)
-        pixels.flush()
-        del pixels
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    meta = {"files": len(paths), "shape": list(shape), "unreadable": np.flatnonzero(~readable).tolist(),
-            "decoder_version": DECODER_VERSION, "first": str(paths[0]) if len(paths) else None}
-    tmp = folder / f"{key}.{os.getpid()}.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / f"{key}.json")  # written last: an entry with its JSON is complete
-    return Decoded(np.load(final, mmap_mode="r"), readable, str(final))
+    size = len(paths) * int(np.prod(shape))
+    with _locked(key):
+        entry = _read_entry(key, len(paths), shape)
+        if entry is not None:
+            return entry
+        for stale in folder.glob(f"{key}.*.partial*"):  # left by a writer that was killed: we hold the lock
+            stale.unlink(missing_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < size + 2**28:
+            raise KerascnnError(f"the decoded-image cache needs {size / 2**30:.2f} GiB in {folder} and "
+                                f"{free / 2**30:.2f} GiB are free; free some, point $KERASCNN_CACHE elsewhere, "
+                                "or pass --cache ram or --cache none")
+        partial = folder / f"{key}.{uuid.uuid4().hex}.partial.npy"
+        meta_tmp = partial.with_suffix(".json")
+        try:
+            pixels = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(paths), *shape))
+            readable = decode_into(pixels, paths, shape, threads)
+            pixels.flush()
+            del pixels
+            os.replace(partial, folder / f"{key}.npy")
+            meta_tmp.write_text(json.dumps({
+                "files": len(paths), "shape": list(shape), "unreadable": np.flatnonzero(~readable).tolist(),
+                "decoder_version": DECODER_VERSION, "pillow": PIL.__version__,
+                "first": str(paths[0]) if len(paths) else None}))
+            os.replace(meta_tmp, folder / f"{key}.json")  # written last: an entry with its JSON is complete
+        finally:
+            partial.unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
+    return Decoded(np.load(folder / f"{key}.npy", mmap_mode="r"), readable, str(folder / f"{key}.npy"))
 
 
 def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: str,
@@ -148,11 +202,13 @@ def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: 
     keys = {name: cache_key(s.paths, shape) for name, s in streamed.items()}
     size = sum(len(s) for s in streamed.values()) * int(np.prod(shape))
     if mode == "auto":
-        on_disk = all((cache_dir() / f"{k}.json").is_file() for k in keys.values())
+        on_disk = any((cache_dir() / f"{k}.json").is_file() for k in keys.values())
         mode = "disk" if on_disk or size > available_memory() // 2 else "ram"
+    if mode == "disk":
+        cache_dir().mkdir(parents=True, exist_ok=True)
     start, decoded_now = time.perf_counter(), 0
     for name, split in streamed.items():
-        entry = _read_entry(keys[name]) if mode == "disk" else None
+        entry = _read_entry(keys[name], len(split), shape) if mode == "disk" else None
         if entry is None:
             log.info("decoding %d %s images at %dx%d into the %s cache", len(split), name, shape[0], shape[1], mode)
             decoded_now += len(split)
@@ -161,6 +217,7 @@ def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: 
             else:
                 pixels = np.empty((len(split), *shape), np.uint8)
                 entry = Decoded(pixels, decode_into(pixels, split.paths, shape, threads), "ram")
+                pixels.flags.writeable = False  # batches get copies; nothing may write into the cache
         split.decoded = entry
     where = "in RAM" if mode == "ram" else f"in {cache_dir()}"
     seconds = time.perf_counter() - start

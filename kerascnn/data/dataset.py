@@ -116,7 +116,10 @@ class Dataset:
         ``size`` decoded at random (seeded) from a file dataset."""
         if not self.streamed:
             return self.train.images
-        sample = np.random.default_rng(seed).choice(len(self.train), min(len(self.train), size), replace=False)
+        candidates = np.arange(len(self.train))
+        if self.train.decoded is not None:  # not the zeros of files that failed to decode
+            candidates = candidates[self.train.decoded.readable]
+        sample = np.random.default_rng(seed).choice(candidates, min(len(candidates), size), replace=False)
         return self.train.pixels(np.sort(sample), self.image_shape)
 
     def summary(self) -> dict:

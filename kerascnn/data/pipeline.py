@@ -85,7 +85,7 @@ class Batches(keras.utils.PyDataset):
             readable = self.split.decoded.readable[index]
             for path in self.split.paths[index[~readable]]:
                 self._skip(path, "it failed to decode into the cache")
-            return np.array(self.split.decoded.pixels[index[readable]]), index[readable]
+            return np.asarray(self.split.decoded.pixels[index[readable]]), index[readable]  # a copy: fancy index
         images, kept = [], []
         for i in index:
             path = self.split.paths[i]
