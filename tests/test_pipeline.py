@@ -110,6 +110,25 @@ def test_a_file_corrupted_after_loading_is_skipped_and_reported_once(photos, cap
     assert victim not in set(reloaded.train.paths)
 
 
+def test_a_file_that_failed_only_for_a_moment_is_decoded_again_by_the_next_run(photos, monkeypatch):
+    ds = data.load(f"folder:{photos}", image_size=12)
+    victim, original = ds.train.paths[0], cache.read_image
+
+    def flaky(path, shape):
+        if path == victim:
+            raise OSError("Input/output error")  # an NFS hiccup, say: the file itself is fine
+        return original(path, shape)
+
+    monkeypatch.setattr(cache, "read_image", flaky)
+    cache.decode_splits(_splits(ds), ds.image_shape, "disk")
+    assert not ds.train.decoded.readable[0]
+    monkeypatch.setattr(cache, "read_image", original)
+    again = data.load(f"folder:{photos}", image_size=12)
+    assert "decoded now" in cache.decode_splits(_splits(again), again.image_shape, "disk")
+    assert again.train.decoded.readable.all()
+    np.testing.assert_array_equal(again.train.decoded.pixels[0], read_image(victim, again.image_shape))
+
+
 def test_one_process_writes_an_entry_while_another_waits_and_reads_it(photos, monkeypatch):
     import threading
 

@@ -125,8 +125,10 @@ def available_memory() -> int:
     return max(available, 0)
 
 
-def _read_entry(key: str, count: int, shape: tuple[int, int, int]) -> Decoded | None:
-    """The disk entry ``key`` if it is complete and holds ``count`` images of ``shape``, else None."""
+def _read_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int]) -> Decoded | None:
+    """The disk entry ``key`` if it is complete, holds ``paths``' images at ``shape`` and none of the
+    files it recorded as unreadable decodes now (a passing I/O error must not drop them for good)."""
+    count = len(paths)
     meta_path, data_path = cache_dir() / f"{key}.json", cache_dir() / f"{key}.npy"
     if not meta_path.is_file():
         return None
@@ -139,6 +141,10 @@ def _read_entry(key: str, count: int, shape: tuple[int, int, int]) -> Decoded | 
         readable[np.asarray(meta["unreadable"], np.int64)] = False
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         log.warning("ignoring damaged cache entry %s (%s); it will be written again", meta_path, exc)
+        return None
+    retry = np.zeros((1, *shape), np.uint8)
+    if any(decode_into(retry, [paths[i]], shape, threads=1)[0] for i in np.flatnonzero(~readable)):
+        log.warning("a file cache entry %s recorded as unreadable decodes now; it will be written again", meta_path)
         return None
     return Decoded(pixels, readable, str(data_path))
 
@@ -165,7 +171,7 @@ def _write_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int], threa
     folder = cache_dir()
     size = len(paths) * int(np.prod(shape))
     with _locked(key):
-        entry = _read_entry(key, len(paths), shape)
+        entry = _read_entry(key, paths, shape)
         if entry is not None:
             return entry
         for stale in folder.glob(f"{key}.*.partial*"):  # left by a writer that was killed: we hold the lock
@@ -210,7 +216,7 @@ def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: 
         cache_dir().mkdir(parents=True, exist_ok=True)
     start, decoded_now = time.perf_counter(), 0
     for name, split in streamed.items():
-        entry = _read_entry(keys[name], len(split), shape) if mode == "disk" else None
+        entry = _read_entry(keys[name], split.paths, shape) if mode == "disk" else None
         if entry is None:
             log.info("decoding %d %s images at %dx%d into the %s cache", len(split), name, shape[0], shape[1], mode)
             decoded_now += len(split)
