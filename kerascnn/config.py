@@ -10,6 +10,7 @@ from typing import Any
 
 from kerascnn.errors import KerascnnError
 from kerascnn.models import registry
+from kerascnn.models.stages import choose_stages
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
@@ -202,10 +203,7 @@ class RunConfig:
         and with ``unfreeze_at``, whose first epochs train the head alone)."""
         if spec.cnn is not None or self.unfreeze_at:
             return 0
-        stages = [s for s in spec.stage_names(self.filters) if s != "head"]
-        if (self.unfreeze or "").strip().lower() == "all":
-            return len(stages)
-        return len({part.strip() for part in (self.unfreeze or "").split(",")} & set(stages))
+        return len(choose_stages(self.unfreeze or "none", spec.stage_names(self.filters), self.model))
 
     @property
     def data_seed(self) -> int:

@@ -54,16 +54,13 @@ def affine_matrices(layer: keras.layers.Layer, n: int, height: int, width: int,
     """(n, 3, 3) output-to-input pixel maps of a geometric layer (`GEOMETRIC`), with its random
     parameters drawn from ``rng`` in the ranges it was built with; Keras' conventions: pixel centres
     at integer coordinates, rotation and zoom about the image centre, angles in degrees."""
+    if isinstance(layer, keras.layers.RandomRotation):
+        return rotation_maps(np.deg2rad(rng.uniform(layer.factor[0] * 360.0, layer.factor[1] * 360.0, n)),
+                             height, width)
     m = np.zeros((n, 3, 3))
     m[:, 2, 2] = 1.0
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    if isinstance(layer, keras.layers.RandomRotation):
-        angle = np.deg2rad(rng.uniform(layer.factor[0] * 360.0, layer.factor[1] * 360.0, n))
-        cos, sin = np.cos(angle), np.sin(angle)
-        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
-        m[:, 0, 2] = cx - cx * cos + cy * sin
-        m[:, 1, 2] = cy - cx * sin - cy * cos
-    elif isinstance(layer, keras.layers.RandomTranslation):
+    if isinstance(layer, keras.layers.RandomTranslation):
         dy = rng.uniform(layer.height_lower, layer.height_upper, n) * height
         dx = rng.uniform(layer.width_lower, layer.width_upper, n) * width
         m[:, 0, 0] = m[:, 1, 1] = 1.0
@@ -75,6 +72,18 @@ def affine_matrices(layer: keras.layers.Layer, n: int, height: int, width: int,
         m[:, 0, 2], m[:, 1, 2] = cx * (1.0 - zx), cy * (1.0 - zy)
     else:
         raise TypeError(f"{type(layer).__name__} is not one of {', '.join(g.__name__ for g in GEOMETRIC)}")
+    return m
+
+
+def rotation_maps(angle: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(n, 3, 3) output-to-input pixel maps rotating by ``angle`` (n,) radians about the image centre."""
+    m = np.zeros((len(angle), 3, 3))
+    m[:, 2, 2] = 1.0
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = np.cos(angle), np.sin(angle)
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
+    m[:, 0, 2] = cx - cx * cos + cy * sin
+    m[:, 1, 2] = cy - cx * sin - cy * cos
     return m
 
 
@@ -132,17 +141,11 @@ class RandAugment:
     def apply(self, op: str, x: np.ndarray, sign: np.ndarray) -> np.ndarray:
         """Op ``op`` at this magnitude on ``x`` (m, h, w, c), ``sign`` (m,) of +-1 for geometric ops."""
         level = self.level
-        grey = x.mean(axis=-1, keepdims=True) if x.shape[-1] == 1 else x @ np.array([[0.299], [0.587], [0.114]],
-                                                                                    np.float32)
         if op in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
             m, height, width = x.shape[:3]
             maps = np.tile(np.eye(3), (m, 1, 1))
-            cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
             if op == "rotate":
-                angle = np.deg2rad(30.0 * level) * sign
-                cos, sin = np.cos(angle), np.sin(angle)
-                maps[:, 0, 0], maps[:, 0, 1], maps[:, 1, 0], maps[:, 1, 1] = cos, -sin, sin, cos
-                maps[:, 0, 2], maps[:, 1, 2] = cx - cx * cos + cy * sin, cy - cx * sin - cy * cos
+                maps = rotation_maps(np.deg2rad(30.0 * level) * sign, height, width)
             elif op == "shear_x":  # about the top-left corner, as timm (PIL) shears
                 maps[:, 0, 1] = 0.3 * level * sign
             elif op == "shear_y":
@@ -167,6 +170,8 @@ class RandAugment:
         if op == "solarize_add":
             return np.where(x < 128, np.minimum(x + 110.0 * level, 255.0), x)
         factor = 1.8 * level + 0.1  # timm's enhancement factor: 1.72 at magnitude 9
+        if op in ("color", "contrast"):
+            grey = x if x.shape[-1] == 1 else x @ np.array([[0.299], [0.587], [0.114]], np.float32)
         if op == "brightness":
             blend = np.zeros_like(x)
         elif op == "color":

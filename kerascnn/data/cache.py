@@ -166,14 +166,17 @@ def _locked(key: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _write_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int], threads: int | None) -> Decoded:
-    """Decode ``paths`` into the disk entry ``key`` (or read it, if another process wrote it meanwhile)."""
+def _disk_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int],
+                threads: int | None) -> tuple[Decoded, bool]:
+    """The disk entry ``key`` of ``paths``, and whether it was decoded now: read under the entry's
+    lock if it is there (another process may be writing it), else decoded into it."""
     folder = cache_dir()
     size = len(paths) * int(np.prod(shape))
     with _locked(key):
         entry = _read_entry(key, paths, shape)
         if entry is not None:
-            return entry
+            return entry, False
+        log.info("decoding %d images at %dx%d into %s", len(paths), shape[0], shape[1], folder)
         for stale in folder.glob(f"{key}.*.partial*"):  # left by a writer that was killed: we hold the lock
             stale.unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free
@@ -197,7 +200,7 @@ def _write_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int], threa
         finally:
             partial.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
-    return Decoded(np.load(folder / f"{key}.npy", mmap_mode="r"), readable, str(folder / f"{key}.npy"))
+    return Decoded(np.load(folder / f"{key}.npy", mmap_mode="r"), readable, str(folder / f"{key}.npy")), True
 
 
 def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: str,
@@ -216,17 +219,14 @@ def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: 
         cache_dir().mkdir(parents=True, exist_ok=True)
     start, decoded_now = time.perf_counter(), 0
     for name, split in streamed.items():
-        entry = _read_entry(keys[name], split.paths, shape) if mode == "disk" else None
-        if entry is None:
-            log.info("decoding %d %s images at %dx%d into the %s cache", len(split), name, shape[0], shape[1], mode)
-            decoded_now += len(split)
-            if mode == "disk":
-                entry = _write_entry(keys[name], split.paths, shape, threads)
-            else:
-                pixels = np.empty((len(split), *shape), np.uint8)
-                entry = Decoded(pixels, decode_into(pixels, split.paths, shape, threads), "ram")
-                pixels.flags.writeable = False  # batches get copies; nothing may write into the cache
-        split.decoded = entry
+        if mode == "disk":
+            split.decoded, decoded = _disk_entry(keys[name], split.paths, shape, threads)
+        else:
+            log.info("decoding %d %s images at %dx%d into RAM", len(split), name, shape[0], shape[1])
+            pixels = np.empty((len(split), *shape), np.uint8)
+            split.decoded, decoded = Decoded(pixels, decode_into(pixels, split.paths, shape, threads), "ram"), True
+            pixels.flags.writeable = False  # batches get copies; nothing may write into the cache
+        decoded_now += len(split) if decoded else 0
     where = "in RAM" if mode == "ram" else f"in {cache_dir()}"
     seconds = time.perf_counter() - start
     return (f"decoded images cached {where} ({size / 2**30:.2f} GiB; {decoded_now} decoded now"

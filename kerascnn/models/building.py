@@ -17,9 +17,9 @@ from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 from kerascnn.models.backbones import build_backbone, imagenet_preprocessing
 from kerascnn.models.cnn import build_cnn
-from kerascnn.models.freezing import choose_stages
 from kerascnn.models.preprocessing import adapt_input, channel_stats
 from kerascnn.models.registry import MODELS, CNNSpec, ModelSpec, get
+from kerascnn.models.stages import choose_stages
 from kerascnn.models.weights import load_weights, weights_file
 
 log = logging.getLogger("kerascnn")

@@ -11,11 +11,9 @@ import re
 
 import keras
 
-from kerascnn.errors import KerascnnError
 from kerascnn.models.registry import MODELS
+from kerascnn.models.stages import HEAD, choose_stages
 
-HEAD = "head"
-HEAD_ALIASES = {"head": HEAD, "fc": HEAD, "classifier": HEAD}
 NOT_LEARNED = ("moving_mean", "moving_variance")
 
 
@@ -60,23 +58,6 @@ def stage_params(model: keras.Model) -> dict[str, int]:
 def resolve_stages(model: keras.Model, unfreeze: str) -> list[str]:
     """The stages named by ``--unfreeze`` (``none``, ``all`` or ``STAGE[,STAGE...]``), in model order."""
     return choose_stages(unfreeze, list(stage_params(model)), model.name)
-
-
-def choose_stages(unfreeze: str, stages: list[str], model_name: str) -> list[str]:
-    """The ``stages`` (in order, ``head`` last) named by ``--unfreeze``; an unknown name is an error."""
-    text = unfreeze.strip().lower()
-    if text == "none":
-        return []
-    if text == "all":
-        return [s for s in stages if s != HEAD]
-    chosen = []
-    for item in (part.strip() for part in unfreeze.split(",") if part.strip()):
-        name = HEAD_ALIASES.get(item.lower(), item)
-        if name not in stages:
-            raise KerascnnError(f"--unfreeze: {model_name} has no stage {item!r}; its stages: "
-                                f"{', '.join(stages)} (or none, all)")
-        chosen.append(name)
-    return [s for s in stages if s in chosen and s != HEAD]
 
 
 def set_trainable(model: keras.Model, unfreeze: str = "all", bn_policy: str = "train") -> dict[str, list[str]]:

@@ -1,10 +1,33 @@
 """Stage mappings of the backbones: which torchvision-style stage (``conv1``, ``layer1``.., or
-``features.N``) a Keras layer name belongs to. Pure name rules, no Keras import."""
+``features.N``) a Keras layer name belongs to, and which stages ``--unfreeze`` names. Pure name
+rules, no Keras import."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+
+from kerascnn.errors import KerascnnError
+
+HEAD = "head"
+HEAD_ALIASES = {"head": HEAD, "fc": HEAD, "classifier": HEAD}
+
+
+def choose_stages(unfreeze: str, stages: list[str], model_name: str) -> list[str]:
+    """The ``stages`` (in order, ``head`` last) named by ``--unfreeze``; an unknown name is an error."""
+    text = unfreeze.strip().lower()
+    if text == "none":
+        return []
+    if text == "all":
+        return [s for s in stages if s != HEAD]
+    chosen = []
+    for item in (part.strip() for part in unfreeze.split(",") if part.strip()):
+        name = HEAD_ALIASES.get(item.lower(), item)
+        if name not in stages:
+            raise KerascnnError(f"--unfreeze: {model_name} has no stage {item!r}; its stages: "
+                                f"{', '.join(stages)} (or none, all)")
+        chosen.append(name)
+    return [s for s in stages if s in chosen and s != HEAD]
 
 
 def resnet_stage(name: str) -> str | None:
