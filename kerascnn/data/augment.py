@@ -2,8 +2,8 @@
 a batch fast and reproducibly.
 
 Keras 3.15 on torch resamples a rotation, translation or zoom one image at a time
-(``map_coordinates``): ``basic`` (flip, translation) as Keras layers runs at 97 images/s at 224x224
-in one thread on 2 CPU cores, batched here at 1,358
+(``map_coordinates``): ``basic`` (flip, translation) as Keras layers runs at 93 images/s at 224x224
+in one thread on 2 CPU cores, batched here at 1,349
 (``python benchmarks/augmentation_cost.py --batch-size 32 --no-training``). `Augmenter`
 draws those layers' parameters itself from a per-batch NumPy generator, composes them into one
 output-to-input pixel map per image (the same matrices the layers build, `affine_matrices`) and
@@ -115,8 +115,8 @@ class RandAugment:
     degrees, shear 0.3, translation 0.45 of the size, each with a random sign, at magnitude 10;
     posterize keeps int(4 m / 10) bits; solarize above 256 m / 10; enhancements by 1.8 m / 10 + 0.1).
     Geometric ops fill with zeros, as the other layers do (timm fills with grey 128). Keras 3.15's
-    ``RandAugment`` draws its ops once for a whole batch and computes all eleven on every image: 12
-    images/s at 224x224 on 2 CPU cores against this one's 1,235
+    ``RandAugment`` draws its ops once for a whole batch and computes all eleven on every image: 13
+    images/s at 224x224 on 2 CPU cores against this one's 1,321
     (``python benchmarks/augmentation_cost.py --batch-size 32 --no-training``)."""
 
     OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
