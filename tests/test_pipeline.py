@@ -190,6 +190,45 @@ def test_ram_entries_are_read_only_and_statistics_leave_unreadable_files_out(pho
     assert len(sample) == 2 and sample.reshape(2, -1).any(axis=1).all()
 
 
+def test_the_cache_command_lists_entries_and_removes_the_unused_ones(photos, capsys, monkeypatch, tmp_path):
+    from experiments import cache as cache_cli
+
+    monkeypatch.setenv("KERASCNN_CACHE", str(tmp_path / "cache"))  # this test's own entries only
+    ds = data.load(f"folder:{photos}", image_size=12)
+    cache.decode_splits(_splits(ds), ds.image_shape, "disk")
+    big = data.load(f"folder:{photos}", image_size=16)
+    cache.decode_splits({"train": big.train}, big.image_shape, "disk")
+    (cache.cache_dir() / "0123.5f3a.partial.npy").write_bytes(b"x" * 100)  # a killed write
+    found = {e.key: e for e in cache.entries()}
+    assert len(found) == 5 and sum(e.complete for e in found.values()) == 4
+    train = found[cache.cache_key(ds.train.paths, ds.image_shape)]
+    assert (train.files, train.shape, train.first) == (len(ds.train), (12, 12, 3), str(ds.train.paths[0]))
+    assert train.bytes > len(ds.train) * 12 * 12 * 3
+    assert cache_cli.main(cache_cli.body, cache_cli.parser(), []) == 0
+    listing = capsys.readouterr().out
+    assert "5 entries" in listing and "incomplete" in listing and str(ds.train.paths[0]) in listing
+
+    old = time.time() - 10 * 86400
+    for key in (train.key, "0123"):
+        for path in cache.cache_dir().glob(f"{key}.*"):
+            os.utime(path, (old, old))
+    assert cache_cli.main(cache_cli.body, cache_cli.parser(), ["--unused-for", "5"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert {e.key for e in cache.entries()} == set(found) - {train.key, "0123"}
+    again = data.load(f"folder:{photos}", image_size=12)  # a run that needs the removed entry decodes again
+    assert f"{len(again.train)} decoded now" in cache.decode_splits({"train": again.train}, again.image_shape, "disk")
+    val_key = cache.cache_key(again.val.paths, again.image_shape)
+    for path in cache.cache_dir().glob(f"{val_key}.*"):
+        os.utime(path, (old, old))
+    assert "all reused" in cache.decode_splits({"val": again.val}, again.image_shape, "disk")
+    assert {e.key: e for e in cache.entries()}[val_key].last_used > time.time() - 600  # reading marks it used
+
+    assert cache_cli.main(cache_cli.body, cache_cli.parser(), ["--unused-for", "-1"]) == 2
+    assert "--unused-for" in capsys.readouterr().err
+    assert cache_cli.main(cache_cli.body, cache_cli.parser(), ["--clear"]) == 0
+    assert cache.entries() == [] and "removed 4 entries" in capsys.readouterr().out
+
+
 class Drawn:
     """A stand-in for a NumPy generator whose ``uniform`` returns given values in turn."""
 

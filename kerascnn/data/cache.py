@@ -146,6 +146,8 @@ def _read_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int]) -> Dec
     if any(decode_into(retry, [paths[i]], shape, threads=1)[0] for i in np.flatnonzero(~readable)):
         log.warning("a file cache entry %s recorded as unreadable decodes now; it will be written again", meta_path)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(meta_path)  # its last use, for `python -m experiments.cache --unused-for`
     return Decoded(pixels, readable, str(data_path))
 
 
@@ -176,7 +178,8 @@ def _disk_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int],
         entry = _read_entry(key, paths, shape)
         if entry is not None:
             return entry, False
-        log.info("decoding %d images at %dx%d into %s", len(paths), shape[0], shape[1], folder)
+        log.info("decoding %d images at %dx%d into %s (python -m experiments.cache lists and removes entries)",
+                 len(paths), shape[0], shape[1], folder)
         for stale in folder.glob(f"{key}.*.partial*"):  # left by a writer that was killed: we hold the lock
             stale.unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free
@@ -201,6 +204,52 @@ def _disk_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int],
             partial.unlink(missing_ok=True)
             meta_tmp.unlink(missing_ok=True)
     return Decoded(np.load(folder / f"{key}.npy", mmap_mode="r"), readable, str(folder / f"{key}.npy")), True
+
+
+@dataclass
+class Entry:
+    """One disk entry: its ``key``, ``files`` decoded at ``shape``, ``bytes`` on disk, ``last_used``
+    (a POSIX time) and the ``first`` file's path (what the entry is of); ``complete`` False for a
+    write that was killed (no JSON, or only a partial file)."""
+
+    key: str
+    files: int
+    shape: tuple[int, ...]
+    bytes: int
+    last_used: float
+    first: str | None
+    complete: bool
+
+
+def entries() -> list[Entry]:
+    """The disk entries in `cache_dir`, most recently used first."""
+    folder = cache_dir()
+    found: dict[str, Entry] = {}
+    for path in folder.glob("*.*") if folder.is_dir() else []:
+        if path.suffix == ".lock":  # kept: a process may be waiting on it
+            continue
+        key = path.name.split(".", 1)[0]
+        entry = found.setdefault(key, Entry(key, 0, (), 0, 0.0, None, False))
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            entry.bytes += stat.st_size
+            entry.last_used = max(entry.last_used, stat.st_mtime)
+        if path.name == f"{key}.json":
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                meta = json.loads(path.read_text())
+                entry.files, entry.shape, entry.first = int(meta["files"]), tuple(meta["shape"]), meta.get("first")
+                entry.complete = (folder / f"{key}.npy").is_file()
+    return sorted(found.values(), key=lambda e: -e.last_used)
+
+
+def remove(entry: Entry) -> None:
+    """Delete ``entry``'s files under its lock: a process writing or reading it is waited for, one
+    that memory-mapped it keeps its pixels until it exits. The empty lock file stays (another process
+    may be waiting on it)."""
+    with _locked(entry.key):
+        for path in cache_dir().glob(f"{entry.key}.*"):
+            if path.suffix != ".lock":
+                path.unlink(missing_ok=True)
 
 
 def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: str,
