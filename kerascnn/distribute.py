@@ -155,10 +155,25 @@ TORCH_MESSAGE = ("--devices above 1 needs the jax or tensorflow backend: Keras 3
                  "on torch; rerun with --backend jax (keras.distribution.DataParallel) or --backend tensorflow")
 
 
+def reset_peak_memory() -> None:
+    """Start `peak_memory`'s count afresh, so that each of a study's runs in one process reports its
+    own peak: torch's CUDA peak, and on Linux the process's peak resident set (``VmHWM``, reset by
+    writing 5 to ``/proc/self/clear_refs``). JAX's accelerator peak cannot be reset."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_memory() -> dict[str, Any]:
-    """The most memory training has held: the GPU's (torch or jax on CUDA) when there is one, else
-    this process's peak resident set (which, in a study that runs its runs in one process, covers
-    the runs before this one too)."""
+    """The most memory training has held since `reset_peak_memory`: the GPU's (torch or jax on CUDA)
+    when there is one, else this process's peak resident set (on systems without ``/proc``, since
+    the process started)."""
     import keras
 
     backend = keras.backend.backend()
@@ -176,9 +191,13 @@ def peak_memory() -> dict[str, Any]:
                 return {"peak_memory_mb": round(stats["peak_bytes_in_use"] / 2**20), "memory": "accelerator"}
     except Exception:  # noqa: BLE001 - memory statistics are a report, never a failure
         pass
-    import resource
+    try:
+        status = Path("/proc/self/status").read_text()
+        peak = int(status.split("VmHWM:", 1)[1].split()[0]) / 2**10  # kB
+    except (OSError, IndexError, ValueError):
+        import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     return {"peak_memory_mb": round(peak), "memory": "process"}
 
 

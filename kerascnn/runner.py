@@ -180,6 +180,7 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
     """Load, build, train (from ``resume_dir``'s checkpoint if given), evaluate, report."""
     keras.utils.set_random_seed(config.seed)
     distribute.enable_compilation_cache()
+    distribute.reset_peak_memory()  # this run's peak, not the process's (a study runs many in one)
     devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
     log.info("loading %s", config.dataset)
     dataset = load_dataset(config)

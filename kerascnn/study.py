@@ -634,7 +634,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
     lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
               "with a 95% interval (Student t over runs; with one run, the run's own interval: Wilson for "
               "accuracy, bootstrap over test images for macro F1). Peak MB: the GPU's peak memory, or on a CPU "
-              "the process's peak resident memory. **chosen** marks, within each strategy, the setting with the "
+              "the run's peak resident memory. **chosen** marks, within each strategy, the setting with the "
               "best validation accuracy (of the model each run kept); the test scores of the other settings are "
               "shown but were not used to choose.", "",
               "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "

@@ -1,3 +1,5 @@
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -191,3 +193,19 @@ def test_a_nan_epoch_is_never_the_best(tmp_path):
     for epoch, value in enumerate([float("nan"), 0.9, float("inf"), 0.7, float("nan")]):
         best.on_epoch_end(epoch, {"val_loss": value})
     assert best.epoch == 4 and best.value == 0.7 and (tmp_path / "best.weights.h5").is_file()
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
+def test_each_run_reports_its_own_peak_memory_not_the_process_s():
+    from kerascnn import distribute
+
+    distribute.reset_peak_memory()
+    if distribute.peak_memory()["memory"] != "process":
+        pytest.skip("an accelerator's peak is reported instead")
+    before = distribute.peak_memory()["peak_memory_mb"]
+    block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+    during = distribute.peak_memory()["peak_memory_mb"]
+    del block
+    distribute.reset_peak_memory()  # the next run of a study in this process
+    after = distribute.peak_memory()
+    assert during >= before + 250 and after["peak_memory_mb"] < during - 200
