@@ -25,7 +25,6 @@ def parser() -> argparse.ArgumentParser:
     what.add_argument("--clear", action="store_true", help="remove every entry")
     what.add_argument("--unused-for", type=float, metavar="DAYS", help="remove the entries not read for DAYS days")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    p.set_defaults(backend=None)
     return p
 
 

@@ -91,7 +91,7 @@ def setup_logging() -> None:
 def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
          argv: list[str] | None = None, known_only: bool = False) -> int:
     """Parse ``argv`` (kept as ``args.argv``; ``known_only`` leaves unknown options to ``body``),
-    choose the backend, run ``body``.
+    choose the backend (for commands with ``--backend``), run ``body``.
 
     A `KerascnnError` becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
     Ctrl-C and SIGTERM stop the same way (a run folder is marked interrupted): status 130 and 143.
@@ -107,7 +107,8 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
     previous = {s: signal.signal(s, request_stop) for s in handled}
     stop_requested.clear()
     try:
-        select_backend(args.backend)
+        if hasattr(args, "backend"):  # commands without --backend do not use Keras
+            select_backend(args.backend)
         return body(args) or 0
     except KerascnnError as exc:
         if args.debug:
