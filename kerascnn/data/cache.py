@@ -209,8 +209,8 @@ def _disk_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int],
 @dataclass
 class Entry:
     """One disk entry: its ``key``, ``files`` decoded at ``shape``, ``bytes`` on disk, ``last_used``
-    (a POSIX time) and the ``first`` file's path (what the entry is of); ``complete`` False for a
-    write that was killed (no JSON, or only a partial file)."""
+    (a POSIX time) and the ``first`` file's path (what the entry is of); ``complete`` False while a
+    write is under way or after one was killed (no JSON, or only a partial file)."""
 
     key: str
     files: int
