@@ -79,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
          f"decoded at it; default: {working}; image files: {decoded})", type=int)
     m = p.add_argument_group("scratch CNN architecture (defaults: the model preset)")
     _opt(m, "--filters", "conv widths, one block each, e.g. 32,64 (preset)", type=int_list)
-    _opt(m, "--convs-per-block", "convolutions per block (preset)", type=int)
+    _opt(m, "--convs-per-block", "convolutions per block: one count, or one per block, e.g. 1,2,2 (preset)",
+         type=int_list)
     _opt(m, "--kernel-size", "convolution kernel size (preset)", type=int)
     _opt(m, "--batch-norm", "batch normalisation after each conv (preset)", action=argparse.BooleanOptionalAction)
     _opt(m, "--activation", "activation (preset)", choices=ACTIVATIONS)
@@ -122,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--flip", "random horizontal flips", action="store_true")
     _opt(t, "--rotate", "random rotation up to DEG degrees", type=float, metavar="DEG")
     _opt(t, "--translate", "random shifts up to this fraction of the size", type=float, metavar="F")
+    _opt(t, "--erase", "random erasing: the probability that a training image gets one box (2-33%% of it) of "
+         "noise, e.g. 0.25", type=float, metavar="P")
     _opt(t, "--mixup", "MixUp with Beta(ALPHA, ALPHA) mixing weights (timm uses 0.8; 0: off)", type=float,
          metavar="ALPHA")
     _opt(t, "--cutmix", "CutMix with Beta(ALPHA, ALPHA) box areas (timm uses 1.0; 0: off); with --mixup each "

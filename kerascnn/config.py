@@ -44,7 +44,7 @@ class RunConfig:
     fold: int = 0
     # scratch CNN architecture (None: the preset's value)
     filters: list[int] | None = None
-    convs_per_block: int | None = None
+    convs_per_block: list[int] | None = None  # one count for every block, or one per block
     kernel_size: int | None = None
     batch_norm: bool | None = None
     activation: str | None = None
@@ -76,6 +76,7 @@ class RunConfig:
     flip: bool = False
     rotate: float = 0.0
     translate: float = 0.0
+    erase: float = 0.0  # random erasing probability
     mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0: off (with mixup, each batch takes one)
     class_weight: str = "none"
@@ -99,6 +100,8 @@ class RunConfig:
     environment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.convs_per_block, int):  # a config.json written before counts per block
+            self.convs_per_block = [self.convs_per_block]
         if self.lr_schedule is None:
             self.lr_schedule = "step" if self.lr_step else "onecycle"
 
@@ -134,6 +137,8 @@ class RunConfig:
             _positive_int("image_size", self.image_size)
         if not 0 <= self.translate < 1:
             raise KerascnnError(f"--translate must be a fraction in [0, 1), got {self.translate}")
+        if not 0 <= self.erase <= 1:
+            raise KerascnnError(f"--erase must be a probability in [0, 1], got {self.erase}")
         if not 0 <= self.rotate <= 180:
             raise KerascnnError(f"--rotate must be degrees in [0, 180], got {self.rotate}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -142,18 +147,19 @@ class RunConfig:
             _choice("activation", self.activation, ACTIVATIONS)
         if self.pool is not None:
             _choice("pool", self.pool, POOLS)
-        for name in ("filters", "dense"):
+        for name in ("filters", "dense", "convs_per_block"):
             values = getattr(self, name)
             if values is not None and any(v <= 0 for v in values):
-                raise KerascnnError(f"--{name} takes positive integers, got {values}")
+                raise KerascnnError(f"--{name.replace('_', '-')} takes positive integers, got {values}")
+        if self.convs_per_block == []:
+            raise KerascnnError("--convs-per-block needs a count, e.g. 2, or one per block, e.g. 1,2,2")
         if self.top_k is not None:
             _positive_int("top_k", self.top_k)
         _positive_int("workers", self.workers, allow_zero=True)
         if self.split_seed is not None:
             _positive_int("split_seed", self.split_seed, allow_zero=True)
-        for name in ("kernel_size", "convs_per_block"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+        if self.kernel_size is not None:
+            _positive_int("kernel_size", self.kernel_size)
         if self.split is not None:
             parse_split(self.split)
         _choice("bn_policy", self.bn_policy, BN_POLICIES)

@@ -126,7 +126,7 @@ def _augment_text(config: RunConfig) -> str:
     parts += [name for name, on in (("flip", config.flip),) if on]
     parts += [f"rotate {config.rotate:g}°"] if config.rotate else []
     parts += [f"translate {config.translate:g}"] if config.translate else []
-    parts += [f"{name} {getattr(config, name):g}" for name in ("mixup", "cutmix") if getattr(config, name)]
+    parts += [f"{name} {getattr(config, name):g}" for name in ("erase", "mixup", "cutmix") if getattr(config, name)]
     return ", ".join(parts) or "none"
 
 

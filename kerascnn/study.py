@@ -45,7 +45,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "studies"
 HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", "label_smoothing", "dropout",
                     "head_dropout", "epochs", "lr_schedule", "lr_step", "lr_gamma", "patience", "optimizer",
                     "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip",
-                    "mixup", "cutmix")
+                    "erase", "mixup", "cutmix")
 REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
 STUDY_KEYS = ("name", "seeds", "grid", "config")
 NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these

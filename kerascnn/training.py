@@ -172,7 +172,8 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def train_batches(dataset: Dataset, config: RunConfig, multiple: int = 1) -> Batches:
     """The shuffled, augmented training pipeline for ``config`` (batches divisible by ``multiple``)."""
-    augment = augmentation(config.augment, flip=config.flip, rotate=config.rotate, translate=config.translate)
+    augment = augmentation(config.augment, flip=config.flip, rotate=config.rotate, translate=config.translate,
+                           erase=config.erase)
     weights = class_weights(dataset.train.labels, dataset.num_classes) if config.class_weight == "balanced" else None
     return Batches(dataset.train, dataset.image_shape, dataset.num_classes, config.batch_size, shuffle=True,
                    seed=config.seed, augment=augment, mixing=LabelMixing(config.mixup, config.cutmix),

@@ -27,15 +27,22 @@ def test_parse_split_rejects(text):
         ({"augment": "heavy"}, "none, basic, strong"),
         ({"split": "1,2"}, "--split"),
         ({"translate": 2.0}, "--translate"),
+        ({"erase": 1.5}, "--erase must be a probability"),
         ({"cache": "gpu"}, "auto, ram, disk, none"),
         ({"mixup": -0.2}, "--mixup"),
         ({"filters": [32, 0]}, "--filters"),
+        ({"convs_per_block": [1, 0]}, "--convs-per-block takes positive"),
+        ({"convs_per_block": []}, "--convs-per-block needs a count"),
     ],
 )
 def test_validate_rejects_with_one_line(changes, message):
     with pytest.raises(KerascnnError, match=message) as info:
         RunConfig("digits", "cnn", **changes).validate()
     assert "\n" not in str(info.value)
+
+
+def test_a_single_convs_per_block_from_an_older_config_reads_as_a_list():
+    assert RunConfig("digits", "cnn", convs_per_block=2).convs_per_block == [2]
 
 
 def test_lr_step_implies_step_schedule(tmp_path):

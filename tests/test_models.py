@@ -46,6 +46,16 @@ def test_options_override_the_preset():
     assert isinstance(model.get_layer("block1_pool"), keras.layers.AveragePooling2D)
 
 
+def test_convs_per_block_takes_one_count_per_block():
+    model = models.build("cnn", (16, 16, 1), 3, filters=[8, 16, 32], convs_per_block=[1, 2, 3])
+    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs == ["block1_conv1", "block2_conv1", "block2_conv2", "block3_conv1", "block3_conv2", "block3_conv3"]
+    single = models.build("cnn", (16, 16, 1), 3, filters=[8, 16], convs_per_block=[3])
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in single.layers) == 6
+    with pytest.raises(KerascnnError, match="gives 2 counts for 3 blocks"):
+        models.check("cnn", filters=[8, 16, 32], convs_per_block=[1, 2])
+
+
 def test_weights_none_or_None_build_a_fresh_model():
     assert models.build("cnn", (8, 8, 1), 3, weights=None).weights_source == {"source": "none"}
 

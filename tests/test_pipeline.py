@@ -14,7 +14,15 @@ from PIL import Image
 
 from kerascnn import data
 from kerascnn.data import cache
-from kerascnn.data.augment import Augmenter, LabelMixing, RandAugment, affine_matrices, augmentation, resample
+from kerascnn.data.augment import (
+    Augmenter,
+    LabelMixing,
+    RandAugment,
+    RandomErasing,
+    affine_matrices,
+    augmentation,
+    resample,
+)
 from kerascnn.data.images import read_image
 from kerascnn.data.pipeline import Batches
 
@@ -295,6 +303,27 @@ def test_augmentation_is_drawn_from_the_batch_generator_so_a_batch_replays_exact
     np.testing.assert_array_equal(batches[0][0], first)
     with pytest.raises(ValueError, match="RandomContrast is not"):
         Augmenter([keras.layers.RandomContrast(0.2)])
+
+
+def test_random_erasing_replaces_one_box_per_chosen_image_with_noise():
+    images = np.full((400, 20, 30, 3), 7, np.uint8)  # 7 nowhere else: noise equals it with odds 1/256
+    out = RandomErasing(0.5)(images.copy(), np.random.default_rng(0))
+    assert out.dtype == np.uint8
+    changed = (out != 7).any(axis=3)
+    erased = changed.any(axis=(1, 2))
+    assert 0.4 < erased.mean() < 0.6
+    for mask in changed[erased]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+        assert mask.sum() >= 0.95 * box  # one rectangle of noise (a pixel drawn as 7 reads unchanged)
+        assert 0.02 * 600 / 2 <= box <= 600 / 3 * 1.3  # the area range, up to rounding of each side
+    np.testing.assert_array_equal(RandomErasing(0.0)(images.copy(), np.random.default_rng(0)), images)
+    again = RandomErasing(0.5)(images.copy(), np.random.default_rng(0))
+    np.testing.assert_array_equal(again, out)
+    # after the other augmentations, in place on the batch's own copy; the split's images stay as they were
+    split = data.Split(np.arange(16) % 2, images=np.full((16, 12, 12, 1), 7, np.uint8))
+    batches = Batches(split, (12, 12, 1), 2, 16, shuffle=True, augment=augmentation("none", flip=True, erase=1.0))
+    assert (batches[0][0] != 7).any(axis=(1, 2, 3)).all() and (split.images == 7).all()
 
 
 @pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])

@@ -26,12 +26,14 @@ def augmentation(
     flip: bool = False,
     rotate: float = 0.0,
     translate: float = 0.0,
+    erase: float = 0.0,
 ) -> Augmenter | None:
     """The augmentation of ``preset`` (none; basic: flip and translation 0.1; strong: flip, zoom 0.1,
     rotation 15 degrees, translation 0.1 and `RandAugment`) plus the single flags, as Keras layers run
-    by an `Augmenter`; None when nothing is asked for. ``rotate`` is in degrees, ``translate`` a
-    fraction of the image size. Inputs and outputs are pixels in 0..255. The random draws come from
-    the generator the `Augmenter` is called with, not from the layers' seeds."""
+    by an `Augmenter`, and `RandomErasing` with probability ``erase``, last; None when nothing is asked
+    for. ``rotate`` is in degrees, ``translate`` a fraction of the image size. Inputs and outputs are
+    pixels in 0..255. The random draws come from the generator the `Augmenter` is called with, not
+    from the layers' seeds."""
     L = keras.layers
     chosen: list[keras.layers.Layer] = []
     if preset in ("basic", "strong") or flip:
@@ -46,7 +48,8 @@ def augmentation(
     if translate:
         chosen.append(L.RandomTranslation(translate, translate, fill_mode="constant"))
     randaugment = RandAugment() if preset == "strong" else None
-    return Augmenter(chosen, randaugment) if chosen or randaugment else None
+    erasing = RandomErasing(erase) if erase else None
+    return Augmenter(chosen, randaugment, erasing) if chosen or randaugment or erasing else None
 
 
 def affine_matrices(layer: keras.layers.Layer, n: int, height: int, width: int,
@@ -207,15 +210,45 @@ def _equalize(x: np.ndarray) -> np.ndarray:
     return out
 
 
+class RandomErasing:
+    """Random erasing (Zhong et al. 2017; timm's ``--reprob``): with probability ``prob`` an image
+    gets one box of ``area`` (a fraction of the image, uniform in the range) and aspect ratio
+    (height / width, log-uniform in ``ratio``) at a uniform position, its pixels replaced by uniform
+    noise in 0..255 (the paper's fill; timm draws normal noise after normalisation). Not Keras 3.15's
+    ``RandomErasing``: it draws each image's probability uniformly below ``factor``, takes a box side
+    (not area) fraction, and fills with normal noise x 255 clipped to 0..255 (half the pixels black)."""
+
+    def __init__(self, prob: float, area: tuple[float, float] = (0.02, 1 / 3),
+                 ratio: tuple[float, float] = (0.3, 1 / 0.3)) -> None:
+        self.prob, self.area, self.log_ratio = prob, area, (np.log(ratio[0]), np.log(ratio[1]))
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``images`` (n, h, w, c) in 0..255 with the boxes erased, in place; returns it."""
+        n, height, width, channels = images.shape
+        erased = np.flatnonzero(rng.random(n) < self.prob)
+        area = rng.uniform(*self.area, len(erased)) * height * width
+        ratio = np.exp(rng.uniform(*self.log_ratio, len(erased)))
+        box_h = np.clip(np.rint(np.sqrt(area * ratio)), 1, height).astype(int)
+        box_w = np.clip(np.rint(np.sqrt(area / ratio)), 1, width).astype(int)
+        top = rng.integers(0, height - box_h + 1)
+        left = rng.integers(0, width - box_w + 1)
+        for i, t, lft, h, w in zip(erased, top, left, box_h, box_w):
+            noise = rng.integers(0, 256, (h, w, channels))
+            images[i, t:t + h, lft:lft + w] = noise.astype(images.dtype)
+        return images
+
+
 class Augmenter:
     """Runs augmentation layers on a batch of images with a NumPy generator (seeded per epoch and
     batch by `kerascnn.data.pipeline.Batches`, so a resumed run sees the same augmentations).
 
     ``layers`` are a horizontal ``RandomFlip`` (a NumPy flip of each image with probability 1/2)
-    and `GEOMETRIC` layers (one batched resample, module docstring), then ``randaugment``.
+    and `GEOMETRIC` layers (one batched resample, module docstring), then ``randaugment``, then
+    ``erasing``.
     """
 
-    def __init__(self, layers: list[keras.layers.Layer], randaugment: RandAugment | None = None) -> None:
+    def __init__(self, layers: list[keras.layers.Layer], randaugment: RandAugment | None = None,
+                 erasing: RandomErasing | None = None) -> None:
         for layer in layers:
             flip = isinstance(layer, keras.layers.RandomFlip) and layer.mode == "horizontal"
             if not flip and not isinstance(layer, GEOMETRIC):
@@ -224,12 +257,13 @@ class Augmenter:
             if not flip and (layer.fill_mode, layer.fill_value, layer.interpolation) != ("constant", 0.0, "bilinear"):
                 raise ValueError(f"{layer.name}: only fill_mode='constant', fill_value=0 and bilinear interpolation "
                                  "are resampled in batches")
-        self.layers, self.randaugment = list(layers), randaugment
+        self.layers, self.randaugment, self.erasing = list(layers), randaugment, erasing
         self.flip = any(isinstance(layer, keras.layers.RandomFlip) for layer in layers)
         self.geometric = [layer for layer in layers if isinstance(layer, GEOMETRIC)]
 
     def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The augmented batch: ``images`` itself (flipped in place) while only flips apply, else float32."""
+        """The augmented batch: ``images`` itself (flipped and erased in place) while only flips and
+        erasing apply, else float32."""
         if not len(images):
             return images
         if self.flip:
@@ -243,6 +277,8 @@ class Augmenter:
             images = resample(images, maps)
         if self.randaugment is not None:
             images = self.randaugment(images, rng)
+        if self.erasing is not None:
+            images = self.erasing(images, rng)
         return images
 
 

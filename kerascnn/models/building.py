@@ -61,6 +61,8 @@ def check(name: str, weights: str = "none", unfreeze: str | None = None, **optio
         cnns = ", ".join(n for n, s in MODELS.items() if s.cnn is not None)
         raise KerascnnError(f"--{given[0].replace('_', '-')} shapes scratch CNNs ({cnns}), not {name}; "
                             "leave it out (backbones take --head-dropout)")
+    if spec.cnn is not None:
+        spec.cnn.replace(**options).block_convs()
 
 
 def architecture(name: str, head_dropout: float | None = None, **options: Any) -> dict[str, Any]:

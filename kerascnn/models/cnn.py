@@ -41,8 +41,8 @@ def build_cnn(
             f"got {size}; pass --image-size {2 ** len(spec.filters) * 4} or fewer --filters"
         )
     pool = layers.MaxPooling2D if spec.pool == "max" else layers.AveragePooling2D
-    for b, width in enumerate(spec.filters, start=1):
-        for c in range(1, spec.convs_per_block + 1):
+    for b, (width, convs) in enumerate(zip(spec.filters, spec.block_convs()), start=1):
+        for c in range(1, convs + 1):
             x = layers.Conv2D(width, spec.kernel_size, padding="same", use_bias=not spec.batch_norm,
                               name=f"block{b}_conv{c}")(x)
             if spec.batch_norm:

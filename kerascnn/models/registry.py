@@ -30,14 +30,15 @@ BackboneBuilder = Callable[[tuple[int, int, int], bool], Any]
 class CNNSpec:
     """Architecture of a plain CNN.
 
-    ``filters`` gives one block per entry, each of ``convs_per_block`` convolutions (with batch
-    norm if set) and the activation, then 2x2 pooling and ``dropout``. The head flattens (or
+    ``filters`` gives one block per entry, each of ``convs_per_block`` convolutions (one count for
+    every block, or one per block) with batch norm if set and the activation, then 2x2 pooling and
+    ``dropout``. The head flattens (or
     global-average-pools), applies ``dense`` hidden layers (with batch norm if ``head_batch_norm``)
     and ``head_dropout``, and a softmax.
     """
 
     filters: tuple[int, ...] = (32, 64)
-    convs_per_block: int = 2
+    convs_per_block: int | tuple[int, ...] = 2
     kernel_size: int = 3
     batch_norm: bool = True
     activation: str = "relu"
@@ -47,6 +48,18 @@ class CNNSpec:
     head_dropout: float = 0.5
     head_batch_norm: bool = True
     global_pool: bool = False
+
+    def block_convs(self) -> tuple[int, ...]:
+        """The number of convolutions in each block; a single count applies to every block."""
+        counts = self.convs_per_block
+        if isinstance(counts, int):
+            return (counts,) * len(self.filters)
+        if len(counts) == 1:
+            return tuple(counts) * len(self.filters)
+        if len(counts) != len(self.filters):
+            raise KerascnnError(f"--convs-per-block gives {len(counts)} counts for {len(self.filters)} blocks "
+                                f"(--filters); give one count, or one per block")
+        return tuple(counts)
 
     def replace(self, **changes) -> CNNSpec:
         """A copy with the changes that are not None."""
