@@ -85,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(m, "--batch-norm", "batch normalisation after each conv (preset)", action=argparse.BooleanOptionalAction)
     _opt(m, "--activation", "activation (preset)", choices=ACTIVATIONS)
     _opt(m, "--pool", "pooling after each block (preset)", choices=POOLS)
+    _opt(m, "--norm-after-pool", "pool each block's last convolution before its batch norm and activation, a "
+         "quarter of their work (preset)", action=argparse.BooleanOptionalAction)
     _opt(m, "--dropout", "dropout after each conv block (preset)", type=float)
     _opt(m, "--dense", "hidden fully connected layers, e.g. 128 or none (preset)", type=int_list)
     _opt(m, "--head-dropout", "dropout before the classifier (preset; 0 for backbones)", type=float)

@@ -49,6 +49,7 @@ class RunConfig:
     batch_norm: bool | None = None
     activation: str | None = None
     pool: str | None = None
+    norm_after_pool: bool | None = None
     dropout: float | None = None
     dense: list[int] | None = None
     head_dropout: float | None = None

@@ -173,7 +173,24 @@ def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None
     except (ValueError, TypeError) as exc:
         raise KerascnnError(f"--resume {run_dir}: config.json is not readable ({exc})") from None
     config.out = str(run_dir)
-    return _execute(resolve_config(config), callbacks, run_dir)
+    return _execute(resolve_config(recorded_architecture(config)), callbacks, run_dir)
+
+
+def recorded_architecture(config: RunConfig) -> RunConfig:
+    """``config`` with the scratch-CNN options it left to the preset set from the architecture its
+    run recorded, so a resumed run rebuilds the network its checkpoint holds even if the preset has
+    changed since (an option the record lacks did not exist then: its `CNNSpec` default); returns it."""
+    recorded = config.architecture
+    if not recorded or "backbone" in recorded:
+        return config
+    defaults = models.CNNSpec()
+    for name in models.CNN_OPTIONS:
+        if getattr(config, name) is None:
+            value = recorded.get(name, getattr(defaults, name))
+            setattr(config, name, list(value) if isinstance(value, (list, tuple)) else value)
+    if isinstance(config.convs_per_block, int):
+        config.convs_per_block = [config.convs_per_block]
+    return config
 
 
 def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None, resume_dir: Path | None) -> Path:

@@ -56,6 +56,16 @@ def test_convs_per_block_takes_one_count_per_block():
         models.check("cnn", filters=[8, 16, 32], convs_per_block=[1, 2])
 
 
+@pytest.mark.parametrize("norm_after_pool", [False, True])
+def test_norm_after_pool_pools_each_block_s_last_convolution_before_its_norm(norm_after_pool):
+    model = models.build("cnn", (16, 16, 1), 3, filters=[8, 16], norm_after_pool=norm_after_pool)
+    order = [layer.name for layer in model.layers if layer.name.startswith("block1")]
+    late = ["block1_conv2", "block1_bn2", "block1_act2", "block1_pool"]
+    early = ["block1_conv2", "block1_pool", "block1_bn2", "block1_act2"]
+    assert order[3:7] == (early if norm_after_pool else late)
+    assert model.get_layer("block2_bn2").output.shape[1:3] == ((4, 4) if norm_after_pool else (8, 8))
+
+
 def test_weights_none_or_None_build_a_fresh_model():
     assert models.build("cnn", (8, 8, 1), 3, weights=None).weights_source == {"source": "none"}
 

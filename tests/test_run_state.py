@@ -118,3 +118,18 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_as_the_whole_run_would(s
     assert metrics["epochs_run"] == 5 and metrics["unfrozen_stages"] == ["block1", "block2", "head"]
     with pytest.raises(KerascnnError, match="the run is finished"):
         kerascnn.resume(out)
+
+
+def test_a_resumed_run_rebuilds_the_architecture_it_recorded_not_today_s_preset():
+    from kerascnn.runner import recorded_architecture
+
+    # config.json of a run started before the preset pooled before its norms (no such key then)
+    before = {"filters": [32, 64], "convs_per_block": 2, "kernel_size": 3, "batch_norm": True, "activation": "relu",
+              "pool": "max", "dropout": 0.1, "dense": [128], "head_dropout": 0.5, "head_batch_norm": True,
+              "global_pool": False}
+    config = recorded_architecture(kerascnn.RunConfig("digits", "cnn", architecture=before, dropout=0.2))
+    assert config.norm_after_pool is False and config.convs_per_block == [2] and config.filters == [32, 64]
+    assert config.dropout == 0.2  # what the run was given stays
+    assert recorded_architecture(kerascnn.RunConfig("digits", "cnn")).norm_after_pool is None  # nothing recorded
+    backbone = kerascnn.RunConfig("digits", "resnet18", architecture={"backbone": "resnet18", "head_dropout": 0.0})
+    assert recorded_architecture(backbone).filters is None

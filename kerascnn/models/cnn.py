@@ -45,10 +45,13 @@ def build_cnn(
         for c in range(1, convs + 1):
             x = layers.Conv2D(width, spec.kernel_size, padding="same", use_bias=not spec.batch_norm,
                               name=f"block{b}_conv{c}")(x)
+            if spec.norm_after_pool and c == convs:
+                x = pool(2, name=f"block{b}_pool")(x)
             if spec.batch_norm:
                 x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{b}_bn{c}")(x)
             x = _activation(spec.activation, f"block{b}_act{c}")(x)
-        x = pool(2, name=f"block{b}_pool")(x)
+        if not spec.norm_after_pool:
+            x = pool(2, name=f"block{b}_pool")(x)
         if spec.dropout:
             x = layers.Dropout(spec.dropout, name=f"block{b}_dropout")(x)
     if spec.global_pool:
