@@ -42,9 +42,8 @@ LR, WEIGHT_DECAY, EPSILON = 3e-3, 1e-4, 1e-7
 
 # -- plain PyTorch models of the same architectures ------------------------------------------------
 class PlainCNN(nn.Module):
-    """kerascnn's default ``cnn``: 2 blocks of 3x3 conv, BN, ReLU, then 3x3 conv, max-pool, BN,
-    ReLU, dropout 0.1; FC 128 with BN, ReLU, dropout 0.5; FC out. Normalises 0..255 inputs by mean
-    and std."""
+    """kerascnn's default ``cnn``: 2 blocks of 2x (3x3 conv, BN, ReLU), max-pool, dropout 0.1;
+    FC 128 with BN, ReLU, dropout 0.5; FC out. Normalises 0..255 inputs by mean and std."""
 
     def __init__(self, channels: int, num_classes: int, size: int, mean: float, std: float) -> None:
         super().__init__()
@@ -52,12 +51,11 @@ class PlainCNN(nn.Module):
         self.register_buffer("std", torch.tensor(std))
         blocks, cin = [], channels
         for width in (32, 64):
-            for last in (False, True):
-                blocks += [nn.Conv2d(cin, width, 3, padding=1, bias=False)]
-                blocks += [nn.MaxPool2d(2)] if last else []
-                blocks += [nn.BatchNorm2d(width, momentum=0.1, eps=1e-3), nn.ReLU()]
+            for _ in range(2):
+                blocks += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width, momentum=0.1,
+                                                                                           eps=1e-3), nn.ReLU()]
                 cin = width
-            blocks += [nn.Dropout(0.1)]
+            blocks += [nn.MaxPool2d(2), nn.Dropout(0.1)]
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 128, bias=False),
                                   nn.BatchNorm1d(128, momentum=0.1, eps=1e-3), nn.ReLU(), nn.Dropout(0.5),
