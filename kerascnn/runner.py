@@ -179,18 +179,15 @@ def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None
 def recorded_architecture(config: RunConfig) -> RunConfig:
     """``config`` with the scratch-CNN options it left to the preset set from the architecture its
     run recorded, so a resumed run rebuilds the network its checkpoint holds even if the preset has
-    changed since (an option the record lacks did not exist then: its `CNNSpec` default); returns it."""
+    changed since (an option the record lacks did not exist then: its `CNNSpec` default)."""
     recorded = config.architecture
     if not recorded or "backbone" in recorded:
         return config
     defaults = models.CNNSpec()
-    for name in models.CNN_OPTIONS:
-        if getattr(config, name) is None:
-            value = recorded.get(name, getattr(defaults, name))
-            setattr(config, name, list(value) if isinstance(value, (list, tuple)) else value)
-    if isinstance(config.convs_per_block, int):
-        config.convs_per_block = [config.convs_per_block]
-    return config
+    values = {name: recorded.get(name, getattr(defaults, name)) for name in models.CNN_OPTIONS
+              if getattr(config, name) is None}
+    # replace runs RunConfig.__post_init__, which reads an older record's single count as a list
+    return dataclasses.replace(config, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
 
 def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None, resume_dir: Path | None) -> Path:
