@@ -1,7 +1,8 @@
 """The framework tax: kerascnn's training path against a hand-written PyTorch loop, side by side.
 
     python benchmarks/framework_tax.py [--json] [--cases cnn,resnet18] [--repeats 5] [--steps N]
-                                       [--jit/--no-jit] [--keras] [--best-practice/--no-best-practice]
+                                       [--precision auto|float32|mixed_bfloat16] [--jit/--no-jit] [--keras]
+                                       [--best-practice/--no-best-practice]
 
 Both sides train the same network (the default ``cnn`` at 28x28x1, batch 128; ``resnet18`` at 64x64
 on CPU with batch 32, at 224 on CUDA with batch 64) with AdamW (3e-3, weight decay 1e-4 off biases and
@@ -12,10 +13,16 @@ norms) and a one-cycle schedule, on the same batches already in memory, for the 
 - plain PyTorch: an ``nn.Module`` of the same architecture, ``torch.optim.AdamW`` (fused on CUDA),
   ``OneCycleLR``, the idiomatic loop (``zero_grad``, ``backward``, ``step``), NCHW batches.
 
+Both sides compute in ``--precision``: ``auto`` (the default) is what a run's ``--precision auto``
+picks on this machine (bfloat16 on a GPU that has it and on a CPU with AMX, see
+`kerascnn.distribute.auto_precision`); with ``mixed_bfloat16`` kerascnn builds its model under that
+Keras dtype policy and the plain loop runs its forward under ``torch.autocast(dtype=torch.bfloat16)``.
+
 The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
 ratio is kerascnn's median time per step over plain PyTorch's. ``--keras`` adds Keras' own train
 step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path; the
-best-practice path (channels_last, bf16 autocast on CUDA, ``torch.compile``) is the limit to aim at.
+best-practice path (channels_last, bf16 autocast on CUDA and under mixed precision, ``torch.compile``) is the
+limit to aim at.
 Torch backend only.
 """
 
@@ -121,7 +128,7 @@ class KerascnnPath:
     """kerascnn's real path: build, compile as a run does, ``model.fit`` over the input pipeline."""
 
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, classes: int, batch: int,
-                 steps: int, jit: bool | None) -> None:
+                 steps: int, jit: bool | None, precision: str) -> None:
         from kerascnn import models, training
         from kerascnn.config import RunConfig
         from kerascnn.data import Split
@@ -132,10 +139,11 @@ class KerascnnPath:
             kwargs["sample"] = images
         else:
             kwargs["image_size"] = images.shape[1]
-        self.model = models.build(CASES[name][0], images.shape[1:], classes, **kwargs)
         config = RunConfig("bench", CASES[name][0], batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
-                           weights="none", label_smoothing=0.0, epochs=1000)
-        training.compile_model(self.model, config, steps)
+                           weights="none", label_smoothing=0.0, epochs=1000, precision=precision)
+        with models.dtype_policy(precision):  # as runner.train builds and compiles
+            self.model = models.build(CASES[name][0], images.shape[1:], classes, **kwargs)
+            training.compile_model(self.model, config, steps)
         self.batches = Batches(Split(labels, images=images), images.shape[1:], classes, batch, shuffle=True)
         self.fast = training.uses_fast_path(self.model)
 
@@ -147,13 +155,14 @@ class PlainPath:
     """An idiomatic PyTorch loop over NCHW batches already on the device."""
 
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, classes: int, batch: int, steps: int,
-                 device: torch.device, best_practice: bool = False) -> None:
+                 device: torch.device, precision: str, best_practice: bool = False) -> None:
         size, channels = images.shape[1], images.shape[3]
         if name == "cnn":
             module = PlainCNN(channels, classes, size, float(images.mean()), float(images.std()))
         else:
             module = PlainResNet18(classes)
         self.device, self.best = device, best_practice
+        self.bf16 = precision == "mixed_bfloat16" or (best_practice and device.type == "cuda")
         self.model = module.to(device)
         fmt = torch.channels_last if best_practice else torch.contiguous_format
         self.model = self.model.to(memory_format=fmt)
@@ -169,8 +178,7 @@ class PlainPath:
         self.step = torch.compile(self._step) if best_practice else self._step
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        use_bf16 = self.best and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(x.float())
             loss = F.cross_entropy(out.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -199,20 +207,21 @@ def timed(path, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool
-            ) -> dict:
+def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool,
+            precision: str) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, channels, classes, batch = case_shape(name, device.type == "cuda")
     steps = steps or (50 if name == "cnn" else 30) * (2 if device.type == "cuda" else 1)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (steps * batch, size, size, channels), dtype=np.uint8)
     labels = rng.integers(0, classes, steps * batch)
-    paths = {"kerascnn": KerascnnPath(name, images, labels, classes, batch, steps, jit),
-             "pytorch": PlainPath(name, images, labels, classes, batch, steps, device)}
+    paths = {"kerascnn": KerascnnPath(name, images, labels, classes, batch, steps, jit, precision),
+             "pytorch": PlainPath(name, images, labels, classes, batch, steps, device, precision)}
     if keras_steps:
-        paths["keras"] = KerascnnPath(name, images, labels, classes, batch, steps, jit=False)
+        paths["keras"] = KerascnnPath(name, images, labels, classes, batch, steps, False, precision)
     if best_practice:
-        paths["pytorch_best"] = PlainPath(name, images, labels, classes, batch, steps, device, best_practice=True)
+        paths["pytorch_best"] = PlainPath(name, images, labels, classes, batch, steps, device, precision,
+                                          best_practice=True)
     times: dict[str, list[float]] = {k: [] for k in paths}
     for path in paths.values():
         path.epoch()  # warm-up: allocation, cuDNN autotuning, compilation
@@ -222,7 +231,7 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     row = {"case": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
            "image": f"{size}x{size}x{channels}", "batch": batch, "steps": steps, "repeats": repeats,
-           "fast_path": paths["kerascnn"].fast, "torch": torch.__version__,
+           "precision": precision, "fast_path": paths["kerascnn"].fast, "torch": torch.__version__,
            **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
            **{f"{k}_images_per_s": round(1000 * batch / v, 1) for k, v in ms.items()},
            "ratio": round(ms["kerascnn"] / ms["pytorch"], 3)}
@@ -238,6 +247,8 @@ def main() -> None:
     p.add_argument("--cases", default="cnn,resnet18")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, help="steps per timed epoch (default: 50 cnn, 30 resnet18; x2 on CUDA)")
+    p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
+                   help="both sides' arithmetic (auto: what a run's --precision auto picks here)")
     p.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                    help="kerascnn's --jit/--no-jit (default: the default path)")
     p.add_argument("--best-practice", action=argparse.BooleanOptionalAction, default=None,
@@ -249,18 +260,22 @@ def main() -> None:
 
     if keras.backend.backend() != "torch":
         sys.exit("framework_tax.py measures the torch backend; unset KERAS_BACKEND or set it to torch")
+    from kerascnn import distribute
+
     best = torch.cuda.is_available() if args.best_practice is None else args.best_practice
-    rows = [measure(name, args.repeats, args.steps, args.jit, best, args.keras) for name in args.cases.split(",")]
+    precision = distribute.auto_precision() if args.precision == "auto" else args.precision
+    rows = [measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision)
+            for name in args.cases.split(",")]
     if args.json:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return
-    print("| case | device | image, batch | kerascnn ms/step | PyTorch ms/step | ratio | Keras' step (ratio) "
-          "| best practice ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | device | precision | image, batch | kerascnn ms/step | PyTorch ms/step | ratio "
+          "| Keras' step (ratio) | best practice ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         keras_ms = f"{r['keras_ms']:.1f} ({r['keras_ratio']:.2f}x)" if "keras_ms" in r else "-"
         best_ms = f"{r['pytorch_best_ms']:.1f}" if "pytorch_best_ms" in r else "-"
-        print(f"| {r['case']} | {r['device']} | {r['image']}, {r['batch']} | {r['kerascnn_ms']:.1f} "
+        print(f"| {r['case']} | {r['device']} | {r['precision']} | {r['image']}, {r['batch']} | {r['kerascnn_ms']:.1f} "
               f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {best_ms} |")
 
 

@@ -143,7 +143,8 @@ def parser() -> argparse.ArgumentParser:
          "tensorflow: MirroredStrategy; not on torch); --batch-size is per device", metavar="N|all")
     _opt(n, "--lr-scaling", "with several devices: linear multiplies --lr by their number, none keeps it",
          choices=LR_SCALINGS)
-    _opt(n, "--precision", "Keras dtype policy (auto: mixed_bfloat16 on a GPU that has bfloat16, else float32); "
+    _opt(n, "--precision", "Keras dtype policy (auto: mixed_bfloat16 on a GPU that has bfloat16 and, on torch, a CPU "
+         "with AMX; else float32); "
          "softmax and loss stay float32", choices=PRECISIONS)
     _opt(n, "--jit", "torch: --no-jit trains with Keras' own steps instead of kerascnn's fast torch steps, "
          "--jit compiles those with torch.compile; jax/tensorflow: jit_compile (default: Keras' auto)",

@@ -104,14 +104,17 @@ def environment_info() -> dict[str, Any]:
 
 def auto_precision() -> str:
     """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
-    with bfloat16 arithmetic, ``float32`` on CPUs (where bfloat16 is emulated and slower)."""
+    with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
+    runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.9x
+    faster per step there, see the README's Performance section); else ``float32`` (other CPUs
+    emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no AMX kernels)."""
     import keras
 
     backend = keras.backend.backend()
     if backend == "torch":
         import torch
 
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_amx()
     elif backend == "jax":
         import jax
 
@@ -142,6 +145,15 @@ def enable_compilation_cache() -> Path | None:
         jax.config.update("jax_compilation_cache_dir", str(folder))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return Path(jax.config.jax_compilation_cache_dir)
+
+
+def cpu_has_amx() -> bool:
+    """Whether torch sees AMX tiles on this CPU (``torch.cpu._is_amx_tile_supported``, private in
+    torch 2.x: False where it is missing)."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 def _compute_capability(device) -> float:

@@ -101,6 +101,20 @@ def test_torch_refuses_several_devices_and_points_to_jax():
     assert distribute.plan("1", 32, 0.001).count == 1
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bfloat16_on_a_cpu_with_amx_only_on_torch(amx, monkeypatch):
+    from kerascnn import distribute
+
+    monkeypatch.setattr(distribute, "cpu_has_amx", lambda: amx)
+    if BACKEND == "torch":
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert distribute.auto_precision() == ("mixed_bfloat16" if amx else "float32")
+    elif keras.distribution.list_devices()[0].lower().startswith("cpu"):
+        assert distribute.auto_precision() == "float32"  # XLA's CPU backend has no AMX kernels
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):

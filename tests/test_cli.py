@@ -11,6 +11,7 @@ from PIL import Image
 from experiments import predict as predict_cli
 from experiments import run as run_cli
 from experiments.cli import main
+from kerascnn import distribute
 
 RUN_FILES = {"config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png",
              "mistakes.png", "report.md", "best.weights.h5"}
@@ -52,7 +53,7 @@ def test_run_folder_has_every_file(trained_run):
     assert config["epochs"] == 3 and config["environment"]["backend"] in ("torch", "jax", "tensorflow")
     assert config["environment"]["command"].startswith("python -m experiments.run folder:")
     assert config["architecture"]["filters"] == [32, 64]
-    assert config["precision"] == "float32"  # --precision auto on a CPU, resolved before it is saved
+    assert config["precision"] == distribute.auto_precision()  # --precision auto, resolved before it is saved
     report = (trained_run / "report.md").read_text()
     for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1",
                  "corrupt.jpg`", "working at 16×16 pixels"):

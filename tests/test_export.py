@@ -21,6 +21,9 @@ BACKEND = keras.backend.backend()
 
 
 def trained(root, dataset, model, **options):
+    """A run of ``model`` (once per module). The parity tests train in float32: a mixed-precision
+    model (``--precision auto`` on a GPU or an AMX CPU) is exported as its float32 copy, which
+    `test_mixed_precision_models_export_as_float32` checks."""
     out = root / model
     if not out.exists():
         kerascnn.run(RunConfig(dataset, model, out=str(out), verbose=0, **options))
@@ -77,7 +80,7 @@ def check_parity(run_dir, fmt):
 
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel", "keras"])
 def test_scratch_cnn_exports_with_parity(runs, fmt):
-    run_dir = trained(runs, "digits", "cnn", epochs=2)
+    run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     path = check_parity(run_dir, fmt)
     assert path.parent == run_dir / "export"
 
@@ -86,7 +89,7 @@ def test_scratch_cnn_exports_with_parity(runs, fmt):
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel"])
 def test_resnet18_exports_with_parity(runs, colour_folder, fmt):
     run_dir = trained(runs, f"folder:{colour_folder}", "resnet18", epochs=1, image_size=32, batch_size=8,
-                      weights="none")
+                      weights="none", precision="float32")
     check_parity(run_dir, fmt)
 
 
@@ -113,7 +116,7 @@ def run_cli(module, argv):
 
 
 def test_predict_reads_an_onnx_file_like_the_keras_model(runs, tmp_path, capsys):
-    run_dir = trained(runs, "digits", "cnn", epochs=2)
+    run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     onnx_file = export_or_skip(run_dir, "onnx", tmp_path / "digits.onnx")
     images = tmp_path / "mine"
     images.mkdir()
@@ -133,7 +136,7 @@ def test_predict_reads_an_onnx_file_like_the_keras_model(runs, tmp_path, capsys)
 
 
 def test_unsupported_formats_and_taken_paths_are_refused_before_writing(runs, tmp_path, capsys):
-    run_dir = trained(runs, "digits", "cnn", epochs=2)
+    run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     before = sorted(p.name for p in run_dir.iterdir())
     fmt = "savedmodel" if BACKEND != "tensorflow" else "onnx"
     assert run_cli(export_cli, [str(run_dir), "--format", fmt, "--out", str(tmp_path / "x")]) == 2
@@ -150,7 +153,7 @@ def test_unsupported_formats_and_taken_paths_are_refused_before_writing(runs, tm
 
 
 def test_keras_export_keeps_the_metadata_and_describes_the_input(runs, tmp_path):
-    run_dir = trained(runs, "digits", "cnn", epochs=2)
+    run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     path = export.export(run_dir, "keras", tmp_path / "plain.keras")
     with zipfile.ZipFile(path) as archive:
         assert {"model.weights.h5", "kerascnn.json"} <= set(archive.namelist())

@@ -128,6 +128,31 @@ def test_fast_steps_train_as_keras_train_step(optimizer, weighted):
     assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == STEPS
 
 
+# bfloat16 keeps 8 bits of mantissa: losses after STEPS steps of Keras' mixed-precision step and
+# ours differ by up to MIXED_LOSS_RTOL (measured: 1.5e-3; the same weights and batches).
+MIXED_LOSS_RTOL = 1e-2
+
+
+def test_fast_steps_in_mixed_bfloat16_train_as_keras_train_step():
+    """Under ``--precision mixed_bfloat16`` (what ``auto`` picks on a CPU with AMX) the fast steps
+    run the convolutions, matrix products and batch norms on bfloat16 activations, as Keras' own
+    mixed-precision step does, and train to the same losses within bfloat16's rounding."""
+    with models.dtype_policy("mixed_bfloat16"):
+        ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+        theirs = twin(ours)
+        config = RunConfig("bench", "cnn", optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none",
+                           precision="mixed_bfloat16")
+        batches = batches_of(16, 1, weighted=True, n=16)
+        fast = train_losses(ours, config, batches)
+        keras_losses = train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}), batches)
+    assert ours.train_function.__self__.autocast is torch.bfloat16
+    np.testing.assert_allclose(fast, keras_losses, rtol=MIXED_LOSS_RTOL)
+    assert fast[-1] != fast[0]  # it trained
+    for a, b in zip(ours.weights, theirs.weights):
+        assert a.dtype == b.dtype == "float32"  # float32 variables, bfloat16 arithmetic
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0.05, atol=2e-3, err_msg=a.path)
+
+
 # Largest gradient error measured: resnet18 1.4e-5; mobilenet_v2 4.4e-2, where 17 batch norms over
 # 1x1 and 2x2 maps (32x32 input, batch 16) amplify float32 rounding (its forward agrees to 1e-5).
 GRADIENT_RTOL = {"resnet18": 1e-4, "mobilenet_v2": 0.1}
