@@ -20,9 +20,10 @@ Keras dtype policy and the plain loop runs its forward under ``torch.autocast(dt
 
 The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
 ratio is kerascnn's median time per step over plain PyTorch's. ``--keras`` adds Keras' own train
-step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path; the
-best-practice path (channels_last, bf16 autocast on CUDA and under mixed precision, ``torch.compile``) is the
-limit to aim at.
+step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path. Under mixed
+precision kerascnn's float32 path runs too, and ``vs_float32`` is the ratio of the two. The
+best-practice path (channels_last, bf16 autocast on CUDA and under mixed precision,
+``torch.compile``) is the limit to aim at.
 Torch backend only.
 """
 
@@ -219,6 +220,8 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
              "pytorch": PlainPath(name, images, labels, classes, batch, steps, device, precision)}
     if keras_steps:
         paths["keras"] = KerascnnPath(name, images, labels, classes, batch, steps, False, precision)
+    if precision != "float32":  # what the lower precision buys, side by side
+        paths["kerascnn_float32"] = KerascnnPath(name, images, labels, classes, batch, steps, jit, "float32")
     if best_practice:
         paths["pytorch_best"] = PlainPath(name, images, labels, classes, batch, steps, device, precision,
                                           best_practice=True)
@@ -237,6 +240,8 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
            "ratio": round(ms["kerascnn"] / ms["pytorch"], 3)}
     if keras_steps:
         row["keras_ratio"] = round(ms["keras"] / ms["pytorch"], 3)
+    if precision != "float32":
+        row["vs_float32"] = round(ms["kerascnn"] / ms["kerascnn_float32"], 3)
     if best_practice:
         row["ratio_vs_best"] = round(ms["kerascnn"] / ms["pytorch_best"], 3)
     return row
@@ -270,13 +275,14 @@ def main() -> None:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return
     print("| case | device | precision | image, batch | kerascnn ms/step | PyTorch ms/step | ratio "
-          "| Keras' step (ratio) | best practice ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| Keras' step (ratio) | kerascnn float32 ms/step | best practice ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         keras_ms = f"{r['keras_ms']:.1f} ({r['keras_ratio']:.2f}x)" if "keras_ms" in r else "-"
         best_ms = f"{r['pytorch_best_ms']:.1f}" if "pytorch_best_ms" in r else "-"
+        float32_ms = f"{r['kerascnn_float32_ms']:.1f}" if "kerascnn_float32_ms" in r else "-"
         print(f"| {r['case']} | {r['device']} | {r['precision']} | {r['image']}, {r['batch']} | {r['kerascnn_ms']:.1f} "
-              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {best_ms} |")
+              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {float32_ms} | {best_ms} |")
 
 
 if __name__ == "__main__":
