@@ -105,7 +105,7 @@ def environment_info() -> dict[str, Any]:
 def auto_precision() -> str:
     """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
     with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
-    runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.9x
+    runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.8x
     faster per step there, see the README's Performance section); else ``float32`` (other CPUs
     emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no AMX kernels)."""
     import keras
@@ -148,12 +148,12 @@ def enable_compilation_cache() -> Path | None:
 
 
 def cpu_has_amx() -> bool:
-    """Whether torch sees AMX tiles on this CPU (``torch.cpu._is_amx_tile_supported``, private in
-    torch 2.x: False where it is missing)."""
+    """Whether this CPU has AMX tiles and the kernel lets the process use them (torch 2.x's private
+    ``torch.cpu._is_amx_tile_supported`` and ``_init_amx``; False where either is missing)."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+    supported, granted = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_init_amx"))
+    return supported is not None and granted is not None and bool(supported()) and bool(granted())
 
 
 def _compute_capability(device) -> float:

@@ -105,7 +105,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
 def float32_model(model: keras.Model) -> keras.Model:
     """``model`` itself if it computes in float32, else a float32 copy with the same weights
     (mixed-precision training leaves bfloat16/float16 layers, which ONNX exporters do not take and
-    CPUs run slowly); every format is exported from it."""
+    CPUs without AMX run slowly); every format is exported from it."""
     if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
         return model
 

@@ -354,9 +354,12 @@ class TorchProgram:
         cl = self.channels_last
 
         def batch_norm(training: bool, v: Value) -> Value:
-            # bfloat16/float16 input with float32 statistics and parameters goes in as it is (torch's
-            # mixed-dtype kernels on CPU and CUDA accumulate in float32), as Keras normalises in float32
+            # bfloat16/float16 input with float32 statistics and parameters goes in as it is on CPU and
+            # CUDA (torch's mixed-dtype kernels accumulate in float32, as Keras normalises in float32)
             x = v.as_nchw(cl) if v.tensor.dim() == 4 else v.tensor
+            dtype = x.dtype
+            if x.device.type not in ("cpu", "cuda"):
+                x = x.float()
             if training and train:
                 y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.0, eps)
                 with torch.no_grad():  # Keras' update: the biased batch variance, Keras' momentum
@@ -364,7 +367,7 @@ class TorchProgram:
                     moving_var.mul_(momentum).add_(invstd.pow(-2).sub_(eps), alpha=1.0 - momentum)
             else:
                 y = F.batch_norm(x, moving_mean, moving_var, gamma, beta, False, 0.0, eps)
-            return Value(y, x.dim() == 4)
+            return Value(y.to(dtype), x.dim() == 4)
         return batch_norm
 
     # -- running ----------------------------------------------------------------------------------
