@@ -149,7 +149,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
            "trainable_params": metrics["trainable_params"], "epochs": metrics["epochs_run"],
            "best_epoch": metrics.get("best_epoch"), "train_seconds": metrics["train_seconds"],
            "seconds_per_epoch": metrics.get("seconds_per_epoch"), "seed": config.get("seed", 0),
-           "peak_memory_mb": metrics.get("peak_memory_mb"),
+           "peak_memory_mb": metrics.get("peak_memory_mb"), "precision": config.get("precision", "float32"),
            "val_accuracy": _val_accuracy_at(run_dir, metrics.get("best_epoch")),
            "test_set": test_set_of(config, metrics)}
     train_images = metrics.get("dataset", {}).get("sizes", {}).get("train")

@@ -563,6 +563,10 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
         meta.setdefault(run.configuration, run)
         if state_of(run, out) == "finished":
             rows.setdefault(run.configuration, {})[run.replicate] = summarize_run(out / run.name)
+    trained_in: dict[str, list[str]] = {}  # precision -> the finished runs that trained in it
+    for by_replicate in rows.values():
+        for row in by_replicate.values():
+            trained_in.setdefault(row["precision"], []).append(row["run"])
     configurations = []
     for name, run in meta.items():
         done = list(rows.get(name, {}).values())
@@ -610,7 +614,7 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
     for c, adjusted in zip(tested, holm([c["p"] for c in tested])):
         c["p_holm"], c["real"] = adjusted, adjusted < 0.05
     return {"study": study.name, "file": str(study.path), "plan": plan_rows(study), "configurations": configurations,
-            "comparisons": comparisons, "failed": dict(failed or {}),
+            "comparisons": comparisons, "failed": dict(failed or {}), "precisions": trained_in,
             "runs_finished": sum(e["runs_finished"] for e in configurations),
             "runs_planned": sum(planned.values())}
 
@@ -623,6 +627,16 @@ def _number(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def precision_note(trained_in: dict[str, list[str]]) -> str | None:
+    """A warning when the study's runs trained in more than one precision (``--precision auto``
+    resolved on machines that differ, or a study resumed across a change of its default), else None."""
+    if len(trained_in) < 2:
+        return None
+    groups = "; ".join(f"{precision}: {', '.join(runs)}" for precision, runs in sorted(trained_in.items()))
+    return (f"**Warning**: the runs did not all train in one precision ({groups}), so their differences "
+            "include the arithmetic's; set `precision` in the study file to train them alike.")
+
+
 def study_markdown(summary: dict[str, Any]) -> str:
     """The study's report: the table, what was chosen on validation, which differences are real."""
     lines = [f"# Study {summary['study']}", "",
@@ -631,6 +645,8 @@ def study_markdown(summary: dict[str, Any]) -> str:
                 if summary["runs_finished"] < summary["runs_planned"] else "."), ""]
     if summary["failed"]:
         lines += ["Failed: " + "; ".join(summary["failed"].values()), ""]
+    if note := precision_note(summary.get("precisions", {})):
+        lines += [note, ""]
     lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
               "with a 95% interval (Student t over runs; with one run, the run's own interval: Wilson for "
               "accuracy, bootstrap over test images for macro F1). Peak MB: the GPU's peak memory, or on a CPU "

@@ -134,6 +134,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(tmp_path):
     summary = json.loads((out / "study.json").read_text())
     assert [c["configuration"] for c in summary["configurations"]] == ["a", "b", "c"]
     assert summary["runs_finished"] == 3 and "3 of 3 runs finished" in (out / "study.md").read_text()
+    assert [sorted(runs) for runs in summary["precisions"].values()] == [["a-seed0", "b-seed0", "c-seed0"]]
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
@@ -188,6 +189,12 @@ def test_another_study_in_the_same_folder_is_refused(tmp_path, capsys):
     (out / "study.toml").write_text("name = 'other'\n")
     assert study([str(write(tmp_path, TINY + "[[config]]\nname = 'a'\n")), "--out", str(out)]) == 2
     assert "holds another version of the study" in capsys.readouterr().err
+
+
+def test_a_study_whose_runs_trained_in_different_precisions_says_so():
+    assert studies.precision_note({"float32": ["a-s0", "b-s0"]}) is None
+    note = studies.precision_note({"mixed_bfloat16": ["b-s1"], "float32": ["a-s0", "b-s0"]})
+    assert note.startswith("**Warning**") and "float32: a-s0, b-s0; mixed_bfloat16: b-s1" in note
 
 
 def test_holm_adjustment():
