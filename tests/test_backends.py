@@ -115,6 +115,20 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_amx_only_on_torch(amx, monkeyp
         assert distribute.auto_precision() == "float32"  # XLA's CPU backend has no AMX kernels
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
+def test_amx_needs_the_tiles_and_the_kernels_permission(monkeypatch):
+    import torch
+
+    from kerascnn import distribute
+
+    for supported, granted, expected in ((True, True, True), (True, False, False), (False, True, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda s=supported: s, raising=False)
+        monkeypatch.setattr(torch.cpu, "_init_amx", lambda g=granted: g, raising=False)
+        assert distribute.cpu_has_amx() is expected
+    monkeypatch.delattr(torch.cpu, "_init_amx")  # a torch without the private probes: float32
+    assert distribute.cpu_has_amx() is False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):
