@@ -206,10 +206,10 @@ def check_same_test_set(rows: list[dict[str, Any]]) -> None:
 
 def runs_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of `summarize_run` rows (scores in percent)."""
-    head = ["run", "model", "weights", "unfreeze", "trainable", "epochs", "train s", *SUMMARY_METRICS]
+    head = ["run", "model", "weights", "unfreeze", "trainable", "epochs", "train s", "precision", *SUMMARY_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [r["run"], r["model"], r["weights"], r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
-                 f"{r['train_seconds']:.0f}", *(f"{100 * r[m]:.2f}" for m in SUMMARY_METRICS)]
+                 f"{r['train_seconds']:.0f}", r["precision"], *(f"{100 * r[m]:.2f}" for m in SUMMARY_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

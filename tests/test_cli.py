@@ -170,6 +170,7 @@ def test_compare_runs_table(trained_run, tmp_path, capsys):
     assert compare([str(trained_run), str(trained_run), "--markdown", str(out)]) == 0
     table = capsys.readouterr().out
     assert table == out.read_text() and table.count("| run1 | cnn | none | all |") == 2
+    assert "| precision |" in table and f"| {distribute.auto_precision()} |" in table
     assert compare([str(trained_run), "--markdown", str(out)]) == 2
     assert compare([str(tmp_path)]) == 2
     assert "is not a finished run (status unknown, no config.json)" in capsys.readouterr().err
