@@ -645,7 +645,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
                 if summary["runs_finished"] < summary["runs_planned"] else "."), ""]
     if summary["failed"]:
         lines += ["Failed: " + "; ".join(summary["failed"].values()), ""]
-    if note := precision_note(summary.get("precisions", {})):
+    if note := precision_note(summary["precisions"]):
         lines += [note, ""]
     lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
               "with a 95% interval (Student t over runs; with one run, the run's own interval: Wilson for "
