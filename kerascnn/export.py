@@ -33,7 +33,7 @@ import numpy as np
 from kerascnn.config import EXPORT_FORMATS as FORMATS
 from kerascnn.errors import KerascnnError
 from kerascnn.rundir import check_free, write_json
-from kerascnn.saving import class_names, load_model, resolve_model_path, save_model
+from kerascnn.saving import all_layers, class_names, float32_model, load_model, resolve_model_path, save_model
 
 SUFFIXES = {"onnx": ".onnx", "savedmodel": ".savedmodel", "keras": ".keras"}
 # (format, backend) -> the packages the export needs beyond the backend; missing pairs cannot export
@@ -102,36 +102,6 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     return path
 
 
-def float32_model(model: keras.Model) -> keras.Model:
-    """``model`` itself if it computes in float32, else a float32 copy with the same weights
-    (mixed-precision training leaves bfloat16/float16 layers, which ONNX exporters do not take and
-    CPUs without AMX run slowly); every format is exported from it."""
-    if all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
-        return model
-
-    def to_float32(node: Any) -> Any:
-        if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy":
-                return {**node, "config": {**node["config"], "name": "float32"}}
-            return {k: to_float32(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [to_float32(v) for v in node]
-        return node
-
-    copy = model.__class__.from_config(to_float32(model.get_config()))
-    copy.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
-    return copy
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if isinstance(layer, keras.Model):
-            found += _all_layers(layer)
-    return found
-
-
 def _export_onnx(model: keras.Model, path: Path) -> None:
     """ONNX with a dynamic batch axis, through ``torch.onnx``'s dynamo exporter called directly:
     Keras 3.15's ``model.export`` takes the TorchScript exporter whenever the batch is dynamic, and
@@ -167,7 +137,7 @@ def _export_onnx(model: keras.Model, path: Path) -> None:
 def preprocessing(model: keras.Model) -> list[str]:
     """What the model does to raw pixels before its first convolution, in order."""
     steps = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.Resizing):
             steps.append(f"resize to {layer.height}x{layer.width} ({layer.interpolation})")
         elif layer.name == "grey_to_rgb":

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerascnn import distribute
 from kerascnn.data.images import is_image_file, read_image
 from kerascnn.errors import KerascnnError
-from kerascnn.saving import class_names, load_model
+from kerascnn.saving import class_names, float32_model, load_model
 
 log = logging.getLogger("kerascnn")
 
@@ -72,10 +73,14 @@ class Classifier:
 
 def load_classifier(path: str | Path, batch_size: int = 64) -> Classifier:
     """A ``.keras`` file, a run folder (its ``model.keras``) or an ONNX file exported by
-    `kerascnn.export` (run with onnxruntime, its class names from the JSON beside it)."""
+    `kerascnn.export` (run with onnxruntime, its class names from the JSON beside it). A model
+    trained in mixed precision predicts in float32 where this machine would train in float32
+    (`distribute.auto_precision`): CPUs without AMX and XLA's CPU backend emulate bfloat16 slowly."""
     if Path(path).suffix.lower() == ".onnx":
         return _onnx_classifier(Path(path).expanduser(), batch_size)
     model, metadata = load_model(path)
+    if distribute.auto_precision() == "float32":  # trained in mixed precision on another machine
+        model = float32_model(model)
     names = class_names(metadata, model.output_shape[-1])
     return Classifier(tuple(model.input_shape[1:]), names,
                       lambda x: np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))

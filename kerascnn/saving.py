@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from kerascnn.errors import KerascnnError
 
@@ -54,3 +55,35 @@ def load_model(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     except zipfile.BadZipFile:
         raise KerascnnError(f"{path} is not a .keras model archive") from None
     return model, metadata
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """``model`` itself if it computes in float32, else a float32 copy with the same weights
+    (mixed-precision training leaves bfloat16/float16 layers, which ONNX exporters do not take and
+    CPUs without AMX run slowly). Every export format is written from it, and `load_classifier`
+    predicts with it where this machine would not train in the model's precision."""
+    if all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
+        return model
+
+    def to_float32(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
+    return copy
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, nested models' layers included, outermost first."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found += all_layers(layer)
+    return found

@@ -13,7 +13,7 @@ import kerascnn
 from experiments import export as export_cli
 from experiments import predict as predict_cli
 from experiments.cli import main
-from kerascnn import export, runner
+from kerascnn import export, runner, saving
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 
@@ -101,14 +101,30 @@ def test_mixed_precision_models_export_as_float32(runs, tmp_path):
         model = models.build("cnn", (8, 8, 1), 10, sample=np.arange(64, dtype=np.uint8).reshape(1, 8, 8, 1))
     assert model.layers[-2].dtype_policy.name == "mixed_bfloat16"
     save_model(model, tmp_path / "model.keras", {"class_names": list("abcdefghij")})
-    copy = export.float32_model(kerascnn.load_model(tmp_path / "model.keras")[0])
-    assert {layer.dtype_policy.name for layer in export._all_layers(copy)} == {"float32"}
+    copy = saving.float32_model(kerascnn.load_model(tmp_path / "model.keras")[0])
+    assert {layer.dtype_policy.name for layer in saving.all_layers(copy)} == {"float32"}
     x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)
     for fmt in ("keras", {"torch": "onnx", "tensorflow": "savedmodel"}.get(BACKEND)):
         if fmt:
             path = export.export(tmp_path / "model.keras", fmt)
             np.testing.assert_allclose(exported_proba(path, fmt, x), copy.predict(x, verbose=0), atol=1e-4)
+
+
+def test_mixed_precision_models_predict_in_float32_where_this_machine_trains_in_float32(tmp_path, monkeypatch):
+    from kerascnn import models, prediction
+
+    with models.dtype_policy("mixed_bfloat16"):
+        model = models.build("cnn", (8, 8, 1), 10, sample=np.arange(64, dtype=np.uint8).reshape(1, 8, 8, 1))
+    saving.save_model(model, tmp_path / "model.keras", {"class_names": list("abcdefghij")})
+    x = np.random.default_rng(1).uniform(0, 255, (16, 8, 8, 1)).astype("float32")
+    in_float32 = saving.float32_model(model).predict(x, verbose=0)
+    in_bfloat16 = model.predict(x, verbose=0)
+    assert np.abs(in_float32 - in_bfloat16).max() > 1e-4  # the two precisions are told apart below
+    for here, expected in (("float32", in_float32), ("mixed_bfloat16", in_bfloat16)):
+        monkeypatch.setattr(prediction.distribute, "auto_precision", lambda here=here: here)
+        classifier = prediction.load_classifier(tmp_path / "model.keras")
+        np.testing.assert_allclose(classifier.proba(x), expected, atol=1e-6)
 
 
 def run_cli(module, argv):
