@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU measurements that issues 10 (speed) and 11 (input pipeline) still lack, as ONE call of the
+# workplace's `device` tool (a lent GPU machine has about 15 minutes, start-up included, and reaches
+# no package registry). Each stage has its own time limit, so one that hangs cannot take the rest;
+# everything lands in $OUT (JSON, logs).
+#
+# Prepare once, here, in the repository root (ignored folders that travel with `carry`):
+#   printf '/.whl/\n/.data/\n' >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 -d .whl \
+#       keras==3.15.1 namex==0.1.0 optree==0.20.0
+#   mkdir -p .data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .data/fashion-mnist/
+# then call the tool: run(command="bash benchmarks/gpu_session.sh", carry=[".whl", ".data"], timeout_s=590)
+#
+# A dry run of the plumbing on a CPU (tiny sizes, no main job): QUICK=1 OUT=/tmp/gpu bash benchmarks/gpu_session.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder the results go to}"
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 KERAS_BACKEND=torch PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing the carried wheels failed"; exit 1; }
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+[ -d .data ] && export KERASCNN_DATA="$PWD/.data"
+export KERASCNN_CACHE="${TMPDIR:-/tmp}/kerascnn-cache"
+
+# stage NAME SECONDS COMMAND...: runs COMMAND with a time limit, stdout to $OUT/NAME.out, stderr to $OUT/NAME.log
+stage() {
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.log"
+    local rc=$?
+    echo "stage $name: rc $rc in $((SECONDS - start)) s (limit $limit s)" | tee -a "$OUT/stages.txt"
+}
+
+if [ -n "${QUICK:-}" ]; then
+    TAX=(--steps 2 --repeats 1 --cases cnn) PIPE=(--images 64 --size 64 --steps 2 --epochs 1) TESTS=(-k "fast_steps")
+else
+    TAX=() PIPE=(--images 2048 --batch-size 64 --steps 20) TESTS=()
+fi
+
+{ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, keras; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'keras', keras.__version__)"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+# The fast path computes what Keras' own step computes, on this device (tolerances were set on CPU).
+stage tests 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}"
+# Issue 10: kerascnn against plain PyTorch, side by side (cnn batch 128; resnet18 at 224, batch 64).
+stage framework_tax 200 $PY benchmarks/framework_tax.py --json "${TAX[@]}"
+# Issue 10: the main job's time to 93% and 94% (on an H100 the target is 94% within 10 s of training).
+[ -z "${QUICK:-}" ] && stage time_to_accuracy 130 $PY benchmarks/time_to_accuracy.py
+# Issue 11: the input pipeline with --augment basic against the ResNet-18 step at 224.
+stage pipeline_throughput 140 $PY benchmarks/pipeline_throughput.py --json "${PIPE[@]}"
