@@ -1,6 +1,7 @@
 """The framework tax: kerascnn's training path against a hand-written PyTorch loop, side by side.
 
     python benchmarks/framework_tax.py [--json] [--cases cnn,resnet18] [--repeats 5] [--steps N]
+                                       [--image-size N] [--batch-size N]
                                        [--precision auto|float32|mixed_bfloat16] [--jit/--no-jit] [--keras]
                                        [--best-practice/--no-best-practice]
 
@@ -119,10 +120,11 @@ CASES = {  # name: (kerascnn model, channels, classes, (cpu size, cpu batch), (c
 }
 
 
-def case_shape(name: str, cuda: bool) -> tuple[int, int, int, int]:
+def case_shape(name: str, cuda: bool, size: int | None = None, batch: int | None = None) -> tuple[int, int, int, int]:
+    """(image size, channels, classes, batch) of a case on this device; ``size``/``batch`` override."""
     model, channels, classes, cpu, gpu = CASES[name]
-    size, batch = gpu if cuda else cpu
-    return size, channels, classes, batch
+    default_size, default_batch = gpu if cuda else cpu
+    return size or default_size, channels, classes, batch or default_batch
 
 
 class KerascnnPath:
@@ -209,9 +211,9 @@ def timed(path, device: torch.device) -> float:
 
 
 def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool,
-            precision: str) -> dict:
+            precision: str, size: int | None = None, batch: int | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size, channels, classes, batch = case_shape(name, device.type == "cuda")
+    size, channels, classes, batch = case_shape(name, device.type == "cuda", size, batch)
     steps = steps or (50 if name == "cnn" else 30) * (2 if device.type == "cuda" else 1)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (steps * batch, size, size, channels), dtype=np.uint8)
@@ -251,6 +253,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="cnn,resnet18")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--image-size", type=int, help="image side for every case (default: the case's)")
+    p.add_argument("--batch-size", type=int, help="batch for every case (default: the case's)")
     p.add_argument("--steps", type=int, help="steps per timed epoch (default: 50 cnn, 30 resnet18; x2 on CUDA)")
     p.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default="auto",
                    help="both sides' arithmetic (auto: what a run's --precision auto picks here)")
@@ -268,9 +272,14 @@ def main() -> None:
     from kerascnn import distribute
 
     best = torch.cuda.is_available() if args.best_practice is None else args.best_practice
-    precision = distribute.auto_precision() if args.precision == "auto" else args.precision
-    rows = [measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision)
-            for name in args.cases.split(",")]
+    cuda = torch.cuda.is_available()
+    rows = []
+    for name in args.cases.split(","):
+        size = case_shape(name, cuda, args.image_size)[0]
+        precision = args.precision if args.precision != "auto" else (  # as a run resolves it
+            distribute.auto_precision(None if name == "cnn" else size))
+        rows.append(measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision, args.image_size,
+                            args.batch_size))
     if args.json:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return

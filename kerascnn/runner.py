@@ -57,7 +57,8 @@ def resolve_config(config: RunConfig) -> RunConfig:
     config.resolve()
     models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
     if config.precision == "auto":
-        config.precision = distribute.auto_precision()
+        spec = models.get(config.model)
+        config.precision = distribute.auto_precision(None if spec.cnn else config.image_size or spec.image_size)
     return config
 
 

@@ -116,6 +116,24 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_amx_only_on_torch(amx, monkeyp
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
+def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypatch):
+    import torch
+
+    from kerascnn import distribute, runner
+
+    monkeypatch.setattr(distribute, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distribute.auto_precision(32) == "float32"
+    assert distribute.auto_precision(distribute.AMX_MIN_BACKBONE_SIZE) == "mixed_bfloat16"
+    assert distribute.auto_precision(None) == "mixed_bfloat16"
+    resolved = {(model, size): runner.resolve_config(RunConfig("digits", model, weights="none",
+                                                               image_size=size)).precision
+                for model, size in (("cnn", None), ("resnet18", 32), ("resnet18", 64), ("resnet18", None))}
+    assert resolved == {("cnn", None): "mixed_bfloat16", ("resnet18", 32): "float32",
+                        ("resnet18", 64): "mixed_bfloat16", ("resnet18", None): "mixed_bfloat16"}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
 def test_amx_needs_the_tiles_and_the_kernels_permission(monkeypatch):
     import torch
 
