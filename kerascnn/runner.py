@@ -57,9 +57,15 @@ def resolve_config(config: RunConfig) -> RunConfig:
     config.resolve()
     models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
     if config.precision == "auto":
-        spec = models.get(config.model)
-        config.precision = distribute.auto_precision(None if spec.cnn else config.image_size or spec.image_size)
+        config.precision = auto_precision(config.model, config.image_size)
     return config
+
+
+def auto_precision(model: str, image_size: int | None) -> str:
+    """What ``--precision auto`` picks on this machine for ``model`` at ``--image-size`` (None: the
+    model's own): `distribute.auto_precision`, told a backbone's working size."""
+    spec = models.get(model)
+    return distribute.auto_precision(None if spec.cnn else image_size or spec.image_size)
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
