@@ -16,7 +16,7 @@ norms) and a one-cycle schedule, on the same batches already in memory, for the 
 
 Both sides compute in ``--precision``: ``auto`` (the default) is what a run's ``--precision auto``
 picks on this machine (bfloat16 on a GPU that has it and on a CPU with AMX, see
-`kerascnn.runner.auto_precision`); with ``mixed_bfloat16`` kerascnn builds its model under that
+`kerascnn.models.ModelSpec.auto_precision`); with ``mixed_bfloat16`` kerascnn builds its model under that
 Keras dtype policy and the plain loop runs its forward under ``torch.autocast(dtype=torch.bfloat16)``.
 
 The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
@@ -269,14 +269,14 @@ def main() -> None:
 
     if keras.backend.backend() != "torch":
         sys.exit("framework_tax.py measures the torch backend; unset KERAS_BACKEND or set it to torch")
-    from kerascnn import runner
+    from kerascnn import models
 
     cuda = torch.cuda.is_available()
     best = cuda if args.best_practice is None else args.best_practice
     rows = []
     for name in args.cases.split(","):
         size = case_shape(name, cuda, args.image_size)[0]
-        precision = args.precision if args.precision != "auto" else runner.auto_precision(CASES[name][0], size)
+        precision = args.precision if args.precision != "auto" else models.get(CASES[name][0]).auto_precision(size)
         rows.append(measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision, args.image_size,
                             args.batch_size))
     if args.json:

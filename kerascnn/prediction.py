@@ -8,10 +8,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from kerascnn import distribute
+from kerascnn import distribute, models
 from kerascnn.data.images import is_image_file, read_image
 from kerascnn.errors import KerascnnError
 from kerascnn.saving import class_names, float32_model, load_model
@@ -74,16 +75,25 @@ class Classifier:
 def load_classifier(path: str | Path, batch_size: int = 64) -> Classifier:
     """A ``.keras`` file, a run folder (its ``model.keras``) or an ONNX file exported by
     `kerascnn.export` (run with onnxruntime, its class names from the JSON beside it). A model
-    trained in mixed precision predicts in float32 where this machine would train in float32
-    (`distribute.auto_precision`): CPUs without AMX and XLA's CPU backend emulate bfloat16 slowly."""
+    trained in mixed precision predicts in float32 where this machine would train it in float32
+    (`ModelSpec.auto_precision` at its working size): CPUs without AMX and XLA's CPU backend emulate
+    bfloat16 slowly, and small backbones run faster in float32 even with AMX."""
     if Path(path).suffix.lower() == ".onnx":
         return _onnx_classifier(Path(path).expanduser(), batch_size)
     model, metadata = load_model(path)
-    if distribute.auto_precision() == "float32":  # trained in mixed precision on another machine
+    if _auto_precision(metadata) == "float32":  # trained in mixed precision on another machine
         model = float32_model(model)
     names = class_names(metadata, model.output_shape[-1])
     return Classifier(tuple(model.input_shape[1:]), names,
                       lambda x: np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))
+
+
+def _auto_precision(metadata: dict[str, Any]) -> str:
+    """What this machine's ``--precision auto`` would train the saved model in, at its working size."""
+    name = metadata.get("model")
+    if name in models.MODELS:
+        return models.get(name).auto_precision(metadata.get("image_size"))
+    return distribute.auto_precision()  # a model kerascnn does not know: no size rule
 
 
 def _onnx_classifier(path: Path, batch_size: int) -> Classifier:

@@ -10,8 +10,9 @@ from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
+def percent(value: float | None, unit: str = "%") -> str:
+    """``value`` (a fraction) as a percentage with two decimals; "–" for a missing value."""
+    return "–" if value is None else f"{100 * value:.2f}{unit}"
 
 
 def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any], metrics: dict[str, Any]) -> Path:
@@ -21,7 +22,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     names = metrics["class_names"]
     lo, hi = metrics["accuracy_ci95"]
     lines = [
-        f"# {config.dataset} · {config.model} — {_pct(metrics['accuracy'])} test accuracy",
+        f"# {config.dataset} · {config.model} — {percent(metrics['accuracy'])} test accuracy",
         "",
         f"Command: `{env.get('command', '')}`  ",
         f"Started {env.get('started', '?')} on {env.get('device', '?')}, backend {env.get('backend', '?')}, "
@@ -31,17 +32,17 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| accuracy | {_pct(metrics['accuracy'])} (95% CI {_pct(lo)}–{_pct(hi)}, n={metrics['n_test']}) |",
+        f"| accuracy | {percent(metrics['accuracy'])} (95% CI {percent(lo)}–{percent(hi)}, n={metrics['n_test']}) |",
     ]
     for avg in ("macro", "weighted"):
-        lines += [f"| {avg} {m} | {_pct(metrics[f'{avg}_{m}'])} |" for m in ("precision", "recall")]
+        lines += [f"| {avg} {m} | {percent(metrics[f'{avg}_{m}'])} |" for m in ("precision", "recall")]
         f1_lo, f1_hi = metrics.get(f"{avg}_f1_ci95", (None, None))
-        interval = f" (95% bootstrap CI {_pct(f1_lo)}–{_pct(f1_hi)})" if f1_lo is not None else ""
-        lines.append(f"| {avg} f1 | {_pct(metrics[f'{avg}_f1'])}{interval} |")
-    lines += [f"| top-{k} accuracy | {_pct(v)} |" for k, v in metrics["top_k_accuracy"].items()]
+        interval = f" (95% bootstrap CI {percent(f1_lo)}–{percent(f1_hi)})" if f1_lo is not None else ""
+        lines.append(f"| {avg} f1 | {percent(metrics[f'{avg}_f1'])}{interval} |")
+    lines += [f"| top-{k} accuracy | {percent(v)} |" for k, v in metrics["top_k_accuracy"].items()]
     if without := metrics.get("without_tta"):
-        lines += [f"| without test-time augmentation ({metrics['tta']}) | accuracy {_pct(without['accuracy'])}, "
-                  f"macro F1 {_pct(without['macro_f1'])} |"]
+        lines += [f"| without test-time augmentation ({metrics['tta']}) | accuracy {percent(without['accuracy'])}, "
+                  f"macro F1 {percent(without['macro_f1'])} |"]
     sizes, per_class = dataset["sizes"], dataset["per_class"]
     lines += [
         "",
@@ -86,8 +87,8 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     ]
     for i, name in enumerate(names):
         s = metrics["per_class"][name]
-        lines.append(f"| {name} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['support']} "
-                     f"| {per_class['train'][i]} | {per_class['val'][i]} |")
+        lines.append(f"| {name} | {percent(s['precision'])} | {percent(s['recall'])} | {percent(s['f1'])} "
+                     f"| {s['support']} | {per_class['train'][i]} | {per_class['val'][i]} |")
     lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
     if len(names) <= 15:
         lines += ["| true \\ predicted | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]

@@ -57,15 +57,8 @@ def resolve_config(config: RunConfig) -> RunConfig:
     config.resolve()
     models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
     if config.precision == "auto":
-        config.precision = auto_precision(config.model, config.image_size)
+        config.precision = models.get(config.model).auto_precision(config.image_size)
     return config
-
-
-def auto_precision(model: str, image_size: int | None) -> str:
-    """What ``--precision auto`` picks on this machine for ``model`` at ``--image-size`` (None: the
-    model's own): `distribute.auto_precision`, told a backbone's working size."""
-    spec = models.get(model)
-    return distribute.auto_precision(None if spec.cnn else image_size or spec.image_size)
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
@@ -77,6 +70,7 @@ def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
         "model": config.model,
         "weights": config.weights,
         "input_shape": list(dataset.image_shape),
+        "image_size": config.image_size,  # the working size (a backbone resizes its input to it)
         "backend": keras.backend.backend(),
     }
 

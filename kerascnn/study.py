@@ -32,6 +32,7 @@ import numpy as np
 from kerascnn import rundir
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError, request_stop
+from kerascnn.reports import percent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -619,10 +620,6 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
             "runs_planned": sum(planned.values())}
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
 def _number(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -656,16 +653,19 @@ def study_markdown(summary: dict[str, Any]) -> str:
               "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "
               "best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
               "|" + " --- |" * 13]
+    def pct(value: float | None) -> str:  # the header says these are percentages
+        return percent(value, unit="")
+
     for e in summary["configurations"]:
         if not e["runs_finished"]:
             lines.append(f"| {e['configuration']} | 0/{e['runs_planned']} | not run yet |" + " |" * 10)
             continue
         acc, ci = e["accuracy"], e["accuracy"]["ci95"]
-        interval = f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "–"
+        interval = f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–"
         lines.append(
-            f"| {e['configuration']} | {e['runs_finished']}/{e['runs_planned']} | {_pct(acc['mean'])} ± "
-            f"{_pct(acc['std'])} | {interval} | {_pct(e['macro_f1']['mean'])} ± {_pct(e['macro_f1']['std'])} | "
-            f"{_pct(e['weighted_f1']['mean'])} | {_pct(e['val_accuracy'])} | "
+            f"| {e['configuration']} | {e['runs_finished']}/{e['runs_planned']} | {pct(acc['mean'])} ± "
+            f"{pct(acc['std'])} | {interval} | {pct(e['macro_f1']['mean'])} ± {pct(e['macro_f1']['std'])} | "
+            f"{pct(e['weighted_f1']['mean'])} | {pct(e['val_accuracy'])} | "
             f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "
             f"{_number(e['seconds_per_epoch'], '.1f')} | {_number(e['images_per_second'], '.0f')} | "
             f"{_number(e['peak_memory_mb'], '.0f')} | {'**chosen**' if e['chosen'] else ''} |")

@@ -134,6 +134,24 @@ def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypat
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
+def test_a_saved_backbone_predicts_in_the_precision_its_working_size_trains_in(monkeypatch):
+    import torch
+
+    from kerascnn import distribute, prediction, runner
+
+    monkeypatch.setattr(distribute, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = runner.resolve_config(RunConfig("digits", "resnet18", weights="none", image_size=32))
+    dataset = runner.load_dataset(config)
+    runner.build_model(config, dataset)  # records the working size in config.image_size
+    metadata = runner.model_metadata(config, dataset)
+    assert metadata["image_size"] == 32 and prediction._auto_precision(metadata) == config.precision == "float32"
+    assert prediction._auto_precision({**metadata, "image_size": 64}) == "mixed_bfloat16"
+    assert prediction._auto_precision({"model": "cnn", "image_size": 8}) == "mixed_bfloat16"  # no size rule for CNNs
+    assert prediction._auto_precision({"model": "someone-elses"}) == "mixed_bfloat16"
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
 def test_amx_needs_the_tiles_and_the_kernels_permission(monkeypatch):
     import torch
 

@@ -154,6 +154,13 @@ class ModelSpec:
         """The size the model works at: ``--image-size``, else the model's own, else the input's."""
         return image_size or self.image_size or input_size
 
+    def auto_precision(self, image_size: int | None = None) -> str:
+        """What ``--precision auto`` picks on this machine for this model at ``--image-size`` (None:
+        the model's own): `distribute.auto_precision`, told a backbone's working size."""
+        from kerascnn import distribute
+
+        return distribute.auto_precision(None if self.cnn else image_size or self.image_size)
+
     def decode_size(self, image_size: int | None) -> int | None:
         """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
         return image_size or self.file_image_size or self.image_size
