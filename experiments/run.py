@@ -106,8 +106,8 @@ def parser() -> argparse.ArgumentParser:
     _opt(t, "--epochs", "maximum epochs", type=int)
     _opt(t, "--batch-size", "images per step", type=int)
     _opt(t, "--optimizer", "optimizer", choices=OPTIMIZERS)
-    _opt(t, "--lr", f"peak learning rate (default: {DEFAULT_LR:g}; {DEEP_FINETUNE_LR:g} when two or more backbone "
-         "stages train from the first epoch, as the transfer_digits study chose)", type=float)
+    _opt(t, "--lr", f"peak learning rate (default: {DEFAULT_LR:g}; {DEEP_FINETUNE_LR:g} when two or more stages of a "
+         "pretrained backbone train from the first epoch, as the transfer_digits study chose)", type=float)
     _opt(t, "--momentum", "SGD momentum", type=float)
     _opt(t, "--nesterov", "Nesterov momentum for SGD", action="store_true")
     _opt(t, "--weight-decay", "decoupled weight decay (not on biases and norms)", type=float)

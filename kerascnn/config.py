@@ -21,9 +21,11 @@ POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see distribute.auto_precision
 LR_SCALINGS = ("linear", "none")
-# Peak LRs of AdamW with one-cycle. The lower one is the default whenever two or more backbone stages
-# train from the first epoch: on the transfer_digits study it was chosen on validation for training
-# from scratch, layer3+layer4 and all, while 3e-3 was chosen for the head alone and layer4 (README).
+# Peak LRs of AdamW with one-cycle. The lower one is the default whenever two or more stages of a
+# pretrained backbone train from the first epoch: on the transfer_digits study it was chosen on
+# validation for layer3+layer4 and all, while 3e-3 was chosen for the head alone and layer4. A backbone
+# trained from scratch keeps 3e-3: chosen on validation at 100 and 1,000 images per class (lr_scratch
+# study) and better on all of Fashion-MNIST; only on 10 digits per class did 3e-4 win (README).
 DEFAULT_LR, DEEP_FINETUNE_LR = 3e-3, 3e-4
 EXPORT_FORMATS = ("onnx", "savedmodel", "keras")  # kerascnn.export
 CACHE_MODES = ("auto", "ram", "disk", "none")  # decoded-image cache of image-file datasets: kerascnn.data.cache
@@ -64,7 +66,7 @@ class RunConfig:
     epochs: int = 14
     batch_size: int = 128
     optimizer: str = "adamw"
-    lr: float | None = None  # None: DEFAULT_LR, or DEEP_FINETUNE_LR when several backbone stages train (resolve)
+    lr: float | None = None  # None: DEFAULT_LR, or DEEP_FINETUNE_LR to fine-tune several backbone stages (resolve)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -191,8 +193,8 @@ class RunConfig:
         """Fill the defaults that depend on the model (its `kerascnn.models.ModelSpec`): ``weights``
         (imagenet for a pretrained model, else none), ``unfreeze`` (none for pretrained weights, all
         when training from scratch or with ``unfreeze_at``), ``label_smoothing`` (the model's) and
-        ``lr`` (`DEEP_FINETUNE_LR` when two or more backbone stages train from the first epoch,
-        else `DEFAULT_LR`). Settings already given are kept, so resolving twice changes nothing;
+        ``lr`` (`DEEP_FINETUNE_LR` when two or more stages of a pretrained backbone train from the
+        first epoch, else `DEFAULT_LR`). Settings already given are kept, so resolving twice changes nothing;
         returns self."""
         spec = registry.get(self.model)
         if self.label_smoothing is None:
@@ -202,7 +204,8 @@ class RunConfig:
         if self.unfreeze is None:
             self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
         if self.lr is None:
-            self.lr = DEEP_FINETUNE_LR if self.backbone_stages_trained_at_start(spec) >= 2 else DEFAULT_LR
+            fine_tuned = self.weights != "none" and self.backbone_stages_trained_at_start(spec) >= 2
+            self.lr = DEEP_FINETUNE_LR if fine_tuned else DEFAULT_LR
         return self
 
     def backbone_stages_trained_at_start(self, spec: registry.ModelSpec) -> int:

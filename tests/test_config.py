@@ -63,7 +63,8 @@ def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(mode
 
 @pytest.mark.parametrize("model, options, lr", [
     ("cnn", {}, 3e-3),  # scratch CNN presets keep their LR
-    ("resnet18", {"weights": "none"}, 3e-4),  # from scratch: every stage trains
+    ("resnet18", {"weights": "none"}, 3e-3),  # from scratch: no pretrained features to keep
+    ("resnet18", {"weights": "run/model.keras", "unfreeze": "all"}, 3e-4),  # fine-tuning another run's model
     ("resnet18", {}, 3e-3),  # ImageNet weights, head only
     ("resnet18", {"unfreeze": "layer4"}, 3e-3),
     ("resnet18", {"unfreeze": "layer3,layer4"}, 3e-4),
@@ -72,7 +73,7 @@ def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(mode
     ("mobilenet_v2", {"unfreeze": "all"}, 3e-4),
     ("resnet18", {"unfreeze": "all", "lr": 1e-2}, 1e-2),  # given: kept
 ])
-def test_the_default_lr_is_lower_when_several_backbone_stages_train(model, options, lr):
+def test_the_default_lr_is_lower_when_several_pretrained_backbone_stages_train(model, options, lr):
     from kerascnn.config import RunConfig
 
     assert RunConfig("digits", model, **options).resolve().lr == lr

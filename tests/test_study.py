@@ -246,7 +246,7 @@ def test_compare_refuses_runs_tested_on_different_test_sets(tmp_path, capsys):
         check_same_test_set([summarize_run(runs[1]), summarize_run(runs[2])])
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "animals10", "deep_weeds", "fer2013", "transfer_digits"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in studies.BUNDLED.glob("*.toml")))
 def test_bundled_studies_parse(name):
     plan = studies.load_study(name, check=False)
     assert plan.runs and plan.name == name
