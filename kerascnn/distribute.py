@@ -161,12 +161,26 @@ def enable_compilation_cache() -> Path | None:
 
 
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles and the kernel lets the process use them (torch 2.x's private
-    ``torch.cpu._is_amx_tile_supported`` and ``_init_amx``; False where either is missing)."""
+    """Whether this CPU has AMX tiles and the kernel lets the process use them: torch 2.x's private
+    ``torch.cpu._is_amx_tile_supported`` and ``_init_amx`` where this torch has both, else the flags
+    Linux lists in ``/proc/cpuinfo`` (``amx_tile`` and ``amx_bf16``, shown only by kernels that hand
+    out the tiles; oneDNN asks for them itself). False elsewhere."""
     import torch
 
     supported, granted = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_init_amx"))
-    return supported is not None and granted is not None and bool(supported()) and bool(granted())
+    if supported is not None and granted is not None:
+        return bool(supported()) and bool(granted())
+    return {"amx_tile", "amx_bf16"} <= cpu_flags()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none, as off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")),
+                set())
 
 
 def _compute_capability(device) -> float:

@@ -161,8 +161,22 @@ def test_amx_needs_the_tiles_and_the_kernels_permission(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda s=supported: s, raising=False)
         monkeypatch.setattr(torch.cpu, "_init_amx", lambda g=granted: g, raising=False)
         assert distribute.cpu_has_amx() is expected
-    monkeypatch.delattr(torch.cpu, "_init_amx")  # a torch without the private probes: float32
-    assert distribute.cpu_has_amx() is False
+    monkeypatch.delattr(torch.cpu, "_init_amx")  # a torch without the private probes: Linux's CPU flags
+    for flags, expected in (({"avx512f", "amx_tile", "amx_bf16"}, True), ({"avx512f", "avx512_bf16"}, False),
+                            (set(), False)):
+        monkeypatch.setattr(distribute, "cpu_flags", lambda f=flags: f)
+        assert distribute.cpu_has_amx() is expected
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    from kerascnn import distribute
+
+    info = Path("/proc/cpuinfo")
+    lines = [line for line in info.read_text().splitlines() if line.startswith("flags")] if info.is_file() else []
+    if not lines:  # not Linux on x86 (ARM lists "Features")
+        assert distribute.cpu_flags() == set()
+        return
+    assert distribute.cpu_flags() == set(lines[0].split(":", 1)[1].split()) and "fpu" in distribute.cpu_flags()
 
 
 @pytest.mark.slow
