@@ -140,8 +140,8 @@ class TorchProgram:
 
     Calling it with a batch of images (NHWC, any dtype) returns the output of the model's last
     layer, or with ``logits=True`` and a softmax last layer, that layer's input. ``keras_layers``
-    names the layers run through Keras (none for our models).
-    """
+    names the layers and operations run through Keras (none in the scratch CNNs, ResNets and
+    MobileNetV2; MobileNetV3's hard sigmoid, EfficientNet's squeeze-excite reshapes and dropout)."""
 
     def __init__(self, model: keras.Model, *, channels_last: bool = False) -> None:
         self.channels_last = channels_last
@@ -168,25 +168,33 @@ class TorchProgram:
                     out, last_softmax = self._compile(layer, inner)
                     aliases[outputs[0]] = out
                     continue
-                fn = self._op(layer)
+                fn = self._op(layer, node)
                 last_softmax = isinstance(layer, layers.Activation) and layer.activation is keras.activations.softmax
                 self._steps.append((fn, getattr(fn, "takes_padding", False), inputs, outputs))
                 for key in outputs:
                     aliases[key] = key
         return aliases[id(model.outputs[0])], last_softmax
 
-    def _op(self, layer: layers.Layer) -> Callable[..., Value]:
+    def _op(self, layer: layers.Layer, node: Any) -> Callable[..., Value]:
         try:
             return self._torch_op(layer)
         except Unsupported:
             self.keras_layers.append(layer.name)
-            return self._keras_op(layer)
+            return self._keras_op(layer, node)
 
-    def _keras_op(self, layer: layers.Layer) -> Callable[..., Value]:
+    @staticmethod
+    def _keras_op(operation: Any, node: Any) -> Callable[..., Value]:
+        """Run a layer, or an operation such as ``x + 3.0`` (MobileNetV3's hard sigmoid), as Keras'
+        functional model does: the node's own arguments (constants included) filled in with our
+        values, and ``training`` passed only to what takes it."""
+        keys = [id(t) for t in node.input_tensors]
+        takes_training = "training" in getattr(operation, "_call_context_args", ())
+
         def run(training: bool, *values: Value) -> Value:
-            args = [v.as_nhwc() for v in values]
-            out = layer(args if len(args) > 1 else args[0], training=training)
-            return Value(out)
+            args, kwargs = node.arguments.fill_in({k: v.as_nhwc() for k, v in zip(keys, values)})
+            if takes_training:
+                kwargs = {**kwargs, "training": training}
+            return Value(operation(*args, **kwargs))
         return run
 
     def _torch_op(self, layer: layers.Layer) -> Callable[..., Value]:  # noqa: C901 - one table
