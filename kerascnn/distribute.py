@@ -102,13 +102,14 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-# The smallest working size at which a backbone trains faster in bfloat16 on an AMX CPU: ResNet-18's
-# step in bfloat16 against float32 (2 cores, benchmarks/framework_tax.py's paths): 1.14-1.17x at
-# 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224.
+# The smallest working size at which a ResNet trains clearly faster in bfloat16 on an AMX CPU
+# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/precision_by_size.py):
+# ResNet-18 1.14-1.17x at 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224; ResNet-50 1.03x at 32, 0.89x
+# at 48, 0.82x at 64. Backbones of depthwise convolutions need larger maps: `ModelSpec.amx_min_size`.
 AMX_MIN_BACKBONE_SIZE = 48
 
 
-def auto_precision(backbone_size: int | None = None) -> str:
+def auto_precision(backbone_size: int | None = None, min_size: int = AMX_MIN_BACKBONE_SIZE) -> str:
     """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
     with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
     runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.8x
@@ -116,8 +117,9 @@ def auto_precision(backbone_size: int | None = None) -> str:
     emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no AMX kernels).
 
     ``backbone_size``: the working size of a backbone model (ResNet, MobileNetV2), None for a
-    scratch CNN. On an AMX CPU a backbone below `AMX_MIN_BACKBONE_SIZE` keeps float32: its last
-    stages work on 1x1 maps, where casting the weights every step costs more than bfloat16 saves."""
+    scratch CNN. On an AMX CPU a backbone below ``min_size`` (its `ModelSpec.amx_min_size`) keeps
+    float32: its last stages work on 1x1 maps, where casting the weights every step costs more than
+    bfloat16 saves."""
     import keras
 
     backend = keras.backend.backend()
@@ -127,7 +129,7 @@ def auto_precision(backbone_size: int | None = None) -> str:
         if torch.cuda.is_available():
             bf16 = torch.cuda.is_bf16_supported()
         else:
-            bf16 = cpu_has_amx() and (backbone_size is None or backbone_size >= AMX_MIN_BACKBONE_SIZE)
+            bf16 = cpu_has_amx() and (backbone_size is None or backbone_size >= min_size)
     elif backend == "jax":
         import jax
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kerascnn import distribute
 from kerascnn.errors import KerascnnError, unknown_name
 from kerascnn.models.stages import (
     efficientnet_stage,
@@ -122,6 +123,8 @@ class ModelSpec:
     image_size: int | None = None
     file_image_size: int | None = None
     label_smoothing: float = 0.0  # the --label-smoothing default when training this model
+    # a backbone's smallest working size that --precision auto trains in bfloat16 on an AMX CPU
+    amx_min_size: int = distribute.AMX_MIN_BACKBONE_SIZE
 
     def __post_init__(self) -> None:
         if (self.cnn is None) == (self.backbone is None):
@@ -157,9 +160,7 @@ class ModelSpec:
     def auto_precision(self, image_size: int | None = None) -> str:
         """What ``--precision auto`` picks on this machine for this model at ``--image-size`` (None:
         the model's own): `distribute.auto_precision`, told a backbone's working size."""
-        from kerascnn import distribute
-
-        return distribute.auto_precision(None if self.cnn else image_size or self.image_size)
+        return distribute.auto_precision(None if self.cnn else image_size or self.image_size, self.amx_min_size)
 
     def decode_size(self, image_size: int | None) -> int | None:
         """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
@@ -216,9 +217,10 @@ def _resnet(name: str, url: str) -> ModelSpec:
 
 
 def _application(name: str, class_name: str, description: str, preprocess: str, stages: tuple[str, ...],
-                 stage_of: Callable[[str], str | None]) -> ModelSpec:
+                 stage_of: Callable[[str], str | None], amx_min_size: int = distribute.AMX_MIN_BACKBONE_SIZE
+                 ) -> ModelSpec:
     return ModelSpec(name, description, backbone=keras_application(class_name), preprocess=preprocess,
-                     stages=stages, stage_of=stage_of, imagenet="keras", image_size=224)
+                     stages=stages, stage_of=stage_of, imagenet="keras", image_size=224, amx_min_size=amx_min_size)
 
 
 for _spec in (
@@ -239,13 +241,17 @@ for _spec in (
     _resnet("resnet34", "https://download.pytorch.org/models/resnet34-b627a593.pth"),
     _application("resnet50", "ResNet50", "ResNet-50 from keras.applications (its conv2_..conv5_ are layer1..layer4)",
                  "caffe", RESNET_STAGES, keras_resnet_stage),
+    # amx_min_size: AMX does not speed up depthwise convolutions, so these need larger maps than the
+    # ResNets before bfloat16 pays (bfloat16/float32 step, 2 cores, benchmarks/precision_by_size.py):
+    # MobileNetV2 1.07x at 48, 0.99x at 64, 0.92x at 96, 0.53x at 224; MobileNetV3-Large 1.03x at 96,
+    # 0.95x at 128 (Small: by analogy); EfficientNet-B0 1.07x at 64, 0.98x at 96, 0.87x at 128.
     _application("mobilenet_v2", "MobileNetV2", "MobileNetV2 from keras.applications, torchvision's stage names",
-                 "tf", features(19), mobilenet_v2_stage),
+                 "tf", features(19), mobilenet_v2_stage, amx_min_size=96),
     _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications", "inside",
-                 features(13), mobilenet_v3_stage(12)),
+                 features(13), mobilenet_v3_stage(12), amx_min_size=128),
     _application("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3-Large from keras.applications", "inside",
-                 features(17), mobilenet_v3_stage(16)),
+                 features(17), mobilenet_v3_stage(16), amx_min_size=128),
     _application("efficientnet_b0", "EfficientNetB0", "EfficientNet-B0 from keras.applications", "inside",
-                 features(9), efficientnet_stage),
+                 features(9), efficientnet_stage, amx_min_size=128),
 ):
     register(_spec)
