@@ -77,6 +77,15 @@ def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", models.model_names())
+def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
+    scratch = models.get(name).cnn is not None
+    model = build(name, 32, 1 if scratch else 3, **({"sample": GREY_SAMPLE} if scratch else {"image_size": 32}))
+    x = torch.from_numpy(images(4, 32, 1 if scratch else 3))
+    expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
+    np.testing.assert_allclose(TorchProgram(model)(x).detach().numpy(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", list(KERAS_OP_CASES))
 def test_program_runs_keras_operations_and_layers_it_lacks_as_keras_does(case):
     name, size, channels, options = KERAS_OP_CASES[case]
