@@ -6,8 +6,9 @@ where ``--precision auto`` should switch a backbone to bfloat16 on this machine.
 Both precisions train through kerascnn's real path (`framework_tax.KerascnnPath`: build, compile as a
 run does, ``model.fit`` over the input pipeline) on the same random batches, alternating in one
 process after a warm-up epoch each; prints one JSON line per size with the median ms/step of each and
-``bf16_vs_float32`` (below 1: bfloat16 is faster). `kerascnn.distribute.AMX_MIN_BACKBONE_SIZE` and
-``AMX_MIN_DEPTHWISE_BACKBONE_SIZE`` come from these figures (README, Performance).
+``bf16_vs_float32`` (below 1: bfloat16 is faster). Each backbone's `ModelSpec.amx_min_size` (the
+smallest working size that ``--precision auto`` trains in bfloat16 on an AMX CPU) comes from these
+figures (README, Performance).
 """
 
 from __future__ import annotations

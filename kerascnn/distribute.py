@@ -103,7 +103,8 @@ def environment_info() -> dict[str, Any]:
 
 
 # The smallest working size at which a ResNet trains clearly faster in bfloat16 on an AMX CPU
-# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/precision_by_size.py):
+# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/framework_tax.py for ResNet-18,
+# benchmarks/precision_by_size.py for ResNet-50):
 # ResNet-18 1.14-1.17x at 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224; ResNet-50 1.03x at 32, 0.89x
 # at 48, 0.82x at 64. Backbones of depthwise convolutions need larger maps: `ModelSpec.amx_min_size`.
 AMX_MIN_BACKBONE_SIZE = 48

@@ -653,6 +653,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
               "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "
               "best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
               "|" + " --- |" * 13]
+
     def pct(value: float | None) -> str:  # the header says these are percentages
         return percent(value, unit="")
 
