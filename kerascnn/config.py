@@ -19,7 +19,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu")
 POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see distribute.auto_precision
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see ModelSpec.auto_precision
 LR_SCALINGS = ("linear", "none")
 # Peak LRs of AdamW with one-cycle. The lower one is the default whenever two or more stages of a
 # pretrained backbone train from the first epoch: on the transfer_digits study it was chosen on
@@ -122,6 +122,8 @@ class RunConfig:
             alpha = getattr(self, name)
             if not alpha >= 0:
                 raise KerascnnError(f"--{name} is the alpha of a Beta distribution, >= 0 (0: off), got {alpha}")
+        if self.weights is not None and not self.weights.strip():
+            raise KerascnnError("--weights is empty; give none, imagenet or a weights file (.keras, .weights.h5, .pth)")
         if self.lr is not None and not self.lr > 0:
             raise KerascnnError(f"--lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:

@@ -102,25 +102,16 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-# The smallest working size at which a ResNet trains clearly faster in bfloat16 on an AMX CPU
-# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/framework_tax.py for ResNet-18,
-# benchmarks/precision_by_size.py for ResNet-50):
-# ResNet-18 1.14-1.17x at 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224; ResNet-50 1.03x at 32, 0.89x
-# at 48, 0.82x at 64. Backbones of depthwise convolutions need larger maps: `ModelSpec.amx_min_size`.
-AMX_MIN_BACKBONE_SIZE = 48
-
-
-def auto_precision(backbone_size: int | None = None, min_size: int = AMX_MIN_BACKBONE_SIZE) -> str:
+def auto_precision(small_backbone: bool = False) -> str:
     """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
     with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
     runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.8x
     faster per step there, see the README's Performance section); else ``float32`` (other CPUs
     emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no AMX kernels).
 
-    ``backbone_size``: the working size of a backbone model (ResNet, MobileNetV2), None for a
-    scratch CNN. On an AMX CPU a backbone below ``min_size`` (its `ModelSpec.amx_min_size`) keeps
-    float32: its last stages work on 1x1 maps, where casting the weights every step costs more than
-    bfloat16 saves."""
+    ``small_backbone``: a backbone working below its `ModelSpec.amx_min_size`, which keeps float32
+    on an AMX CPU (there bfloat16 was not faster: on small maps casting the weights every step costs
+    more than it saves, and AMX does not speed up depthwise convolutions)."""
     import keras
 
     backend = keras.backend.backend()
@@ -130,7 +121,7 @@ def auto_precision(backbone_size: int | None = None, min_size: int = AMX_MIN_BAC
         if torch.cuda.is_available():
             bf16 = torch.cuda.is_bf16_supported()
         else:
-            bf16 = cpu_has_amx() and (backbone_size is None or backbone_size >= min_size)
+            bf16 = cpu_has_amx() and not small_backbone
     elif backend == "jax":
         import jax
 

@@ -81,18 +81,19 @@ def load_classifier(path: str | Path, batch_size: int = 64) -> Classifier:
     if Path(path).suffix.lower() == ".onnx":
         return _onnx_classifier(Path(path).expanduser(), batch_size)
     model, metadata = load_model(path)
-    if _auto_precision(metadata) == "float32":  # trained in mixed precision on another machine
+    if _auto_precision(metadata, model.input_shape[1]) == "float32":  # trained in mixed precision elsewhere
         model = float32_model(model)
     names = class_names(metadata, model.output_shape[-1])
     return Classifier(tuple(model.input_shape[1:]), names,
                       lambda x: np.asarray(model.predict(x, batch_size=batch_size, verbose=0)))
 
 
-def _auto_precision(metadata: dict[str, Any]) -> str:
-    """What this machine's ``--precision auto`` would train the saved model in, at its working size."""
+def _auto_precision(metadata: dict[str, Any], input_size: int | None = None) -> str:
+    """What this machine's ``--precision auto`` would train the saved model in, at its working size
+    (``image_size`` in its metadata; files saved before kerascnn recorded it: its input size)."""
     name = metadata.get("model")
     if name in models.MODELS:
-        return models.get(name).auto_precision(metadata.get("image_size"))
+        return models.get(name).auto_precision(metadata.get("image_size") or input_size)
     return distribute.auto_precision()  # a model kerascnn does not know: no size rule
 
 

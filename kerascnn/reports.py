@@ -211,6 +211,6 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [r["run"], r["model"], r["weights"], r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
-                 f"{r['train_seconds']:.0f}", r["precision"], *(f"{100 * r[m]:.2f}" for m in SUMMARY_METRICS)]
+                 f"{r['train_seconds']:.0f}", r["precision"], *(percent(r[m], unit="") for m in SUMMARY_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -141,7 +141,8 @@ class TorchProgram:
     Calling it with a batch of images (NHWC, any dtype) returns the output of the model's last
     layer, or with ``logits=True`` and a softmax last layer, that layer's input. ``keras_layers``
     names the layers and operations run through Keras (none in the scratch CNNs, ResNets and
-    MobileNetV2; MobileNetV3's hard sigmoid, EfficientNet's squeeze-excite reshapes and dropout)."""
+    MobileNetV2, grey input and resizing included; MobileNetV3's hard sigmoid, EfficientNet's
+    squeeze-excite reshapes and per-sample dropout)."""
 
     def __init__(self, model: keras.Model, *, channels_last: bool = False) -> None:
         self.channels_last = channels_last
@@ -325,6 +326,17 @@ class TorchProgram:
                     out = combine(out, v.tensor)
                 return Value(out, values[0].nchw)
             return merge
+        if type(layer) is layers.Concatenate:  # grey_to_rgb: one channel three times
+            if layer.axis not in (-1, 3):
+                raise Unsupported("concatenation off the channel axis")
+            return lambda training, *values: Value(torch.cat([v.as_nchw(cl) for v in values], 1), True)
+        if type(layer) is layers.Resizing:  # what keras.src.backend.torch.image.resize runs for these settings
+            if layer.interpolation != "bilinear" or layer.antialias or layer.crop_to_aspect_ratio \
+                    or layer.pad_to_aspect_ratio:
+                raise Unsupported("resizing other than plain bilinear")
+            size = (layer.height, layer.width)
+            return lambda training, v: Value(F.interpolate(v.as_nchw(cl).float(), size=size, mode="bilinear",
+                                                           align_corners=False), True)
         if type(layer) is layers.Rescaling:
             scale, offset = layer.scale, layer.offset
             if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):

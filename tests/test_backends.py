@@ -123,9 +123,11 @@ def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypat
 
     monkeypatch.setattr(distribute, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert distribute.auto_precision(32) == "float32"
-    assert distribute.auto_precision(distribute.AMX_MIN_BACKBONE_SIZE) == "mixed_bfloat16"
-    assert distribute.auto_precision(None) == "mixed_bfloat16"
+    assert distribute.auto_precision(small_backbone=True) == "float32"
+    assert distribute.auto_precision() == "mixed_bfloat16"
+    resnet = models.get("resnet18")
+    assert resnet.auto_precision(resnet.amx_min_size - 1) == "float32"
+    assert resnet.auto_precision(resnet.amx_min_size) == "mixed_bfloat16"
     resolved = {(model, size): runner.resolve_config(RunConfig("digits", model, weights="none",
                                                                image_size=size)).precision
                 for model, size in (("cnn", None), ("resnet18", 32), ("resnet18", 64), ("resnet18", None),
@@ -151,6 +153,8 @@ def test_a_saved_backbone_predicts_in_the_precision_its_working_size_trains_in(m
     metadata = runner.model_metadata(config, dataset)
     assert metadata["image_size"] == 32 and prediction._auto_precision(metadata) == config.precision == "float32"
     assert prediction._auto_precision({**metadata, "image_size": 64}) == "mixed_bfloat16"
+    older = {k: v for k, v in metadata.items() if k != "image_size"}  # saved before image_size was recorded
+    assert prediction._auto_precision(older, 32) == "float32" and prediction._auto_precision(older) == "mixed_bfloat16"
     assert prediction._auto_precision({"model": "cnn", "image_size": 8}) == "mixed_bfloat16"  # no size rule for CNNs
     assert prediction._auto_precision({"model": "someone-elses"}) == "mixed_bfloat16"
 

@@ -33,6 +33,7 @@ def test_parse_split_rejects(text):
         ({"filters": [32, 0]}, "--filters"),
         ({"convs_per_block": [1, 0]}, "--convs-per-block takes positive"),
         ({"convs_per_block": []}, "--convs-per-block needs a count"),
+        ({"weights": " "}, "--weights is empty"),  # not read as none by one check and as a file by another
     ],
 )
 def test_validate_rejects_with_one_line(changes, message):

@@ -45,6 +45,7 @@ CASES = {  # name, size, channels, build options
     "cnn_variant": ("cnn", 16, 1, {"sample": GREY_SAMPLE, "convs_per_block": [1, 2], "norm_after_pool": True}),
     "resnet18": ("resnet18", 32, 3, {"image_size": 32}),
     "mobilenet_v2": ("mobilenet_v2", 32, 3, {"image_size": 32}),
+    "resnet18_grey_resized": ("resnet18", 28, 1, {"image_size": 32}),  # the offline transfer study's input
 }
 # Backbones whose graphs hold what the program's table lacks, run through Keras inside it: MobileNetV3's
 # hard sigmoid as bare operations (x + 3.0, x * y), EfficientNet's squeeze-excite reshapes and
@@ -198,9 +199,10 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy):
         assert np.linalg.norm(ours_change - their_change) <= MIXED_UPDATE_RTOL * np.linalg.norm(their_change), a.path
 
 
-# Largest gradient error measured: resnet18 1.4e-5; mobilenet_v2 4.4e-2, where 17 batch norms over
-# 1x1 and 2x2 maps (32x32 input, batch 16) amplify float32 rounding (its forward agrees to 1e-5).
-GRADIENT_RTOL = {"resnet18": 1e-4, "mobilenet_v2": 0.1, "mobilenet_v3_small": 0.1}
+# Largest gradient error measured: resnet18 1.4e-5; mobilenet_v3_small 4.8e-5; mobilenet_v2 4.4e-2,
+# where 17 batch norms over 1x1 and 2x2 maps (32x32 input, batch 16) amplify float32 rounding (its
+# forward agrees to 1e-5).
+GRADIENT_RTOL = {"resnet18": 1e-4, "mobilenet_v2": 0.1, "mobilenet_v3_small": 1e-3}
 
 
 @pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])

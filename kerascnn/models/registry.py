@@ -96,6 +96,14 @@ def torchvision_resnet(name: str) -> BackboneBuilder:
 RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 
 
+# The smallest working size at which a ResNet trains clearly faster in bfloat16 on an AMX CPU
+# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/framework_tax.py for ResNet-18,
+# benchmarks/precision_by_size.py for ResNet-50):
+# ResNet-18 1.14-1.17x at 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224; ResNet-50 1.03x at 32, 0.89x
+# at 48, 0.82x at 64. Backbones of depthwise convolutions need larger maps (their `amx_min_size` below).
+AMX_MIN_BACKBONE_SIZE = 48
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything kerascnn knows about one model name.
@@ -124,7 +132,7 @@ class ModelSpec:
     file_image_size: int | None = None
     label_smoothing: float = 0.0  # the --label-smoothing default when training this model
     # a backbone's smallest working size that --precision auto trains in bfloat16 on an AMX CPU
-    amx_min_size: int = distribute.AMX_MIN_BACKBONE_SIZE
+    amx_min_size: int = AMX_MIN_BACKBONE_SIZE
 
     def __post_init__(self) -> None:
         if (self.cnn is None) == (self.backbone is None):
@@ -159,8 +167,11 @@ class ModelSpec:
 
     def auto_precision(self, image_size: int | None = None) -> str:
         """What ``--precision auto`` picks on this machine for this model at ``--image-size`` (None:
-        the model's own): `distribute.auto_precision`, told a backbone's working size."""
-        return distribute.auto_precision(None if self.cnn else image_size or self.image_size, self.amx_min_size)
+        the model's own): `distribute.auto_precision`, told whether a backbone works below its
+        `amx_min_size`."""
+        size = image_size or self.image_size
+        return distribute.auto_precision(small_backbone=self.cnn is None and size is not None
+                                         and size < self.amx_min_size)
 
     def decode_size(self, image_size: int | None) -> int | None:
         """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
@@ -217,7 +228,7 @@ def _resnet(name: str, url: str) -> ModelSpec:
 
 
 def _application(name: str, class_name: str, description: str, preprocess: str, stages: tuple[str, ...],
-                 stage_of: Callable[[str], str | None], amx_min_size: int = distribute.AMX_MIN_BACKBONE_SIZE
+                 stage_of: Callable[[str], str | None], amx_min_size: int = AMX_MIN_BACKBONE_SIZE
                  ) -> ModelSpec:
     return ModelSpec(name, description, backbone=keras_application(class_name), preprocess=preprocess,
                      stages=stages, stage_of=stage_of, imagenet="keras", image_size=224, amx_min_size=amx_min_size)
