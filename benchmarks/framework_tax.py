@@ -130,22 +130,24 @@ def case_shape(name: str, cuda: bool, size: int | None = None, batch: int | None
 class KerascnnPath:
     """kerascnn's real path: build, compile as a run does, ``model.fit`` over the input pipeline."""
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, classes: int, batch: int,
+    def __init__(self, model: str, images: np.ndarray, labels: np.ndarray, classes: int, batch: int,
                  steps: int, jit: bool | None, precision: str) -> None:
+        """``model``: a kerascnn model name; a scratch CNN normalises with ``images``' statistics, a
+        backbone works at their size."""
         from kerascnn import models, training
         from kerascnn.config import RunConfig
         from kerascnn.data import Split
         from kerascnn.data.pipeline import Batches
 
         kwargs = {}
-        if name == "cnn":
+        if models.get(model).cnn is not None:
             kwargs["sample"] = images
         else:
             kwargs["image_size"] = images.shape[1]
-        config = RunConfig("bench", CASES[name][0], batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
+        config = RunConfig("bench", model, batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
                            weights="none", label_smoothing=0.0, epochs=1000, precision=precision)
         with models.dtype_policy(precision):  # as runner.train builds and compiles
-            self.model = models.build(CASES[name][0], images.shape[1:], classes, **kwargs)
+            self.model = models.build(model, images.shape[1:], classes, **kwargs)
             training.compile_model(self.model, config, steps)
         self.batches = Batches(Split(labels, images=images), images.shape[1:], classes, batch, shuffle=True)
         self.fast = training.uses_fast_path(self.model)
@@ -218,12 +220,12 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (steps * batch, size, size, channels), dtype=np.uint8)
     labels = rng.integers(0, classes, steps * batch)
-    paths = {"kerascnn": KerascnnPath(name, images, labels, classes, batch, steps, jit, precision),
+    paths = {"kerascnn": KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, jit, precision),
              "pytorch": PlainPath(name, images, labels, classes, batch, steps, device, precision)}
     if keras_steps:
-        paths["keras"] = KerascnnPath(name, images, labels, classes, batch, steps, False, precision)
+        paths["keras"] = KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, False, precision)
     if precision != "float32":  # what the lower precision buys, side by side
-        paths["kerascnn_float32"] = KerascnnPath(name, images, labels, classes, batch, steps, jit, "float32")
+        paths["kerascnn_float32"] = KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, jit, "float32")
     if best_practice:
         paths["pytorch_best"] = PlainPath(name, images, labels, classes, batch, steps, device, precision,
                                           best_practice=True)

@@ -65,7 +65,6 @@ def main() -> None:
 
     if models.get(args.model).cnn is not None:
         sys.exit(f"{args.model} is a scratch CNN; this measures backbones (resnet18, mobilenet_v2, ...)")
-    framework_tax.CASES[args.model] = (args.model, 3, 10, (64, args.batch_size), (224, args.batch_size))
     for size in (int(s) for s in args.sizes.split(",")):
         print(json.dumps(measure(args.model, size, args.batch_size, args.steps, args.repeats)), flush=True)
 

@@ -329,7 +329,12 @@ class TorchProgram:
         if type(layer) is layers.Concatenate:  # grey_to_rgb: one channel three times
             if layer.axis not in (-1, 3):
                 raise Unsupported("concatenation off the channel axis")
-            return lambda training, *values: Value(torch.cat([v.as_nchw(cl) for v in values], 1), True)
+            axis = layer.axis
+
+            def concatenate(training: bool, *values: Value) -> Value:
+                four_d = values[0].tensor.dim() == 4  # channels: dim 1 in NCHW; other ranks keep Keras' layout
+                return Value(torch.cat([v.as_nchw(cl) for v in values], 1 if four_d else axis), four_d)
+            return concatenate
         if type(layer) is layers.Resizing:  # what keras.src.backend.torch.image.resize runs for these settings
             if layer.interpolation != "bilinear" or layer.antialias or layer.crop_to_aspect_ratio \
                     or layer.pad_to_aspect_ratio:

@@ -103,6 +103,18 @@ def test_program_runs_keras_operations_and_layers_it_lacks_as_keras_does(case):
     np.testing.assert_allclose(TorchProgram(model)(x, training=True).detach().numpy(), expected, atol=1e-5)
 
 
+def test_concatenate_runs_in_the_program_on_feature_maps_and_on_flat_features():
+    inputs = keras.Input((6, 6, 1))
+    maps = keras.layers.Concatenate()([inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs)])
+    flat = keras.layers.GlobalAveragePooling2D()(maps)
+    both = keras.layers.Concatenate()([flat, keras.layers.Dense(4)(flat)])
+    model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(3)(both)))
+    program = TorchProgram(model)
+    assert program.keras_layers == []
+    x = torch.from_numpy(images(2, 6, 1)).float()
+    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
 def test_an_unknown_layer_runs_through_keras_inside_the_program():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
