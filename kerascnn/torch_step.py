@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import operator
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ import keras
 import torch
 import torch.nn.functional as F
 from keras import layers
+from keras.src.ops import numpy as knp  # the operation classes of bare arithmetic on Keras tensors
 
 Tensor = torch.Tensor
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -102,10 +104,14 @@ def _activation(fn: Any) -> Callable[[Tensor], Tensor] | None:
     return ACTIVATIONS.get(fn)
 
 
-def dropout(x: Tensor, rate: float) -> Tensor:
-    """Keras' ``Dropout``: zero each element with probability ``rate``, scale the rest by
-    ``1 / (1 - rate)``. On the CPU the keep mask comes from 16-bit slices of 32-bit random integers
-    (the rate rounded to 1/65536), three times faster than ``F.dropout``'s Bernoulli draw."""
+def dropout(x: Tensor, rate: float, noise_shape: tuple[int, ...] | None = None) -> Tensor:
+    """Keras' ``Dropout``: zero each element (or each slice of ``noise_shape``, which broadcasts
+    against ``x``: (n, 1, 1, 1) drops whole samples) with probability ``rate``, scale the rest by
+    ``1 / (1 - rate)``. On the CPU the element-wise keep mask comes from 16-bit slices of 32-bit
+    random integers (the rate rounded to 1/65536), three times faster than ``F.dropout``'s draw."""
+    if noise_shape is not None:
+        keep = torch.rand(noise_shape, device=x.device) >= rate
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - rate))
     if x.is_cuda:
         return F.dropout(x, rate, True)
     n = x.numel()
@@ -131,6 +137,13 @@ def relayout(param: Tensor, torch_order: tuple[int, ...], channels_last: bool = 
     param.data = target.contiguous(memory_format=fmt).permute(*inverse)
 
 
+# Keras operations (not layers) the program runs as torch functions: ``x + 3.0`` and the like
+ELEMENTWISE_OPS: dict[type, Callable[[Any, Any], Tensor]] = {
+    knp.Add: operator.add, knp.Subtract: operator.sub, knp.Multiply: operator.mul,
+    knp.Divide: operator.truediv, knp.TrueDivide: operator.truediv,
+}
+
+
 class Unsupported(Exception):
     """A layer (or configuration of one) the program runs through Keras instead."""
 
@@ -140,9 +153,8 @@ class TorchProgram:
 
     Calling it with a batch of images (NHWC, any dtype) returns the output of the model's last
     layer, or with ``logits=True`` and a softmax last layer, that layer's input. ``keras_layers``
-    names the layers and operations run through Keras (none in the scratch CNNs, ResNets and
-    MobileNetV2, grey input and resizing included; MobileNetV3's hard sigmoid, EfficientNet's
-    squeeze-excite reshapes and per-sample dropout)."""
+    names the layers and operations run through Keras (none in any registered model, grey input
+    and resizing included)."""
 
     def __init__(self, model: keras.Model, *, channels_last: bool = False) -> None:
         self.channels_last = channels_last
@@ -178,6 +190,8 @@ class TorchProgram:
 
     def _op(self, layer: layers.Layer, node: Any) -> Callable[..., Value]:
         try:
+            if type(layer) in ELEMENTWISE_OPS:
+                return self._elementwise(layer, node)
             return self._torch_op(layer)
         except Unsupported:
             self.keras_layers.append(layer.name)
@@ -198,6 +212,35 @@ class TorchProgram:
             return Value(operation(*args, **kwargs))
         return run
 
+    def _elementwise(self, operation: Any, node: Any) -> Callable[..., Value]:
+        """A bare ``x + 3.0`` or ``x * y`` (MobileNetV3's hard sigmoid), tensors of one rank: they stay
+        in their layout when they share it (or one meets constants), else meet in NCHW."""
+        combine = ELEMENTWISE_OPS[type(operation)]
+        if node.arguments.kwargs or len(node.arguments.args) != 2:
+            raise Unsupported("element-wise operation with other arguments")
+        if len({len(t.shape) for t in node.input_tensors}) > 1:
+            raise Unsupported("broadcasting across ranks")  # Keras aligns NHWC's last axes
+        keys = [id(t) for t in node.input_tensors]
+        slots: list[int | float] = []  # an index into the inputs, or a constant
+        for arg in node.arguments.args:
+            if isinstance(arg, keras.KerasTensor):
+                slots.append(keys.index(id(arg)))
+            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+                slots.append(float(arg))
+            else:
+                raise Unsupported("element-wise operation on a constant array")
+        cl = self.channels_last
+
+        def elementwise(training: bool, *values: Value) -> Value:
+            tensors = [values[i] if isinstance(i, int) else None for i in slots]
+            given = [v for v in tensors if v is not None]
+            if len({v.nchw for v in given}) > 1:
+                given = [Value(v.as_nchw(cl), True) for v in given]
+            it = iter(given)
+            args = [next(it).tensor if i is not None else c for i, c in zip(tensors, slots)]
+            return Value(combine(*args), given[0].nchw)
+        return elementwise
+
     def _torch_op(self, layer: layers.Layer) -> Callable[..., Value]:  # noqa: C901 - one table
         cl = self.channels_last
         if getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -211,13 +254,16 @@ class TorchProgram:
             relayout(kernel, DEPTHWISE_KERNEL)
             k, s, d = (kh, kw), tuple(layer.strides), tuple(layer.dilation_rate)
             same = layer.padding == "same"
+            # stride 1: torch pads inside the convolution; strided "same" may pad one side more, which
+            # conv2d cannot, so _pad_same pads a copy
+            padding: str | int = "same" if same and s == (1, 1) else 0
 
             def depthwise(training: bool, v: Value) -> Value:
                 x = v.as_nchw(cl)
-                if same:
+                if same and padding == 0:
                     x = _pad_same(x, k, s, d)
                 w = kernel.permute(2, 3, 0, 1).reshape(cin * mult, 1, kh, kw)
-                return Value(act(F.conv2d(x, w, bias, s, 0, d, cin)), True)
+                return Value(act(F.conv2d(x, w, bias, s, padding, d, cin)), True)
             return depthwise
         if type(layer) is layers.Conv2D:
             kernel, bias = layer.kernel.value, _variable(layer.bias)
@@ -308,11 +354,22 @@ class TorchProgram:
             zero_pad.takes_padding = True
             return zero_pad
         if type(layer) is layers.Dropout:
-            if layer.noise_shape is not None:
-                raise Unsupported("dropout noise_shape")
-            rate = float(layer.rate)
-            return lambda training, v: Value(dropout(v.tensor, rate) if training and rate else v.tensor, v.nchw,
-                                             nonneg=v.nonneg)
+            rate, noise = float(layer.rate), layer.noise_shape
+
+            def drop(training: bool, v: Value) -> Value:
+                if not (training and rate):
+                    return v
+                shape = None
+                if noise is not None:  # Keras' noise shape is NHWC; None takes the input's size
+                    nhwc = v.as_nhwc().shape
+                    shape = [nhwc[i] if d is None else d for i, d in enumerate(noise)]
+                    shape = [shape[i] for i in NHWC_TO_NCHW] if v.nchw and len(shape) == 4 else shape
+                return Value(dropout(v.tensor, rate, None if shape is None else tuple(shape)), v.nchw,
+                             nonneg=v.nonneg)
+            return drop
+        if type(layer) is layers.Reshape:  # EfficientNet's squeeze-excite: (n, c) -> (n, 1, 1, c)
+            target = tuple(layer.target_shape)
+            return lambda training, v: Value(v.as_nhwc().reshape(v.tensor.shape[0], *target))
         if type(layer) is layers.Flatten:
             return lambda training, v: Value(v.as_nhwc().flatten(1))
         if type(layer) in (layers.Add, layers.Multiply):
