@@ -4,6 +4,8 @@ import pytest
 
 from kerascnn import models
 from kerascnn.errors import KerascnnError
+from kerascnn.models.registry import BN_MOMENTUM
+from kerascnn.saving import all_layers
 
 
 def trainable(model):
@@ -88,3 +90,13 @@ def test_channel_stats():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(KerascnnError, match="valid models: cnn, cnn3, cnn2bn, cnn5"):
         models.build("resnet9", (28, 28, 1), 10)
+
+
+@pytest.mark.parametrize("name", models.model_names())
+def test_every_batch_norm_moves_at_pytorch_momentum(name):
+    """Keras applications' 0.99/0.999 left short runs validating at chance (registry.BN_MOMENTUM)."""
+    spec = models.get(name)
+    scratch = spec.cnn is not None
+    model = models.build(name, (32, 32, 1 if scratch else 3), 4, **({} if scratch else {"image_size": 32}))
+    momenta = {layer.momentum for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == ({BN_MOMENTUM} if not scratch or spec.cnn.batch_norm else set())

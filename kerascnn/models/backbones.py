@@ -7,15 +7,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 
 from kerascnn.errors import KerascnnError
+from kerascnn.models.registry import BN_MOMENTUM, ModelSpec
 from kerascnn.models.resnet import port_torchvision_resnet
-
-if TYPE_CHECKING:
-    from kerascnn.models.registry import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,7 +47,8 @@ def _download_message(name: str, exc: Exception, where: str) -> KerascnnError:
 
 
 def build_backbone(spec: ModelSpec, input_shape: tuple[int, int, int], imagenet: bool) -> keras.Model:
-    """The backbone of ``spec`` (a functional model named ``backbone``), with ImageNet weights if asked."""
+    """The backbone of ``spec`` (a functional model named ``backbone``), with ImageNet weights if asked;
+    its batch norms move at `BN_MOMENTUM`."""
     if spec.torchvision_url:  # our own builder; torchvision's checkpoint ported once, then cached
         model = spec.backbone(input_shape, False)
         if imagenet:
@@ -64,6 +62,9 @@ def build_backbone(spec: ModelSpec, input_shape: tuple[int, int, int], imagenet:
         raise
     if imagenet and spec.preprocess == "caffe":
         flip_first_conv_to_rgb(model.get_layer("conv1_conv"))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     return model
 
 

@@ -7,12 +7,7 @@ from keras import layers
 
 from kerascnn.errors import KerascnnError
 from kerascnn.models.preprocessing import adapt_input
-from kerascnn.models.registry import CNNSpec
-
-# PyTorch's batch-norm momentum (0.1, i.e. Keras' 0.9): moving statistics that catch up within a few
-# dozen steps, so short runs on small sets validate in inference mode correctly (Keras' 0.99 lags).
-BN_MOMENTUM = 0.9
-
+from kerascnn.models.registry import BN_MOMENTUM, CNNSpec
 
 
 def _activation(name: str, label: str) -> layers.Layer:
