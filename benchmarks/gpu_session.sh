@@ -48,15 +48,15 @@ fi
 } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 # The fast path computes what Keras' own step computes, on this device (tolerances were set on CPU).
-stage tests 100 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}"
+stage tests 80 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}"
 # Issue 10: kerascnn against plain PyTorch, side by side (cnn batch 128; resnet18 at 224, batch 64).
-stage framework_tax 200 $PY benchmarks/framework_tax.py --json "${TAX[@]}"
+stage framework_tax 180 $PY benchmarks/framework_tax.py --json "${TAX[@]}"
 # Issue 10: the main job's time to 93% and 94% (on an H100 the target is 94% within 10 s of training).
-[ -z "${QUICK:-}" ] && stage time_to_accuracy 130 $PY benchmarks/time_to_accuracy.py
+[ -z "${QUICK:-}" ] && stage time_to_accuracy 110 $PY benchmarks/time_to_accuracy.py
 # Issue 11: the input pipeline with --augment basic against the ResNet-18 step at 224.
-stage pipeline_throughput 140 $PY benchmarks/pipeline_throughput.py --json "${PIPE[@]}"
+stage pipeline_throughput 110 $PY benchmarks/pipeline_throughput.py --json "${PIPE[@]}"
 # Issue 10: the large-batch recipe (2,120 steps instead of 5,908; 94.15% mean of three seeds on 2 CPU
-# cores, README "tried" table) against the 10 s target. Last: if the call runs out of time, it is what goes.
+# cores, README "tried" table) against the 10 s target. The limits add up to 560 s, inside the call's 590.
 if [ -z "${QUICK:-}" ]; then
-    stage time_to_accuracy_b512 90 $PY benchmarks/time_to_accuracy.py --batch-size 512 --lr 6e-3 --epochs 20
+    stage time_to_accuracy_b512 80 $PY benchmarks/time_to_accuracy.py --batch-size 512 --lr 6e-3 --epochs 20
 fi

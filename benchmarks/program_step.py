@@ -8,7 +8,9 @@ Both programs run the very same Keras model (same variables) on the same batch i
 forward to the logits, then backward of their sum; no optimizer, no ``model.fit``. ``REV`` is any
 git revision whose ``kerascnn/torch_step.py`` is loaded beside the working tree's. Prints one JSON
 line per model: median ms per step of each (alternating, after two warm-up steps each) and
-``ratio`` (this tree against REV; below 1 this tree is faster). Torch backend only.
+``ratio`` (this tree against REV; below 1 this tree is faster). Torch backend, on the CPU. Both
+programs store the shared kernels in the layout they want (`relayout`), the last one built winning:
+compare revisions whose `relayout` agrees (bc0cd30's and a9ecbd1's do).
 """
 
 from __future__ import annotations

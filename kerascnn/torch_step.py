@@ -108,16 +108,19 @@ def dropout(x: Tensor, rate: float, noise_shape: tuple[int, ...] | None = None) 
     """Keras' ``Dropout``: zero each element (or each slice of ``noise_shape``, which broadcasts
     against ``x``: (n, 1, 1, 1) drops whole samples) with probability ``rate``, scale the rest by
     ``1 / (1 - rate)``. On the CPU the element-wise keep mask comes from 16-bit slices of 32-bit
-    random integers (the rate rounded to 1/65536), three times faster than ``F.dropout``'s draw."""
+    random integers (the rate rounded to 1/65536), three times faster than ``F.dropout``'s draw. The
+    scale multiplies each kept value at full precision (a bfloat16 scale would bias them all)."""
+    if rate >= 1.0:
+        return torch.zeros_like(x)
     if noise_shape is not None:
         keep = torch.rand(noise_shape, device=x.device) >= rate
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - rate))
-    if x.is_cuda:
+    elif x.is_cuda:
         return F.dropout(x, rate, True)
-    n = x.numel()
-    bits = torch.randint(-(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32).view(torch.int16)[:n]
-    keep = bits.view(x.shape) >= round(rate * 65536) - 32768
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - rate))
+    else:
+        n = x.numel()
+        bits = torch.randint(-(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32).view(torch.int16)[:n]
+        keep = bits.view(x.shape) >= round(rate * 65536) - 32768
+    return (x * keep.to(x.dtype)).mul_(1.0 / (1.0 - rate))
 
 
 CONV_KERNEL = (3, 2, 0, 1)  # Keras (h, w, in, out) -> torch (out, in, h, w)
@@ -146,6 +149,20 @@ ELEMENTWISE_OPS: dict[type, Callable[[Any, Any], Tensor]] = {
 
 class Unsupported(Exception):
     """A layer (or configuration of one) the program runs through Keras instead."""
+
+
+def _channel_constant(value: Any) -> float | Tensor:
+    """A `Rescaling` scale or offset: a number, or one per channel (Keras broadcasts those over the
+    last axis)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        tensor = torch.tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError) as exc:
+        raise Unsupported("rescaling by something other than numbers") from exc
+    if tensor.dim() != 1:
+        raise Unsupported("rescaling by a constant of rank other than 1")
+    return tensor
 
 
 class TorchProgram:
@@ -199,8 +216,8 @@ class TorchProgram:
 
     @staticmethod
     def _keras_op(operation: Any, node: Any) -> Callable[..., Value]:
-        """Run a layer, or an operation such as ``x + 3.0`` (MobileNetV3's hard sigmoid), as Keras'
-        functional model does: the node's own arguments (constants included) filled in with our
+        """Run a layer, or an operation such as ``keras.ops.maximum(x, 0.5)``, as Keras' functional
+        model does: the node's own arguments (constants included) filled in with our
         values, and ``training`` passed only to what takes it."""
         keys = [id(t) for t in node.input_tensors]
         takes_training = "training" in getattr(operation, "_call_context_args", ())
@@ -213,7 +230,7 @@ class TorchProgram:
         return run
 
     def _elementwise(self, operation: Any, node: Any) -> Callable[..., Value]:
-        """A bare ``x + 3.0`` or ``x * y`` (MobileNetV3's hard sigmoid), tensors of one rank: they stay
+        """A bare ``x + 3.0`` or ``x * (1 / 6)`` (MobileNetV3's hard sigmoid), tensors of one rank: they stay
         in their layout when they share it (or one meets constants), else meet in NCHW."""
         combine = ELEMENTWISE_OPS[type(operation)]
         if node.arguments.kwargs or len(node.arguments.args) != 2:
@@ -228,7 +245,7 @@ class TorchProgram:
             elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
                 slots.append(float(arg))
             else:
-                raise Unsupported("element-wise operation on a constant array")
+                raise Unsupported("element-wise operation with a constant that is not a Python number")
         cl = self.channels_last
 
         def elementwise(training: bool, *values: Value) -> Value:
@@ -359,13 +376,14 @@ class TorchProgram:
             def drop(training: bool, v: Value) -> Value:
                 if not (training and rate):
                     return v
-                shape = None
-                if noise is not None:  # Keras' noise shape is NHWC; None takes the input's size
-                    nhwc = v.as_nhwc().shape
-                    shape = [nhwc[i] if d is None else d for i, d in enumerate(noise)]
-                    shape = [shape[i] for i in NHWC_TO_NCHW] if v.nchw and len(shape) == 4 else shape
-                return Value(dropout(v.tensor, rate, None if shape is None else tuple(shape)), v.nchw,
-                             nonneg=v.nonneg)
+                if noise is None:
+                    return Value(dropout(v.tensor, rate), v.nchw, nonneg=v.nonneg)
+                x = v.as_nhwc()  # Keras' rule: None takes the input's size, then the mask broadcasts
+                shape = tuple(x.shape[i] if d is None else d for i, d in enumerate(noise))
+                if v.nchw and len(shape) == 4:  # the same mask, drawn in the program's layout
+                    return Value(dropout(v.tensor, rate, tuple(shape[i] for i in NHWC_TO_NCHW)), True,
+                                 nonneg=v.nonneg)
+                return Value(dropout(x, rate, shape), nonneg=v.nonneg)
             return drop
         if type(layer) is layers.Reshape:  # EfficientNet's squeeze-excite: (n, c) -> (n, 1, 1, c)
             target = tuple(layer.target_shape)
@@ -399,11 +417,18 @@ class TorchProgram:
             size = (layer.height, layer.width)
             return lambda training, v: Value(F.interpolate(v.as_nchw(cl).float(), size=size, mode="bilinear",
                                                            align_corners=False), True)
-        if type(layer) is layers.Rescaling:
-            scale, offset = layer.scale, layer.offset
-            if not isinstance(scale, (int, float)) or not isinstance(offset, (int, float)):
-                raise Unsupported("per-channel rescaling")
-            return lambda training, v: Value(v.tensor.float() * scale + offset, v.nchw)
+        if type(layer) is layers.Rescaling:  # EfficientNet's ImageNet input takes one scale per channel
+            constants = [_channel_constant(c) for c in (layer.scale, layer.offset)]
+            on_device: dict[Any, list] = {}
+
+            def rescale(training: bool, v: Value) -> Value:
+                x = v.tensor.float()
+                if x.device not in on_device:  # copied to the device once, not every step
+                    on_device[x.device] = [c.to(x.device) if torch.is_tensor(c) else c for c in constants]
+                scale, offset = (c.view(1, -1, 1, 1) if torch.is_tensor(c) and v.nchw and x.dim() == 4 else c
+                                 for c in on_device[x.device])
+                return Value(x * scale + offset, v.nchw)
+            return rescale
         if type(layer) is layers.Normalization:
             if layer.invert or layer.axis != (-1,) and layer.axis != (3,):
                 raise Unsupported("normalization axis")

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.saving import all_layers, load_model, save_model  # noqa: E402
-from kerascnn.torch_step import TorchProgram, relayout  # noqa: E402
+from kerascnn.torch_step import TorchProgram, dropout, relayout  # noqa: E402
 
 STEPS = 6
 # Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
@@ -46,7 +46,7 @@ CASES = {  # name, size, channels, build options
     "resnet18": ("resnet18", 32, 3, {"image_size": 32}),
     "mobilenet_v2": ("mobilenet_v2", 32, 3, {"image_size": 32}),
     "resnet18_grey_resized": ("resnet18", 28, 1, {"image_size": 32}),  # the offline transfer study's input
-    # MobileNetV3's hard sigmoid is bare operations (x + 3.0, x * y); EfficientNet has squeeze-excite
+    # MobileNetV3's hard sigmoid is bare operations (x + 3.0, x * (1 / 6)); EfficientNet has squeeze-excite
     # reshapes and per-sample dropout (noise_shape)
     "mobilenet_v3_small": ("mobilenet_v3_small", 32, 3, {"image_size": 32}),
     "efficientnet_b0": ("efficientnet_b0", 32, 3, {"image_size": 32}),
@@ -81,7 +81,9 @@ def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
     model = build(name, 32, 1 if scratch else 3, **({"sample": GREY_SAMPLE} if scratch else {"image_size": 32}))
     x = torch.from_numpy(images(4, 32, 1 if scratch else 3))
     expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
-    np.testing.assert_allclose(TorchProgram(model)(x).detach().numpy(), expected, atol=1e-5)
+    program = TorchProgram(model)
+    assert program.keras_layers == []
+    np.testing.assert_allclose(program(x).detach().numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["mobilenet_v3_small", "efficientnet_b0"])
@@ -111,7 +113,11 @@ def test_program_runs_bare_arithmetic_in_either_order_and_layout():
     np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("noise_shape, constant_over", [((None, 1, 1, 1), (1, 2, 3)), ((None, 1, 1, 4), (1, 2))])
+@pytest.mark.parametrize("noise_shape, constant_over", [
+    ((None, 1, 1, 1), (1, 2, 3)),  # whole samples (EfficientNet's)
+    ((None, 1, 1, 4), (1, 2)),  # whole channels of each sample
+    ((1, 4), (0, 1, 2)),  # shorter than the input: Keras broadcasts it from the last axis
+])
 def test_dropout_with_a_noise_shape_drops_whole_slices_in_keras_layout(noise_shape, constant_over):
     inputs = keras.Input((5, 5, 1))
     maps = keras.layers.Conv2D(4, 1, use_bias=False, kernel_initializer="ones")(inputs)  # NCHW inside
@@ -123,8 +129,33 @@ def test_dropout_with_a_noise_shape_drops_whole_slices_in_keras_layout(noise_sha
     out = program(torch.ones(64, 5, 5, 1), training=True).detach().numpy()  # NHWC, as Keras returns it
     assert set(np.unique(out)) == {0.0, 2.0}  # kept values scaled by 1 / (1 - rate)
     assert (out.min(axis=constant_over) == out.max(axis=constant_over)).all()  # one draw per slice
-    assert 0.3 < (out == 0).mean() < 0.7
+    if noise_shape[0] is None:  # 64 draws or more
+        assert 0.3 < (out == 0).mean() < 0.7
     np.testing.assert_array_equal(program(torch.ones(2, 5, 5, 1)).detach().numpy(), 1.0)  # inference: identity
+
+
+def test_dropout_scales_kept_values_at_full_precision_and_drops_all_at_rate_one():
+    x = torch.randn(4096).to(torch.bfloat16)
+    rate = 0.0125  # EfficientNet's smallest per-sample rate: 1 / (1 - rate) is not a bfloat16 number
+    for noise_shape in (None, (4096,)):
+        out = dropout(x, rate, noise_shape)
+        kept = out != 0
+        assert out.dtype == torch.bfloat16 and 0.9 < kept.float().mean() < 1.0
+        torch.testing.assert_close(out[kept], (x.float() * (1 / (1 - rate))).to(torch.bfloat16)[kept], rtol=0, atol=0)
+    assert not dropout(x, 1.0).any()
+
+
+def test_rescaling_by_one_constant_per_channel_runs_in_the_program():
+    inputs = keras.Input((4, 4, 3))  # EfficientNet's ImageNet input: Rescaling([1 / sqrt(std) ...])
+    x = keras.layers.Rescaling([0.5, 2.0, -1.0], offset=0.25)(inputs)
+    x = keras.layers.Conv2D(3, 1, name="conv")(x)  # NCHW from here on
+    x = keras.layers.Rescaling(0.5, offset=[1.0, 0.0, -1.0])(x)
+    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    model = keras.Model(inputs, outputs)
+    program = TorchProgram(model)
+    assert program.keras_layers == []
+    x = torch.from_numpy(images(2, 4, 3)).float() / 255
+    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
 def test_program_runs_layers_and_operations_it_lacks_through_keras():
@@ -139,7 +170,7 @@ def test_program_runs_layers_and_operations_it_lacks_through_keras():
     outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(x))
     model = keras.Model(inputs, outputs)
     program = TorchProgram(model)
-    assert len(program.keras_layers) == 4
+    assert [name.split("_")[0] for name in program.keras_layers] == ["maximum", "add", "spatial", "up"]
     x = torch.from_numpy(images(8, 8, 3)).float()
     for mode in (False, True):
         np.testing.assert_allclose(program(x, training=mode).detach().numpy(),
