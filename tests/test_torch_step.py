@@ -113,6 +113,22 @@ def test_program_runs_bare_arithmetic_in_either_order_and_layout():
     np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
+def test_bare_arithmetic_keeps_the_mixed_precision_dtype_keras_computes_in():
+    with models.dtype_policy("mixed_bfloat16"):
+        inputs = keras.Input((4, 4, 2))
+        maps = keras.layers.Conv2D(3, 3, padding="same")(inputs)  # bfloat16 activations
+        x = keras.layers.ReLU(6.0)(maps + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard sigmoid
+        model = keras.Model(inputs, keras.layers.Activation("linear")(maps * x))
+    program = TorchProgram(model)
+    assert program.keras_layers == []
+    x = torch.from_numpy(images(2, 4, 2)).float() / 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = program(x)
+    theirs = model(x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16  # no silent float32 upcast of the constants
+    np.testing.assert_allclose(ours.float().detach().numpy(), theirs.float().detach().numpy(), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("noise_shape, constant_over", [
     ((None, 1, 1, 1), (1, 2, 3)),  # whole samples (EfficientNet's)
     ((None, 1, 1, 4), (1, 2)),  # whole channels of each sample
