@@ -151,6 +151,29 @@ class Unsupported(Exception):
     """A layer (or configuration of one) the program runs through Keras instead."""
 
 
+def _one_layout(values: tuple[Value, ...], channels_last: bool) -> tuple[Value, ...]:
+    """``values`` as they are when their feature maps share a layout, else all NCHW: element-wise
+    arithmetic between them then lines up axis for axis as Keras' does."""
+    if len({v.nchw for v in values if v.tensor.dim() == 4}) <= 1:
+        return values
+    return tuple(Value(v.as_nchw(channels_last), True) for v in values)
+
+
+class _ChannelConstants:
+    """Numbers and per-channel vectors (`Rescaling`, `Normalization`), copied to each device once
+    rather than every step, and shaped for a value's layout (a vector broadcasts over the channels)."""
+
+    def __init__(self, *constants: float | Tensor) -> None:
+        self._constants = constants
+        self._by_device: dict[torch.device, tuple[float | Tensor, ...]] = {}
+
+    def for_value(self, x: Tensor, nchw: bool) -> tuple[float | Tensor, ...]:
+        if x.device not in self._by_device:
+            self._by_device[x.device] = tuple(c.to(x.device) if torch.is_tensor(c) else c for c in self._constants)
+        shape = (1, -1, 1, 1) if nchw and x.dim() == 4 else (-1,)
+        return tuple(c.view(shape) if torch.is_tensor(c) else c for c in self._by_device[x.device])
+
+
 def _channel_constant(value: Any) -> float | Tensor:
     """A `Rescaling` scale or offset: a number, or one per channel (Keras broadcasts those over the
     last axis)."""
@@ -250,9 +273,7 @@ class TorchProgram:
 
         def elementwise(training: bool, *values: Value) -> Value:
             tensors = [values[i] if isinstance(i, int) else None for i in slots]
-            given = [v for v in tensors if v is not None]
-            if len({v.nchw for v in given}) > 1:
-                given = [Value(v.as_nchw(cl), True) for v in given]
+            given = _one_layout(tuple(v for v in tensors if v is not None), cl)
             it = iter(given)
             args = [next(it).tensor if i is not None else c for i, c in zip(tensors, slots)]
             return Value(combine(*args), given[0].nchw)
@@ -394,8 +415,7 @@ class TorchProgram:
             combine = torch.add if type(layer) is layers.Add else torch.mul
 
             def merge(training: bool, *values: Value) -> Value:
-                if len({v.nchw for v in values if v.tensor.dim() == 4}) > 1:
-                    values = tuple(Value(v.as_nchw(cl), True) for v in values)
+                values = _one_layout(values, cl)
                 out = values[0].tensor
                 for v in values[1:]:
                     out = combine(out, v.tensor)
@@ -418,15 +438,11 @@ class TorchProgram:
             return lambda training, v: Value(F.interpolate(v.as_nchw(cl).float(), size=size, mode="bilinear",
                                                            align_corners=False), True)
         if type(layer) is layers.Rescaling:  # EfficientNet's ImageNet input takes one scale per channel
-            constants = [_channel_constant(c) for c in (layer.scale, layer.offset)]
-            on_device: dict[Any, list] = {}
+            constants = _ChannelConstants(_channel_constant(layer.scale), _channel_constant(layer.offset))
 
             def rescale(training: bool, v: Value) -> Value:
                 x = v.tensor.float()
-                if x.device not in on_device:  # copied to the device once, not every step
-                    on_device[x.device] = [c.to(x.device) if torch.is_tensor(c) else c for c in constants]
-                scale, offset = (c.view(1, -1, 1, 1) if torch.is_tensor(c) and v.nchw and x.dim() == 4 else c
-                                 for c in on_device[x.device])
+                scale, offset = constants.for_value(x, v.nchw)
                 return Value(x * scale + offset, v.nchw)
             return rescale
         if type(layer) is layers.Normalization:
@@ -436,15 +452,12 @@ class TorchProgram:
             variance = layer.variance.detach().float().reshape(-1) if torch.is_tensor(layer.variance) else None
             if mean is None or variance is None:
                 raise Unsupported("unadapted normalization")
-            stats = {mean.device: (mean, torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon()))}
+            stats = _ChannelConstants(mean, torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon()))
 
             def normalize(training: bool, v: Value) -> Value:
                 x = v.tensor.float()
-                if x.device not in stats:  # copied to the device once, not every step
-                    stats[x.device] = tuple(t.to(x.device) for t in next(iter(stats.values())))
-                m, std = stats[x.device]
-                shape = (1, -1, 1, 1) if v.nchw and x.dim() == 4 else (-1,)
-                return Value((x - m.view(shape)) / std.view(shape), v.nchw)
+                m, std = stats.for_value(x, v.nchw)
+                return Value((x - m) / std, v.nchw)
             return normalize
         raise Unsupported(type(layer).__name__)
 

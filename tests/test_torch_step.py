@@ -40,6 +40,13 @@ def twin(model: keras.Model) -> keras.Model:
     return other
 
 
+def assert_runs_as_torch_ops_like_keras(model: keras.Model, x: torch.Tensor) -> None:
+    """The program runs ``model`` with no Keras layer and computes its forward (float32 rounding)."""
+    program = TorchProgram(model)
+    assert program.keras_layers == []
+    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
 CASES = {  # name, size, channels, build options
     "cnn": ("cnn", 16, 1, {"sample": GREY_SAMPLE}),
     "cnn_variant": ("cnn", 16, 1, {"sample": GREY_SAMPLE, "convs_per_block": [1, 2], "norm_after_pool": True}),
@@ -107,10 +114,7 @@ def test_program_runs_bare_arithmetic_in_either_order_and_layout():
     x = keras.layers.Reshape((6, 6 * 3))(x)  # NHWC order matters
     outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(keras.layers.Flatten()(x)))
     model = keras.Model(inputs, outputs)
-    program = TorchProgram(model)
-    assert program.keras_layers == []
-    x = torch.from_numpy(images(2, 6, 2)).float() / 255
-    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 6, 2)).float() / 255)
 
 
 def test_bare_arithmetic_keeps_the_mixed_precision_dtype_keras_computes_in():
@@ -168,10 +172,7 @@ def test_rescaling_by_one_constant_per_channel_runs_in_the_program():
     x = keras.layers.Rescaling(0.5, offset=[1.0, 0.0, -1.0])(x)
     outputs = keras.layers.Activation("softmax")(keras.layers.Dense(2)(keras.layers.Flatten()(x)))
     model = keras.Model(inputs, outputs)
-    program = TorchProgram(model)
-    assert program.keras_layers == []
-    x = torch.from_numpy(images(2, 4, 3)).float() / 255
-    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 4, 3)).float() / 255)
 
 
 def test_program_runs_layers_and_operations_it_lacks_through_keras():
@@ -199,10 +200,7 @@ def test_concatenate_runs_in_the_program_on_feature_maps_and_on_flat_features():
     flat = keras.layers.GlobalAveragePooling2D()(maps)
     both = keras.layers.Concatenate()([flat, keras.layers.Dense(4)(flat)])
     model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(3)(both)))
-    program = TorchProgram(model)
-    assert program.keras_layers == []
-    x = torch.from_numpy(images(2, 6, 1)).float()
-    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 6, 1)).float())
 
 
 def test_relayout_keeps_values_and_the_parameter_object():
