@@ -518,13 +518,39 @@ def categorical_crossentropy(logits: Tensor, targets: Tensor, label_smoothing: f
     return per_sample.sum() / per_sample.shape[0]
 
 
+def schedule_value(schedule: object, step: int) -> float | None:
+    """``schedule(step)`` in Python arithmetic for the Keras schedules kerascnn builds (`CosineDecay`,
+    with or without warm-up, and `ExponentialDecay`; Keras' formulas, clamps included), None for any
+    other. Keras evaluates a schedule with a dozen tensor operations per step, on the host about as
+    long as a small model's whole step on a GPU (`benchmarks/framework_tax.py --batch-size 2`)."""
+    schedules = keras.optimizers.schedules
+    if type(schedule) is schedules.ExponentialDecay:
+        p = step / schedule.decay_steps
+        return schedule.initial_learning_rate * schedule.decay_rate ** (math.floor(p) if schedule.staircase else p)
+    if type(schedule) is not schedules.CosineDecay:
+        return None
+    start, decay_steps, warmup_steps = schedule.initial_learning_rate, schedule.decay_steps, 0
+    if schedule.warmup_target is not None:
+        warmup_steps = schedule.warmup_steps
+        step = min(step, decay_steps + warmup_steps)
+        if step < warmup_steps:
+            return (schedule.warmup_target - start) * (step / warmup_steps) + start
+        start = schedule.warmup_target
+    fraction = min(step - warmup_steps, decay_steps) / decay_steps
+    return start * ((1 - schedule.alpha) * 0.5 * (1 + math.cos(math.pi * fraction)) + schedule.alpha)
+
+
 class LeanAdam:
-    """Keras' Adam/AdamW update, in fewer passes over memory than Keras' torch version.
+    """Keras' Adam/AdamW update, in fewer passes over memory and fewer operations than Keras' torch
+    version.
 
     Exactly Keras' arithmetic (up to float rounding): decoupled weight decay ``p *= 1 - wd * lr``
     on the variables Keras decays, ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, then ``iterations += 1``; the
     state lives in the Keras optimizer's own variables (stored in the layout of their weights).
+    The step count ``t`` is also kept on the host (`step`, read from ``iterations`` once per ``fit``
+    by `FastSteps.make_train_function`), so the learning rate of a schedule `schedule_value` knows
+    and the step size are Python numbers: no tensor work for them and no host synchronisation.
     """
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> None:
@@ -547,6 +573,7 @@ class LeanAdam:
                                                         for xs in (params, momentums, velocities))
         self.decayed = [optimizer.weight_decay is not None and optimizer._use_weight_decay(v) for v in variables]
         self.cpu = self.params[0].device.type == "cpu" if self.params else True
+        self.step: int | None = None  # ``iterations`` on the host; None: read it at the next update
 
     @classmethod
     def for_optimizer(cls, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> LeanAdam | None:
@@ -561,31 +588,44 @@ class LeanAdam:
         except Unsupported:
             return None
 
+    def learning_rate(self) -> float | Tensor:
+        """This step's learning rate: a Python number where it is one without a host
+        synchronisation (a known schedule, or any LR on the CPU), else Keras' tensor."""
+        opt = self.optimizer
+        lr = schedule_value(opt._learning_rate, self.step)
+        if lr is None:
+            lr = opt._get_current_learning_rate()
+            lr = float(lr) if self.cpu else lr
+        return lr
+
     @torch.no_grad()
     def apply(self, grads: tuple[Tensor | None, ...]) -> None:
         opt = self.optimizer
+        if self.step is None:
+            self.step = int(opt.iterations.value)
         kept = [i for i, g in enumerate(grads) if g is not None]
         params, momentums, velocities = ([xs[i] for i in kept] for xs in (self.params, self.momentums,
                                                                            self.velocities))
         grads = [_flat(grads[i], self.orders[i]) for i in kept]
-        lr = opt._get_current_learning_rate()
+        lr = self.learning_rate()
+        t = self.step + 1
+        alpha = lr * (math.sqrt(1 - opt.beta_2 ** t) / (1 - opt.beta_1 ** t))
         decayed = [self.params[i] for i in kept if self.decayed[i]]
         if decayed:
             torch._foreach_mul_(decayed, 1 - opt.weight_decay * lr)
-        step = opt.iterations.value.float() + 1
-        alpha = lr * torch.sqrt(1 - opt.beta_2 ** step) / (1 - opt.beta_1 ** step)
         torch._foreach_lerp_(momentums, grads, 1 - opt.beta_1)
         torch._foreach_mul_(velocities, opt.beta_2)
         torch._foreach_addcmul_(velocities, grads, grads, value=1 - opt.beta_2)
         denominators = torch._foreach_sqrt(velocities)
         torch._foreach_add_(denominators, opt.epsilon)
-        if self.cpu:  # reading alpha costs nothing on the CPU
-            torch._foreach_addcdiv_(params, momentums, denominators, value=-float(alpha))
-        else:  # no host synchronisation on an accelerator
+        if isinstance(alpha, float):
+            torch._foreach_addcdiv_(params, momentums, denominators, value=-alpha)
+        else:  # a tensor LR on an accelerator: no host synchronisation
             updates = torch._foreach_div(momentums, denominators)
             torch._foreach_mul_(updates, alpha)
             torch._foreach_sub_(params, updates)
         opt.iterations.value.add_(1)
+        self.step = t
 
 
 def _flat(x: Tensor, order: list[int]) -> Tensor:
@@ -678,6 +718,13 @@ class FastSteps:
             self._logs = logs if self.sync_every == 1 else {k: float(v) for k, v in logs.items()}
         return self._logs
 
+    def make_train_function(self, force: bool = False) -> Callable:
+        """Keras' ``fit`` calls this as it starts (`install` puts it on the model): the optimizer's
+        step count is read afresh at the first update, since a resume may have restored it."""
+        if self._adam is not None:
+            self._adam.step = None
+        return type(self.model).make_train_function(self.model, force)
+
     def train_function(self, data) -> dict[str, Any]:
         x, y, weights = self._batch(data)
         loss, logits = self._forward(x, y, weights, True)
@@ -730,6 +777,7 @@ def install(model: keras.Model, *, jit: bool = False) -> FastSteps | None:
     if steps.device.type == "cpu":
         keep_freed_memory()
     model.train_function = steps.train_function
+    model.make_train_function = steps.make_train_function
     model.test_function = steps.test_function
     if steps.autocast is None:  # in mixed precision Keras' own predict matches a reloaded model.keras
         model.predict_function = steps.predict_function

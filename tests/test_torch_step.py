@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.saving import all_layers, load_model, save_model  # noqa: E402
-from kerascnn.torch_step import TorchProgram, dropout, relayout  # noqa: E402
+from kerascnn.torch_step import TorchProgram, dropout, relayout, schedule_value  # noqa: E402
 
 STEPS = 6
 # Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
@@ -248,6 +248,49 @@ def test_fast_steps_train_as_keras_train_step(optimizer, weighted):
     assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == STEPS
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "exponential"])
+def test_schedule_value_is_the_keras_schedule(schedule):
+    """The host-side learning rate of every schedule kerascnn builds equals Keras' own value at
+    every step: warm-up, decay, the clamp after it and the staircase's boundaries."""
+    config = RunConfig("bench", "cnn", lr=3e-3, epochs=4, lr_schedule="step" if schedule == "exponential" else schedule,
+                       lr_step=1, lr_gamma=0.5)
+    keras_schedule = training.learning_rate(config, steps_per_epoch=10)
+    if schedule == "exponential":
+        keras_schedule = keras.optimizers.schedules.ExponentialDecay(3e-3, decay_steps=7, decay_rate=0.9)
+    for step in range(50):
+        # Keras computes in float32: its cosine near the end of the decay is good to ~1e-6 of the peak LR
+        expected = float(keras_schedule(step))
+        assert schedule_value(keras_schedule, step) == pytest.approx(expected, rel=1e-6, abs=3e-3 * 1e-6), step
+
+
+def test_schedule_value_leaves_other_learning_rates_to_keras():
+    assert schedule_value(keras.optimizers.schedules.PiecewiseConstantDecay([5], [1e-3, 1e-4]), 3) is None
+    assert schedule_value(keras.Variable(1e-3), 3) is None
+
+    class Warmer(keras.optimizers.schedules.CosineDecay):  # a subclass may change the arithmetic
+        pass
+
+    assert schedule_value(Warmer(1e-3, 10), 3) is None
+
+
+def test_a_fit_after_the_step_count_was_restored_uses_its_learning_rate():
+    """A resume restores the optimizer's step count between fits: the next fit's learning rates
+    follow it, as Keras' own steps do (the fast path keeps the count on the host)."""
+    ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+    theirs = twin(ours)
+    x, y = images(16, 16, 1), np.eye(4, dtype="float32")[np.arange(16) % 4]
+    config = RunConfig("bench", "cnn", lr=1e-2, epochs=20, label_smoothing=0.0, weights="none")
+    for model, jit in ((ours, None), (theirs, False)):
+        training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=2)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        model.optimizer.iterations.assign(25)  # the middle of the decay
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert training.uses_fast_path(ours) and not training.uses_fast_path(theirs)
+    assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == 27
+    for a, b in zip(ours.weights, theirs.weights):  # with the count of the first fit kept: 2.8x apart
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5, err_msg=a.path)
+
+
 # bfloat16 keeps 8 bits of mantissa (float16 11): losses after STEPS steps of Keras' mixed-precision
 # step and ours differ by up to MIXED_LOSS_RTOL (measured: 1.5e-3; the same weights and batches). Each
 # weight's change over the STEPS steps differs by up to MIXED_UPDATE_RTOL of its norm (measured:
@@ -286,41 +329,49 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy):
         assert np.linalg.norm(ours_change - their_change) <= MIXED_UPDATE_RTOL * np.linalg.norm(their_change), a.path
 
 
-# Largest gradient error measured: resnet18 1.4e-5; mobilenet_v3_small 4.8e-5; mobilenet_v2 4.4e-2,
-# where 17 batch norms over 1x1 and 2x2 maps (32x32 input, batch 16) amplify float32 rounding (its
-# forward agrees to 1e-5).
-GRADIENT_RTOL = {"resnet18": 1e-4, "mobilenet_v2": 0.1, "mobilenet_v3_small": 1e-3}
-
 
 @pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
 def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
-    """One step on a backbone: the loss and every gradient as Keras computes them; then the lean
-    AdamW update of those gradients as Keras' own optimizer applies them (weights stored in
-    torch's layout by the fast path)."""
+    """One step on a backbone: the loss as Keras computes it, and every gradient as close to the
+    exact (float64) gradient as Keras' own float32 computation is; then the lean AdamW update of
+    Keras' gradients as Keras' own optimizer applies them (weights stored in torch's layout by the
+    fast path).
+
+    Comparing the two float32 gradients with each other does not work on every CPU: with batch
+    norms over 1x1 and 2x2 maps (32x32 input, batch 16) Keras' own ResNet-18 gradients are 1.7e-2
+    from the float64 ones on an AMD EPYC (the fast path's 1.5e-5), and both float32 paths are 0.16
+    from them in MobileNetV2's block 12."""
     name, size, channels, options = CASES[case]
     ours = build(name, size, channels, **options)
     theirs = twin(ours)
+    with models.dtype_policy("float64"):
+        exact = build(name, size, channels, **options)
+    exact.set_weights([w.astype("float64") for w in ours.get_weights()])
     config = RunConfig("bench", name, optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none")
-    for model, jit in ((ours, None), (theirs, False)):
+    for model, jit in ((ours, None), (theirs, False), (exact, False)):
         training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=1)
     x, y, w = (torch.from_numpy(a) for a in batches_of(size, channels, True, steps=1, n=16)[0])
     fast = ours.train_function.__self__
     loss, _ = fast._forward(x, y, w, True)
     grads = torch.autograd.grad(loss, fast.params)
-    expected_loss = theirs.compute_loss(x, y, theirs(x.float(), training=True), w)
-    expected_grads = torch.autograd.grad(expected_loss, [v.value for v in theirs.trainable_variables])
-    assert float(loss.detach()) == pytest.approx(float(expected_loss.detach()), rel=1e-5)
-    scale = max(float(e.abs().max()) for e in expected_grads)
-    for v, g, e in zip(theirs.trainable_variables, grads, expected_grads):
+    keras_grads, exact_grads = [], []
+    for model, dtype, out in ((theirs, torch.float32, keras_grads), (exact, torch.float64, exact_grads)):
+        model_loss = model.compute_loss(x, y.to(dtype), model(x.to(dtype), training=True), w.to(dtype))
+        out.extend(torch.autograd.grad(model_loss, [v.value for v in model.trainable_variables]))
+        if model is theirs:
+            assert float(loss.detach()) == pytest.approx(float(model_loss.detach()), rel=1e-5)
+    scale = max(float(e.abs().max()) for e in exact_grads)
+    for v, g, k, e in zip(theirs.trainable_variables, grads, keras_grads, exact_grads):
         # relative to the variable's own gradient, or to 1e-3 of the largest one for gradients that
         # vanish analytically (the shift of a batch norm that feeds another one in training mode)
-        err = float((g - e).abs().max()) / max(float(e.abs().max()), 1e-3 * scale)
-        assert err < GRADIENT_RTOL[case], v.path
+        size_of = max(float(e.abs().max()), 1e-3 * scale)
+        ours_err, keras_err = (float((t.double() - e).abs().max()) / size_of for t in (g, k))
+        assert ours_err <= 1.5 * keras_err + 1e-4, (v.path, ours_err, keras_err)
     for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):  # batch-norm statistics
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
     with torch.no_grad():
-        fast._adam.apply(expected_grads)
-        theirs.optimizer.apply(list(expected_grads), theirs.trainable_variables)
+        fast._adam.apply(keras_grads)
+        theirs.optimizer.apply(list(keras_grads), theirs.trainable_variables)
     for a, b in zip(ours.trainable_weights, theirs.trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
