@@ -10,7 +10,7 @@ on CPU with batch 32, at 224 on CUDA with batch 64) with AdamW (3e-3, weight dec
 norms) and a one-cycle schedule, on the same batches already in memory, for the same steps:
 
 - kerascnn: `kerascnn.models.build` + `kerascnn.training.compile_model` + ``model.fit`` over the
-  real input pipeline (`kerascnn.data.pipeline.Batches` of an in-memory split), as a run does;
+  real input pipeline (`kerascnn.data.pipeline.Batches.for_fit` of an in-memory split), as a run does;
 - plain PyTorch: an ``nn.Module`` of the same architecture, ``torch.optim.AdamW`` (fused on CUDA),
   ``OneCycleLR``, the idiomatic loop (``zero_grad``, ``backward``, ``step``), NCHW batches.
 
@@ -153,7 +153,7 @@ class KerascnnPath:
         self.fast = training.uses_fast_path(self.model)
 
     def epoch(self) -> None:
-        self.model.fit(self.batches, epochs=1, verbose=0)
+        self.model.fit(self.batches.for_fit(), epochs=1, shuffle=False, verbose=0)  # as training.fit
 
 
 class PlainPath:

@@ -230,7 +230,10 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
         warmup_only = len(plan) > 1 and i == 0
         own = [StopWhenAsked(), EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
         own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs)] if run_dir is not None else []
-        history = model.fit(train, validation_data=val, initial_epoch=max(phase.start, done), epochs=phase.stop,
+        # shuffle=False: the batches are shuffled already, seeded by the epoch (Keras would also
+        # reorder a PyDataset's batches with Python's `random`, whose state a resumed run does not restore)
+        history = model.fit(train.for_fit(), validation_data=None if val is None else val.for_fit(), shuffle=False,
+                            initial_epoch=max(phase.start, done), epochs=phase.stop,
                             callbacks=[*own, *(callbacks or [])], verbose=progress_verbosity(config.verbose))
         for key, values in history.history.items():
             logs.setdefault(key, []).extend(float(v) for v in values)

@@ -58,6 +58,49 @@ def test_batches_shuffle_weight_and_one_hot():
     assert sorted(seen) == list(range(10)) and seen != list(range(10))
 
 
+def test_what_fit_iterates_holds_the_batches_of_each_epoch():
+    """On torch, `Batches.for_fit` of an in-memory split is a DataLoader of the very batches, as
+    tensors, epoch by epoch (flipped views included); with worker threads, or on another backend,
+    it is the PyDataset itself, which Keras runs."""
+    split = data.Split(np.arange(10) % 2, images=np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1))
+    batches = Batches(split, (2, 2, 1), 2, 4, shuffle=True, seed=3, class_weights=np.array([1.0, 3.0]), mirror=True)
+    fed = batches.for_fit()
+    assert Batches(split, (2, 2, 1), 2, 4, workers=2).for_fit().__class__ is Batches
+    if keras.backend.backend() != "torch":
+        assert fed is batches
+        return
+    assert len(fed) == len(batches)
+    for epoch in (0, 1):
+        batches.start_at(epoch)
+        expected = [batches[i] for i in range(len(batches))]
+        batches.start_at(epoch)
+        got = list(fed)
+        assert len(got) == len(expected)
+        for have, want in zip(got, expected):
+            assert len(have) == len(want) == 3
+            for a, b in zip(have, want):
+                np.testing.assert_array_equal(a.numpy(), b)
+        assert batches._epoch == epoch + 1  # a full pass ends the epoch, as Keras' adapter does
+
+
+def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
+    """Through ``model.fit`` as `training.fit` calls it (two epochs, the order set by
+    `training.EpochOrder` and not reshuffled by Keras), the DataLoader of `Batches.for_fit` trains
+    to the same weights as the PyDataset."""
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 1), dtype=np.uint8)
+    split = data.Split(np.arange(24) % 3, images=pixels)
+    trained = []
+    for feed in (lambda b: b, Batches.for_fit):
+        keras.utils.set_random_seed(0)
+        model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)
+        training.compile_model(model, RunConfig("t", "cnn", epochs=2, weights="none"), steps_per_epoch=3)
+        batches = Batches(split, (8, 8, 1), 3, 8, shuffle=True, seed=1)
+        model.fit(feed(batches), epochs=2, shuffle=False, verbose=0, callbacks=[training.EpochOrder(batches)])
+        trained.append(model.get_weights())
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_flips_run_in_numpy_on_about_half_the_images_seeded_by_epoch_and_batch():
     images = np.random.default_rng(0).integers(0, 256, (400, 5, 6, 1), dtype=np.uint8)
     split = data.Split(np.zeros(400, int), images=images)

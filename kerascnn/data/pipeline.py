@@ -1,7 +1,8 @@
 """Input pipelines: batches from a `Split` with shuffling, decoding, augmentation and prefetching.
 
 A `Batches` is a ``keras.utils.PyDataset``: Keras runs ``workers`` threads that prepare upcoming
-batches while the model trains on the current one, on every backend.
+batches while the model trains on the current one, on every backend. ``model.fit`` takes
+`Batches.for_fit`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any
 
 import keras
 import numpy as np
@@ -100,6 +102,30 @@ class Batches(keras.utils.PyDataset):
         if path not in self.skipped:
             log.warning("skipping unreadable image %s (%s)", path, why)
             self.skipped.add(path)
+
+    def for_fit(self) -> Any:
+        """What ``model.fit`` should iterate (training and validation batches): ``self``, except on
+        the torch backend for batches prepared on the training thread (one worker, as for in-memory
+        splits): a torch ``DataLoader`` of the same batches as tensors, which Keras passes through.
+        Keras' PyDataset adapter converts every batch again through its tree utilities: 0.25 ms a
+        step on 2 CPU cores, where plain PyTorch's whole step of the default ``cnn`` takes 3.3 ms on
+        an H100. A full pass ends with `on_epoch_end`, as Keras' adapter does."""
+        if keras.backend.backend() != "torch" or self.workers > 1 or self.use_multiprocessing:
+            return self
+        import torch
+
+        batches = self
+
+        class Tensors(torch.utils.data.IterableDataset):
+            def __len__(self) -> int:
+                return len(batches)
+
+            def __iter__(self):
+                for i in range(len(batches)):
+                    yield tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in batches[i])
+                batches.on_epoch_end()
+
+        return torch.utils.data.DataLoader(Tensors(), batch_size=None)
 
     def __getitem__(self, batch: int):
         index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
