@@ -94,8 +94,8 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
         batches = training.train_batches(dataset, config)
         training.compile_model(model, config, len(batches), lr=schedule)
         recorder = _Recorder(steps)
-        model.fit(batches, epochs=math.ceil(steps / len(batches)), callbacks=[recorder, training.StopWhenAsked()],
-                  verbose=0)
+        model.fit(batches.for_fit(), epochs=math.ceil(steps / len(batches)), shuffle=False, verbose=0,
+                  callbacks=[recorder, training.StopWhenAsked(), training.EpochOrder(batches)])
     losses = np.array(recorder.losses)
     if len(losses) < 2 or not np.isfinite(losses).any():
         raise KerascnnError("the loss was not finite from the first steps; lower --start-lr")

@@ -720,8 +720,11 @@ class FastSteps:
 
     def make_train_function(self, force: bool = False) -> Callable:
         """Keras' ``fit`` calls this as it starts (`install` puts it on the model): the optimizer's
-        step count is read afresh at the first update, since a resume may have restored it."""
-        if self._adam is not None:
+        step count is read afresh at the first update, since a resume may have restored it. After
+        a recompile without the fast steps it takes itself off the model and leaves Keras' own."""
+        if self.model.train_function != self.train_function:
+            del self.model.make_train_function
+        elif self._adam is not None:
             self._adam.step = None
         return type(self.model).make_train_function(self.model, force)
 

@@ -308,7 +308,7 @@ class StopWhenAsked(keras.callbacks.Callback):
 
 class EpochOrder(keras.callbacks.Callback):
     """Sets the training batches to the epoch about to run, so their order and flips depend on the
-    seed and the epoch alone (Keras also advances a dataset once at the start of every ``fit``)."""
+    seed and the epoch alone (Keras also advances a PyDataset once at the start of every ``fit``)."""
 
     def __init__(self, batches: Batches) -> None:
         super().__init__()

@@ -273,6 +273,17 @@ def test_schedule_value_leaves_other_learning_rates_to_keras():
     assert schedule_value(Warmer(1e-3, 10), 3) is None
 
 
+def test_a_recompile_without_the_fast_steps_leaves_keras_own():
+    model = build("cnn", 16, 1, sample=GREY_SAMPLE)
+    config = RunConfig("bench", "cnn", weights="none")
+    training.compile_model(model, config, steps_per_epoch=2)
+    assert training.uses_fast_path(model)
+    training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": False}), steps_per_epoch=2)
+    x, y = images(16, 16, 1), np.eye(4, dtype="float32")[np.arange(16) % 4]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not training.uses_fast_path(model) and "make_train_function" not in vars(model)
+
+
 def test_a_fit_after_the_step_count_was_restored_uses_its_learning_rate():
     """A resume restores the optimizer's step count between fits: the next fit's learning rates
     follow it, as Keras' own steps do (the fast path keeps the count on the host)."""

@@ -81,6 +81,10 @@ def test_what_fit_iterates_holds_the_batches_of_each_epoch():
             for a, b in zip(have, want):
                 np.testing.assert_array_equal(a.numpy(), b)
         assert batches._epoch == epoch + 1  # a full pass ends the epoch, as Keras' adapter does
+    orders = []
+    for _ in range(2):  # as Keras iterates: len(fed) batches, never one more
+        orders.append(np.concatenate([x.numpy().reshape(-1) for _, (x, _, _) in zip(range(len(fed)), fed)]))
+    assert batches._epoch == 4 and not np.array_equal(*orders)
 
 
 def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
