@@ -273,6 +273,25 @@ def test_schedule_value_leaves_other_learning_rates_to_keras():
     assert schedule_value(Warmer(1e-3, 10), 3) is None
 
 
+def test_adam_takes_a_tensor_learning_rate_as_a_number():
+    """On a GPU a learning rate held in a variable (``--lr-schedule constant|plateau``) reaches the
+    fused kernel as a tensor, to avoid a host synchronisation: it updates as the number does."""
+    updated = []
+    for on_gpu in (False, True):
+        model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+        config = RunConfig("bench", "cnn", lr=1e-2, lr_schedule="constant", weights="none")
+        training.compile_model(model, config, steps_per_epoch=2)
+        adam = model.train_function.__self__._adam
+        adam.cpu = not on_gpu  # what learning_rate() hands on an accelerator
+        assert isinstance(adam.learning_rate(), torch.Tensor) is on_gpu
+        grads = tuple(torch.full_like(v.value, 0.5) for v in model.trainable_variables)
+        for _ in range(2):
+            adam.apply(grads)
+        updated.append([w.numpy() for w in model.trainable_weights])
+    for a, b in zip(*updated):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
 def test_a_recompile_without_the_fast_steps_leaves_keras_own():
     model = build("cnn", 16, 1, sample=GREY_SAMPLE)
     config = RunConfig("bench", "cnn", weights="none")
