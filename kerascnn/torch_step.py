@@ -12,7 +12,7 @@ Training semantics are Keras': batch norm updates its moving statistics with the
 variance and Keras' momentum, frozen batch norm runs in inference mode, the loss is categorical
 cross-entropy on clipped probabilities with label smoothing and sample weights averaged over the
 batch, and the optimizer is the compiled Keras optimizer (a plain Adam/AdamW applied by `LeanAdam`
-in fewer passes over memory). `tests/test_torch_step.py` checks losses, gradients, weights and
+as torch's fused Adam kernel). `tests/test_torch_step.py` checks losses, gradients, weights and
 batch-norm statistics against Keras' own ``train_step``.
 """
 

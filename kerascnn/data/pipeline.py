@@ -1,8 +1,8 @@
 """Input pipelines: batches from a `Split` with shuffling, decoding, augmentation and prefetching.
 
-A `Batches` is a ``keras.utils.PyDataset``: Keras runs ``workers`` threads that prepare upcoming
-batches while the model trains on the current one, on every backend. ``model.fit`` takes
-`Batches.for_fit`.
+A `Batches` is a ``keras.utils.PyDataset``: with ``workers`` > 1 Keras runs that many threads that
+prepare upcoming batches while the model trains on the current one, on every backend.
+``model.fit`` takes `Batches.for_fit`.
 """
 
 from __future__ import annotations
