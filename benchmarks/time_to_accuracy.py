@@ -79,7 +79,8 @@ def main() -> None:
         child(Path(args.child), targets, run_args)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, TTA_START=repr(time.time()), PYTHONPATH=str(ROOT))
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, TTA_START=repr(time.time()), PYTHONPATH=path)
         done = subprocess.run([sys.executable, __file__, "--child", tmp, "--targets", args.targets, *run_args],
                               env=env, cwd=ROOT)
         if done.returncode:

@@ -118,8 +118,8 @@ def auto_precision(small_backbone: bool = False) -> str:
     if backend == "torch":
         import torch
 
-        if torch.cuda.is_available():
-            bf16 = torch.cuda.is_bf16_supported()
+        if torch.cuda.is_available():  # compute capability 8 (Ampere) on; older GPUs only emulate bfloat16
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         else:
             bf16 = cpu_has_amx() and not small_backbone
     elif backend == "jax":

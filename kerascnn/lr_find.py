@@ -93,6 +93,8 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
         schedule = _Growing(start, end, steps)
         batches = training.train_batches(dataset, config)
         training.compile_model(model, config, len(batches), lr=schedule)
+        if (fast := training.fast_steps(model)) is not None:
+            fast.sync_every = 1  # the recorder reads each batch's loss (on CUDA: not every 25th)
         recorder = _Recorder(steps)
         model.fit(batches.for_fit(), epochs=math.ceil(steps / len(batches)), shuffle=False, verbose=0,
                   callbacks=[recorder, training.StopWhenAsked(), training.EpochOrder(batches)])

@@ -572,9 +572,10 @@ class LeanAdam:
         self.params, self.momentums, self.velocities = ([_flat(x, o) for x, o in zip(xs, self.orders)]
                                                         for xs in (params, momentums, velocities))
         self.decayed = [optimizer.weight_decay is not None and optimizer._use_weight_decay(v) for v in variables]
-        self.cpu = self.params[0].device.type == "cpu" if self.params else True
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.cpu = device.type == "cpu"
         self.step: int | None = None  # ``iterations`` on the host; None: read it at the next update
-        self._t = torch.zeros((), device=self.params[0].device if self.params else None)  # t, for the kernel
+        self._t = torch.zeros((), dtype=torch.float32, device=device)  # t, for the kernel
 
     @classmethod
     def for_optimizer(cls, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> LeanAdam | None:
@@ -643,8 +644,11 @@ class FastSteps:
     They update the same Keras objects as Keras' own steps (weights, batch-norm statistics, the
     optimizer and its iteration count, the loss tracker and accuracy metric), so callbacks, history
     and saving are unchanged. On CUDA the logs handed to callbacks are read back every
-    ``sync_every`` steps instead of every step (the epoch's logs are always exact).
+    ``sync_every`` steps instead of every step, and at the first step after the metrics are reset
+    (the epoch's logs are always exact); set ``sync_every`` to 1 where each batch's loss counts.
     """
+
+    SYNC_EVERY = {"cuda": 25}  # by device type; 1 elsewhere
 
     def __init__(self, model: keras.Model, *, jit: bool = False, sync_every: int | None = None) -> None:
         loss = model.loss
@@ -662,7 +666,7 @@ class FastSteps:
         self.label_smoothing = float(loss.label_smoothing or 0.0)
         compute = keras.backend.standardize_dtype(model.dtype_policy.compute_dtype)
         self.autocast = getattr(torch, compute) if compute in ("bfloat16", "float16") else None
-        self.sync_every = sync_every or (25 if self.device.type == "cuda" else 1)
+        self.sync_every = sync_every or self.SYNC_EVERY.get(self.device.type, 1)
         self._forward = torch.compile(self._forward_loss) if jit else self._forward_loss
         self._adam = LeanAdam.for_optimizer(model.optimizer, self.variables)
         self._logs: dict[str, Any] = {}
@@ -718,10 +722,16 @@ class FastSteps:
         step count is read afresh at the first update, since a resume may have restored it. After
         a recompile without the fast steps it takes itself off the model and leaves Keras' own."""
         if self.model.train_function != self.train_function:
-            del self.model.make_train_function
+            del self.model.make_train_function, self.model.reset_metrics
         elif self._adam is not None:
             self._adam.step = None
         return type(self.model).make_train_function(self.model, force)
+
+    def reset_metrics(self) -> None:
+        """Keras' ``reset_metrics`` (each epoch and evaluation starts with it; `install` puts this on
+        the model): the next step's logs are read back, not the ones of the metrics just reset."""
+        self._logs = {}
+        type(self.model).reset_metrics(self.model)
 
     def train_function(self, data) -> dict[str, Any]:
         x, y, weights = self._batch(data)
@@ -776,6 +786,7 @@ def install(model: keras.Model, *, jit: bool = False) -> FastSteps | None:
         keep_freed_memory()
     model.train_function = steps.train_function
     model.make_train_function = steps.make_train_function
+    model.reset_metrics = steps.reset_metrics
     model.test_function = steps.test_function
     if steps.autocast is None:  # in mixed precision Keras' own predict matches a reloaded model.keras
         model.predict_function = steps.predict_function

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -23,6 +24,9 @@ from kerascnn.distribute import replicas
 from kerascnn.errors import KerascnnError, stop_requested
 from kerascnn.models import set_trainable
 from kerascnn.optimizers import OPTIMIZERS
+
+if TYPE_CHECKING:
+    from kerascnn.torch_step import FastSteps
 
 ONECYCLE_WARMUP = 0.3  # fraction of steps spent warming up, as PyTorch's OneCycleLR
 ONECYCLE_DIV = 25.0  # initial LR = lr / 25, as PyTorch's OneCycleLR
@@ -121,13 +125,19 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
         torch_step.install(model, jit=bool(config.jit))
 
 
-def uses_fast_path(model: keras.Model) -> bool:
-    """Whether the compiled ``model`` trains through kerascnn's fast torch steps."""
+def fast_steps(model: keras.Model) -> FastSteps | None:
+    """The fast torch steps (`kerascnn.torch_step.FastSteps`) the compiled ``model`` trains through, if any."""
     if keras.backend.backend() != "torch":
-        return False
+        return None
     from kerascnn.torch_step import FastSteps
 
-    return isinstance(getattr(model.train_function, "__self__", None), FastSteps)
+    steps = getattr(model.train_function, "__self__", None)
+    return steps if isinstance(steps, FastSteps) else None
+
+
+def uses_fast_path(model: keras.Model) -> bool:
+    """Whether the compiled ``model`` trains through kerascnn's fast torch steps."""
+    return fast_steps(model) is not None
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -115,6 +115,19 @@ def test_auto_precision_is_bfloat16_on_a_cpu_with_amx_only_on_torch(amx, monkeyp
         assert distribute.auto_precision() == "float32"  # XLA's CPU backend has no AMX kernels
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's CUDA query")
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_only_on_gpus_with_bfloat16_arithmetic(native, monkeypatch):
+    """A V100 or T4 only emulates bfloat16 (torch's default query counts emulation): float32 there."""
+    import torch
+
+    from kerascnn import distribute
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert distribute.auto_precision() == ("mixed_bfloat16" if native else "float32")
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="AMX is detected through torch")
 def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypatch):
     import torch

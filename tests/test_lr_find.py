@@ -27,3 +27,20 @@ def test_the_range_test_grows_the_lr_and_suggests_a_tenth_of_the_best(tmp_path, 
     assert f"suggested lr: {result['suggestion']:.3g}" in capsys.readouterr().out
     assert lr_find(["digits", "cnn", "--steps", "3", "--out", str(tmp_path / "x")]) == 2
     assert "--steps must be >= 10" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_the_range_test_records_every_step_where_logs_are_read_back_every_few(monkeypatch):
+    """On CUDA the fast steps read their logs back every 25 steps; the range test needs each one."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("the fast steps are the torch backend's")
+    from kerascnn.config import RunConfig
+    from kerascnn.lr_find import range_test
+    from kerascnn.torch_step import FastSteps
+
+    config = RunConfig("digits", "cnn", batch_size=16, split="20,5,5", weights="none")
+    every_step = range_test(config, steps=12, start=1e-4, end=1.0)
+    monkeypatch.setitem(FastSteps.SYNC_EVERY, "cpu", 25)
+    read_back_late = range_test(config, steps=12, start=1e-4, end=1.0)
+    np.testing.assert_allclose(read_back_late.losses, every_step.losses, rtol=1e-4)

@@ -10,11 +10,17 @@ if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
 import torch  # noqa: E402
+from keras.src.backend.torch.core import get_device  # noqa: E402
 
 from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.saving import all_layers, load_model, save_model  # noqa: E402
-from kerascnn.torch_step import TorchProgram, dropout, relayout, schedule_value  # noqa: E402
+from kerascnn.torch_step import FastSteps, TorchProgram, dropout, relayout, schedule_value  # noqa: E402
+
+# Where Keras puts the weights: the GPU when there is one (benchmarks/gpu_session.sh runs this file
+# there); the tolerances below are float32's, so cuDNN's default TF32 convolutions are off.
+DEVICE = torch.device(get_device())
+torch.backends.cudnn.allow_tf32 = False
 
 STEPS = 6
 # Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
@@ -22,6 +28,15 @@ LOSS_RTOL = 1e-4
 
 
 GREY_SAMPLE = np.array([45, 155], np.uint8).reshape(2, 1, 1, 1)  # normalisation statistics: mean 100, variance 3025
+
+
+def tensor(a: np.ndarray) -> torch.Tensor:
+    """``a`` on `DEVICE`."""
+    return torch.from_numpy(a).to(DEVICE)
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -44,7 +59,7 @@ def assert_runs_as_torch_ops_like_keras(model: keras.Model, x: torch.Tensor) -> 
     """The program runs ``model`` with no Keras layer and computes its forward (float32 rounding)."""
     program = TorchProgram(model)
     assert program.keras_layers == []
-    np.testing.assert_allclose(program(x).detach().numpy(), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+    np.testing.assert_allclose(as_numpy(program(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
 
 
 CASES = {  # name, size, channels, build options
@@ -66,18 +81,18 @@ def test_program_runs_our_models_without_keras_layers_and_matches_their_forward(
     model = build(name, size, channels, **options)
     program = TorchProgram(model)
     assert program.keras_layers == [] and program.softmax_output
-    x = torch.from_numpy(images(8, size, channels))
+    x = tensor(images(8, size, channels))
     expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
-    np.testing.assert_allclose(program(x).detach().numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(program(x)), expected, atol=1e-5)
 
 
 def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does():
     model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
     reference = twin(model)
-    x = torch.from_numpy(images(16, 16, 1)).float()
+    x = tensor(images(16, 16, 1)).float()
     ours = TorchProgram(model)(x, training=True)
     theirs = reference(x, training=True)
-    np.testing.assert_allclose(ours.detach().numpy(), keras.ops.convert_to_numpy(theirs), atol=1e-5)
+    np.testing.assert_allclose(as_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-5)
     for a, b in zip(model.non_trainable_weights, reference.non_trainable_weights):  # moving mean and variance
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -86,11 +101,11 @@ def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does():
 def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
     scratch = models.get(name).cnn is not None
     model = build(name, 32, 1 if scratch else 3, **({"sample": GREY_SAMPLE} if scratch else {"image_size": 32}))
-    x = torch.from_numpy(images(4, 32, 1 if scratch else 3))
+    x = tensor(images(4, 32, 1 if scratch else 3))
     expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
     program = TorchProgram(model)
     assert program.keras_layers == []
-    np.testing.assert_allclose(program(x).detach().numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(program(x)), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["mobilenet_v3_small", "efficientnet_b0"])
@@ -100,9 +115,9 @@ def test_program_in_training_mode_matches_keras_with_dropout_off(case):
     for layer in all_layers(model):  # with dropout on, each would draw its own masks
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
-    x = torch.from_numpy(images(8, size, channels))
+    x = tensor(images(8, size, channels))
     expected = keras.ops.convert_to_numpy(twin(model)(x.float(), training=True))
-    np.testing.assert_allclose(TorchProgram(model)(x, training=True).detach().numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(TorchProgram(model)(x, training=True)), expected, atol=1e-5)
 
 
 def test_program_runs_bare_arithmetic_in_either_order_and_layout():
@@ -114,7 +129,7 @@ def test_program_runs_bare_arithmetic_in_either_order_and_layout():
     x = keras.layers.Reshape((6, 6 * 3))(x)  # NHWC order matters
     outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(keras.layers.Flatten()(x)))
     model = keras.Model(inputs, outputs)
-    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 6, 2)).float() / 255)
+    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 6, 2)).float() / 255)
 
 
 def test_bare_arithmetic_keeps_the_mixed_precision_dtype_keras_computes_in():
@@ -125,12 +140,12 @@ def test_bare_arithmetic_keeps_the_mixed_precision_dtype_keras_computes_in():
         model = keras.Model(inputs, keras.layers.Activation("linear")(maps * x))
     program = TorchProgram(model)
     assert program.keras_layers == []
-    x = torch.from_numpy(images(2, 4, 2)).float() / 255
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = tensor(images(2, 4, 2)).float() / 255
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         ours = program(x)
     theirs = model(x)
     assert ours.dtype == theirs.dtype == torch.bfloat16  # no silent float32 upcast of the constants
-    np.testing.assert_allclose(ours.float().detach().numpy(), theirs.float().detach().numpy(), rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(as_numpy(ours.float()), as_numpy(theirs.float()), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("noise_shape, constant_over", [
@@ -146,12 +161,12 @@ def test_dropout_with_a_noise_shape_drops_whole_slices_in_keras_layout(noise_sha
     program = TorchProgram(model)
     assert program.keras_layers == []
     torch.manual_seed(0)
-    out = program(torch.ones(64, 5, 5, 1), training=True).detach().numpy()  # NHWC, as Keras returns it
+    out = as_numpy(program(torch.ones(64, 5, 5, 1, device=DEVICE), training=True))  # NHWC, as Keras returns it
     assert set(np.unique(out)) == {0.0, 2.0}  # kept values scaled by 1 / (1 - rate)
     assert (out.min(axis=constant_over) == out.max(axis=constant_over)).all()  # one draw per slice
     if noise_shape[0] is None:  # 64 draws or more
         assert 0.3 < (out == 0).mean() < 0.7
-    np.testing.assert_array_equal(program(torch.ones(2, 5, 5, 1)).detach().numpy(), 1.0)  # inference: identity
+    np.testing.assert_array_equal(as_numpy(program(torch.ones(2, 5, 5, 1, device=DEVICE))), 1.0)  # inference: identity
 
 
 def test_dropout_scales_kept_values_at_full_precision_and_drops_all_at_rate_one():
@@ -172,7 +187,7 @@ def test_rescaling_by_one_constant_per_channel_runs_in_the_program():
     x = keras.layers.Rescaling(0.5, offset=[1.0, 0.0, -1.0])(x)
     outputs = keras.layers.Activation("softmax")(keras.layers.Dense(2)(keras.layers.Flatten()(x)))
     model = keras.Model(inputs, outputs)
-    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 4, 3)).float() / 255)
+    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 4, 3)).float() / 255)
 
 
 def test_program_runs_layers_and_operations_it_lacks_through_keras():
@@ -188,9 +203,9 @@ def test_program_runs_layers_and_operations_it_lacks_through_keras():
     model = keras.Model(inputs, outputs)
     program = TorchProgram(model)
     assert [name.split("_")[0] for name in program.keras_layers] == ["maximum", "add", "spatial", "up"]
-    x = torch.from_numpy(images(8, 8, 3)).float()
+    x = tensor(images(8, 8, 3)).float()
     for mode in (False, True):
-        np.testing.assert_allclose(program(x, training=mode).detach().numpy(),
+        np.testing.assert_allclose(as_numpy(program(x, training=mode)),
                                    keras.ops.convert_to_numpy(model(x, training=mode)), atol=1e-6)
 
 
@@ -200,7 +215,7 @@ def test_concatenate_runs_in_the_program_on_feature_maps_and_on_flat_features():
     flat = keras.layers.GlobalAveragePooling2D()(maps)
     both = keras.layers.Concatenate()([flat, keras.layers.Dense(4)(flat)])
     model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(3)(both)))
-    assert_runs_as_torch_ops_like_keras(model, torch.from_numpy(images(2, 6, 1)).float())
+    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 6, 1)).float())
 
 
 def test_relayout_keeps_values_and_the_parameter_object():
@@ -217,8 +232,8 @@ def train_losses(model: keras.Model, config: RunConfig, batches: list) -> list[f
     model.make_train_function()
     step, losses = model.train_function, []
     for batch in batches:
-        logs = step([tuple(torch.from_numpy(a) for a in batch)])
-        losses.append(float(logs["loss"]))
+        step([tuple(tensor(a) for a in batch)])
+        losses.append(float(model.metrics[0].result()))  # the running mean, read back every step
     return losses
 
 
@@ -300,7 +315,24 @@ def test_a_recompile_without_the_fast_steps_leaves_keras_own():
     training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": False}), steps_per_epoch=2)
     x, y = images(16, 16, 1), np.eye(4, dtype="float32")[np.arange(16) % 4]
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    assert not training.uses_fast_path(model) and "make_train_function" not in vars(model)
+    assert not training.uses_fast_path(model)
+    assert "make_train_function" not in vars(model) and "reset_metrics" not in vars(model)
+
+
+def test_logs_read_back_every_few_steps_start_afresh_after_a_reset(monkeypatch):
+    """As on CUDA (logs read back every 25 steps): the first step after Keras resets the metrics (a
+    new epoch, an evaluation) reports that step's loss, not the last epoch's."""
+    monkeypatch.setitem(FastSteps.SYNC_EVERY, "cpu", 25)
+    model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+    training.compile_model(model, RunConfig("bench", "cnn", weights="none"), steps_per_epoch=4)
+    assert training.fast_steps(model).sync_every == 25
+    model.make_train_function()
+    batches = [tuple(tensor(a) for a in batch) for batch in batches_of(16, 1, False, steps=4)]
+    logs = [dict(model.train_function([batch])) for batch in batches[:3]]
+    assert logs[0] == logs[2]  # between read-backs the logs stand still
+    model.reset_metrics()
+    after = model.train_function([batches[3]])
+    assert after["loss"] == pytest.approx(float(model.metrics[0].result()), rel=1e-6) != logs[2]["loss"]
 
 
 def test_a_fit_after_the_step_count_was_restored_uses_its_learning_rate():
@@ -348,8 +380,8 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy):
         keras_losses = train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}), batches)
     steps = ours.train_function.__self__
     assert steps.autocast is low
-    with torch.autocast("cpu", dtype=low):  # the activations really are in the lower precision
-        logits = steps.program(torch.from_numpy(batches[0][0]), training=False, logits=True)
+    with torch.autocast(DEVICE.type, dtype=low):  # the activations really are in the lower precision
+        logits = steps.program(tensor(batches[0][0]), training=False, logits=True)
     assert logits.dtype == low
     np.testing.assert_allclose(fast, keras_losses, rtol=MIXED_LOSS_RTOL)
     assert fast[-1] != fast[0]  # it trained
@@ -357,7 +389,6 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy):
         assert a.dtype == b.dtype == "float32"  # float32 variables, lower-precision arithmetic
         ours_change, their_change = a.numpy() - w0, b.numpy() - w0
         assert np.linalg.norm(ours_change - their_change) <= MIXED_UPDATE_RTOL * np.linalg.norm(their_change), a.path
-
 
 
 @pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
@@ -380,7 +411,7 @@ def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
     config = RunConfig("bench", name, optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none")
     for model, jit in ((ours, None), (theirs, False), (exact, False)):
         training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=1)
-    x, y, w = (torch.from_numpy(a) for a in batches_of(size, channels, True, steps=1, n=16)[0])
+    x, y, w = (tensor(a) for a in batches_of(size, channels, True, steps=1, n=16)[0])
     fast = ours.train_function.__self__
     loss, _ = fast._forward(x, y, w, True)
     grads = torch.autograd.grad(loss, fast.params)

@@ -14,6 +14,9 @@ that the result equals the layers' own.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import keras
 import numpy as np
 
@@ -93,7 +96,8 @@ def rotation_maps(angle: np.ndarray, height: int, width: int) -> np.ndarray:
 def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """``images`` (n, h, w, c) resampled bilinearly through ``matrices`` (n, 3, 3, output-to-input
     pixel maps), zeros outside; float32 out. On torch it runs on the GPU when there is one (the
-    batch goes up as uint8 and comes back as float32)."""
+    batch goes up as uint8 and comes back as float32), on a stream of its own, so reading it back
+    waits for its own kernels and not for the training step queued before them."""
     n, height, width, _ = images.shape
     if keras.backend.backend() != "torch":
         flat = (matrices / matrices[:, 2:, 2:]).reshape(n, 9)[:, :8].astype(np.float32)
@@ -105,11 +109,20 @@ def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # grid_sample with align_corners=True puts -1 and 1 on the first and last pixels' centres
     to_unit = np.array([[2.0 / max(width - 1, 1), 0, -1], [0, 2.0 / max(height - 1, 1), -1], [0, 0, 1]])
-    theta = torch.from_numpy((to_unit @ matrices @ np.linalg.inv(to_unit))[:, :2].astype(np.float32)).to(device)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
-    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    theta = torch.from_numpy((to_unit @ matrices @ np.linalg.inv(to_unit))[:, :2].astype(np.float32))
+    with torch.cuda.stream(_side_stream()) if device == "cuda" else contextlib.nullcontext():
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
+        grid = torch.nn.functional.affine_grid(theta.to(device), list(x.shape), align_corners=True)
+        out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@functools.cache
+def _side_stream():
+    """The CUDA stream augmentation runs on (one per process)."""
+    import torch
+
+    return torch.cuda.Stream()
 
 
 class RandAugment:

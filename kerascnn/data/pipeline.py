@@ -109,10 +109,12 @@ class Batches(keras.utils.PyDataset):
         splits): a torch ``DataLoader`` of the same batches as tensors, which Keras passes through.
         Keras' PyDataset adapter converts every batch again through its tree utilities: 0.25 ms a
         step on 2 CPU cores, where plain PyTorch's whole step of the default ``cnn`` takes 3.3 ms on
-        an H100. Handing out the last batch ends the epoch (`on_epoch_end`), as Keras' adapter does."""
+        an H100. Handing out the last batch ends the epoch (`on_epoch_end`), as Keras' adapter does.
+        For a GPU the batches come in pinned memory, so their copy to the device does not wait."""
         if keras.backend.backend() != "torch" or self.workers > 1 or self.use_multiprocessing:
             return self
         import torch
+        from keras.src.backend.torch.core import get_device
 
         batches = self
 
@@ -127,7 +129,7 @@ class Batches(keras.utils.PyDataset):
                         batches.on_epoch_end()
                     yield batch
 
-        return torch.utils.data.DataLoader(Tensors(), batch_size=None)
+        return torch.utils.data.DataLoader(Tensors(), batch_size=None, pin_memory=get_device().startswith("cuda"))
 
     def __getitem__(self, batch: int):
         index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
