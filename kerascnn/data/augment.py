@@ -95,8 +95,8 @@ def rotation_maps(angle: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     """``images`` (n, h, w, c) resampled bilinearly through ``matrices`` (n, 3, 3, output-to-input
-    pixel maps), zeros outside; float32 out. On torch it runs on the GPU when there is one (the
-    batch goes up as uint8 and comes back as float32), on a stream of its own, so reading it back
+    pixel maps), zeros outside; float32 out. On torch it runs where Keras runs, on the GPU when there
+    is one (the batch goes up as uint8 and comes back as float32), on a stream of its own, so reading it back
     waits for its own kernels and not for the training step queued before them."""
     n, height, width, _ = images.shape
     if keras.backend.backend() != "torch":
@@ -105,12 +105,13 @@ def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
                                                fill_mode="constant", data_format="channels_last")
         return keras.ops.convert_to_numpy(out)
     import torch
+    from keras.src.backend.torch.core import get_device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = get_device()  # "cuda" unless KERAS_TORCH_DEVICE says otherwise, as for the model
     # grid_sample with align_corners=True puts -1 and 1 on the first and last pixels' centres
     to_unit = np.array([[2.0 / max(width - 1, 1), 0, -1], [0, 2.0 / max(height - 1, 1), -1], [0, 0, 1]])
     theta = torch.from_numpy((to_unit @ matrices @ np.linalg.inv(to_unit))[:, :2].astype(np.float32))
-    with torch.cuda.stream(_side_stream()) if device == "cuda" else contextlib.nullcontext():
+    with torch.cuda.stream(_side_stream()) if device.startswith("cuda") else contextlib.nullcontext():
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float()
         grid = torch.nn.functional.affine_grid(theta.to(device), list(x.shape), align_corners=True)
         out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
