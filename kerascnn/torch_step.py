@@ -99,6 +99,12 @@ ACTIVATIONS: dict[Any, Callable[[Tensor], Tensor]] = {
 }
 
 
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in float32 where the program widens it (input scaling, resizing, softmax), float64 kept
+    (a float64 model computes in float64, as under Keras' float64 policy)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _activation(fn: Any) -> Callable[[Tensor], Tensor] | None:
     """The torch function of an element-wise Keras activation, None when we do not know it."""
     return ACTIVATIONS.get(fn)
@@ -342,7 +348,7 @@ class TorchProgram:
             return dense
         if type(layer) is layers.Activation:
             if layer.activation is keras.activations.softmax:
-                return lambda training, v: Value(torch.softmax(v.as_nhwc().float(), dim=-1))
+                return lambda training, v: Value(torch.softmax(_wide(v.as_nhwc()), dim=-1))
             act = _activation(layer.activation)
             if act is None:
                 raise Unsupported(layer.activation)
@@ -435,13 +441,13 @@ class TorchProgram:
                     or layer.pad_to_aspect_ratio:
                 raise Unsupported("resizing other than plain bilinear")
             size = (layer.height, layer.width)
-            return lambda training, v: Value(F.interpolate(v.as_nchw(cl).float(), size=size, mode="bilinear",
+            return lambda training, v: Value(F.interpolate(_wide(v.as_nchw(cl)), size=size, mode="bilinear",
                                                            align_corners=False), True)
         if type(layer) is layers.Rescaling:  # EfficientNet's ImageNet input takes one scale per channel
             constants = _ChannelConstants(_channel_constant(layer.scale), _channel_constant(layer.offset))
 
             def rescale(training: bool, v: Value) -> Value:
-                x = v.tensor.float()
+                x = _wide(v.tensor)
                 scale, offset = constants.for_value(x, v.nchw)
                 return Value(x * scale + offset, v.nchw)
             return rescale
@@ -455,7 +461,7 @@ class TorchProgram:
             stats = _ChannelConstants(mean, torch.clamp(torch.sqrt(variance), min=keras.backend.epsilon()))
 
             def normalize(training: bool, v: Value) -> Value:
-                x = v.tensor.float()
+                x = _wide(v.tensor)
                 m, std = stats.for_value(x, v.nchw)
                 return Value((x - m) / std, v.nchw)
             return normalize
@@ -649,6 +655,7 @@ class FastSteps:
     """
 
     SYNC_EVERY = {"cuda": 25}  # by device type; 1 elsewhere
+    CHANNELS_LAST = {"cuda": True}  # by device type: the memory layout of feature maps (NCHW elsewhere)
 
     def __init__(self, model: keras.Model, *, jit: bool = False, sync_every: int | None = None) -> None:
         loss = model.loss
@@ -660,7 +667,7 @@ class FastSteps:
         self.variables = list(model.trainable_variables)
         self.params = [v.value for v in self.variables]
         self.device = next(iter(self.params or [w.value for w in model.weights])).device
-        self.program = TorchProgram(model, channels_last=self.device.type == "cuda")
+        self.program = TorchProgram(model, channels_last=self.CHANNELS_LAST.get(self.device.type, False))
         if not self.program.softmax_output:
             raise Unsupported("the model must end in a softmax activation")
         self.label_smoothing = float(loss.label_smoothing or 0.0)
