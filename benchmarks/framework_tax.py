@@ -10,9 +10,11 @@ on CPU with batch 32, at 224 on CUDA with batch 64) with AdamW (3e-3, weight dec
 norms) and a one-cycle schedule, on the same batches already in memory, for the same steps:
 
 - kerascnn: `kerascnn.models.build` + `kerascnn.training.compile_model` + ``model.fit`` over the
-  real input pipeline (`kerascnn.data.pipeline.Batches.for_fit` of an in-memory split), as a run does;
+  real input pipeline (`kerascnn.data.pipeline.Batches.for_fit` of an in-memory split), as a run does
+  (on a GPU the split is copied there once and each batch gathered there: `Batches.on_device`);
 - plain PyTorch: an ``nn.Module`` of the same architecture, ``torch.optim.AdamW`` (fused on CUDA),
-  ``OneCycleLR``, the idiomatic loop (``zero_grad``, ``backward``, ``step``), NCHW batches.
+  ``OneCycleLR``, the idiomatic loop (``zero_grad``, ``backward``, ``step``), NCHW batches already on
+  the device.
 
 Both sides compute in ``--precision``: ``auto`` (the default) is what a run's ``--precision auto``
 picks on this machine (bfloat16 on a GPU that has it and on a CPU with AMX, see

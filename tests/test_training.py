@@ -8,7 +8,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from kerascnn import data, models, training
 from kerascnn.config import RunConfig
-from kerascnn.data.augment import augmentation
+from kerascnn.data.augment import LabelMixing, augmentation
 from kerascnn.data.pipeline import Batches
 from kerascnn.errors import KerascnnError
 
@@ -70,40 +70,85 @@ def test_what_fit_iterates_holds_the_batches_of_each_epoch():
     if keras.backend.backend() != "torch":
         assert fed is batches
         return
-    assert len(fed) == len(batches)
-    for epoch in (0, 1):
-        batches.start_at(epoch)
-        expected = [batches[i] for i in range(len(batches))]
-        batches.start_at(epoch)
-        got = list(fed)
-        assert len(got) == len(expected)
-        for have, want in zip(got, expected):
-            assert len(have) == len(want) == 3
-            for a, b in zip(have, want):
-                np.testing.assert_array_equal(a.numpy(), b)
-        assert batches._epoch == epoch + 1  # a full pass ends the epoch, as Keras' adapter does
-    orders = []
-    for _ in range(2):  # as Keras iterates: len(fed) batches, never one more
-        orders.append(np.concatenate([x.numpy().reshape(-1) for _, (x, _, _) in zip(range(len(fed)), fed)]))
-    assert batches._epoch == 4 and not np.array_equal(*orders)
+    import torch
+
+    resident = batches.on_device(torch.device("cpu"))  # what a GPU gets, gathered where the copy lives
+    for feed, start in ((fed, 0), (resident, 4)):
+        assert len(feed) == len(batches)
+        for epoch in (start, start + 1):
+            batches.start_at(epoch)
+            expected = [batches[i] for i in range(len(batches))]
+            batches.start_at(epoch)
+            got = list(feed)
+            assert len(got) == len(expected)
+            for have, want in zip(got, expected):
+                assert len(have) == len(want) == 3
+                for a, b in zip(have, want):
+                    assert a.dtype == {np.dtype("uint8"): torch.uint8, np.dtype("float32"): torch.float32}[b.dtype]
+                    np.testing.assert_array_equal(a.numpy(), b)
+            assert batches._epoch == epoch + 1  # a full pass ends the epoch, as Keras' adapter does
+        orders = []
+        for _ in range(2):  # as Keras iterates: len(feed) batches, never one more
+            orders.append(np.concatenate([x.numpy().reshape(-1) for _, (x, _, _) in zip(range(len(feed)), feed)]))
+        assert batches._epoch == start + 4 and not np.array_equal(*orders)
+
+
+def test_only_in_memory_batches_without_host_augmentation_live_on_a_gpu():
+    torch = pytest.importorskip("torch")
+    split = data.Split(np.arange(10) % 2, images=np.zeros((10, 2, 2, 1), np.uint8))
+    cpu = torch.device("cpu")
+    assert Batches(split, (2, 2, 1), 2, 4, shuffle=True, mirror=True, class_weights=np.ones(2))._fits_on(cpu)
+    assert not Batches(split, (2, 2, 1), 2, 4, augment=augmentation("none", flip=True))._fits_on(cpu)
+    assert not Batches(split, (2, 2, 1), 2, 4, mixing=LabelMixing(mixup=0.2))._fits_on(cpu)
+    assert not Batches(split, (2, 2, 1), 2, 4, multiple=2)._fits_on(cpu)
+    streamed = data.Split(np.zeros(2, int), paths=["a.png", "b.png"])
+    assert not Batches(streamed, (2, 2, 1), 2, 4)._fits_on(cpu)
+    small = Batches(split, (2, 2, 1), 2, 4)
+    small.RESIDENT_BYTES = split.images.nbytes - 1
+    assert not small._fits_on(cpu)
+
+
+def test_fit_on_a_gpu_takes_the_split_to_the_device_when_an_eighth_of_its_free_memory_holds_it(monkeypatch):
+    if keras.backend.backend() != "torch":
+        pytest.skip("the torch backend's DataLoader")
+    import torch
+    from keras.src.backend.torch import core
+
+    split = data.Split(np.arange(10) % 2, images=np.zeros((10, 2, 2, 1), np.uint8))  # 40 bytes
+    batches = Batches(split, (2, 2, 1), 2, 4)
+    monkeypatch.setattr(core, "get_device", lambda: "cuda:0")
+    monkeypatch.setattr(Batches, "on_device", lambda self, device: ("on", device))
+    for free, resident in ((320, True), (319, False)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 1000))
+        fed = batches.for_fit()
+        if resident:
+            assert fed == ("on", torch.device("cuda:0"))
+        else:
+            assert isinstance(fed, torch.utils.data.DataLoader) and fed.pin_memory
 
 
 def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
     """Through ``model.fit`` as `training.fit` calls it (two epochs, the order set by
     `training.EpochOrder` and not reshuffled by Keras), the DataLoader of `Batches.for_fit` trains
-    to the same weights as the PyDataset."""
+    to the same weights as the PyDataset, as do the batches a GPU gets (`Batches.on_device`)."""
     pixels = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 1), dtype=np.uint8)
     split = data.Split(np.arange(24) % 3, images=pixels)
     trained = []
-    for feed in (lambda b: b, Batches.for_fit):
+    feeds = [lambda b: b, Batches.for_fit]
+    if keras.backend.backend() == "torch":  # and the batches a GPU gets (`Batches.on_device`), here on the CPU
+        import torch
+
+        feeds.append(lambda b: b.on_device(torch.device("cpu")))
+    for feed in feeds:
         keras.utils.set_random_seed(0)
         model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)
         training.compile_model(model, RunConfig("t", "cnn", epochs=2, weights="none"), steps_per_epoch=3)
         batches = Batches(split, (8, 8, 1), 3, 8, shuffle=True, seed=1)
         model.fit(feed(batches), epochs=2, shuffle=False, verbose=0, callbacks=[training.EpochOrder(batches)])
         trained.append(model.get_weights())
-    for a, b in zip(*trained):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for other in trained[1:]:
+        for a, b in zip(trained[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_flips_run_in_numpy_on_about_half_the_images_seeded_by_epoch_and_batch():

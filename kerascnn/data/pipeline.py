@@ -65,6 +65,7 @@ class Batches(keras.utils.PyDataset):
         self._seed, self._epoch = seed, 0
         self._order = np.random.default_rng([seed, 0]).permutation(len(split)) if shuffle else np.arange(len(split))
         self.skipped: set[str] = set()
+        self._resident: tuple | None = None  # (device, images, labels, one-hot rows, class weights) of `on_device`
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
@@ -103,6 +104,8 @@ class Batches(keras.utils.PyDataset):
             log.warning("skipping unreadable image %s (%s)", path, why)
             self.skipped.add(path)
 
+    RESIDENT_BYTES = 1 << 30  # the largest in-memory split `for_fit` copies to a GPU (at most 1/8 of its free memory)
+
     def for_fit(self) -> Any:
         """What ``model.fit`` should iterate (training and validation batches): ``self``, except on
         the torch backend for batches prepared on the training thread (one worker, as for in-memory
@@ -110,12 +113,16 @@ class Batches(keras.utils.PyDataset):
         Keras' PyDataset adapter converts every batch again through its tree utilities: 0.25 ms a
         step on 2 CPU cores, where plain PyTorch's whole step of the default ``cnn`` takes 3.3 ms on
         an H100. Handing out the last batch ends the epoch (`on_epoch_end`), as Keras' adapter does.
-        For a GPU the batches come in pinned memory, so their copy to the device does not wait."""
+        On a GPU an in-memory split without host-side augmentation lives on the device (`on_device`);
+        other batches come in pinned memory, so their copy to the device does not wait."""
         if keras.backend.backend() != "torch" or self.workers > 1 or self.use_multiprocessing:
             return self
         import torch
         from keras.src.backend.torch.core import get_device
 
+        device = torch.device(get_device())
+        if device.type != "cpu" and self._fits_on(device):
+            return self.on_device(device)
         batches = self
 
         class Tensors(torch.utils.data.IterableDataset):
@@ -129,7 +136,55 @@ class Batches(keras.utils.PyDataset):
                         batches.on_epoch_end()
                     yield batch
 
-        return torch.utils.data.DataLoader(Tensors(), batch_size=None, pin_memory=get_device().startswith("cuda"))
+        return torch.utils.data.DataLoader(Tensors(), batch_size=None, pin_memory=device.type == "cuda")
+
+    def _fits_on(self, device: Any) -> bool:
+        """Whether `on_device` can serve these batches: an in-memory split of at most `RESIDENT_BYTES`
+        (and an eighth of a GPU's free memory), no augmentation or label mixing (they run on the
+        host), no padding to a multiple of the replicas."""
+        if self.split.streamed or self.augment is not None or self.mixing or self.multiple > 1:
+            return False
+        limit = self.RESIDENT_BYTES
+        if device.type == "cuda":
+            import torch
+
+            limit = min(limit, torch.cuda.mem_get_info(device)[0] // 8)
+        return self.split.images.nbytes <= limit
+
+    def on_device(self, device: Any) -> Any:
+        """The batches of ``self[i]``, epoch by epoch, gathered on the torch ``device`` from one copy
+        of the split made there (once per `Batches`): each epoch copies its order there, and no step
+        waits for the host (plain PyTorch's way with a dataset that fits on the GPU). For in-memory
+        splits without augmentation or label mixing (`for_fit` checks)."""
+        import torch
+
+        if self._resident is None or self._resident[0] != device:
+            weights = None if self.class_weights is None else torch.from_numpy(self.class_weights.astype("float32"))
+            self._resident = (device, torch.from_numpy(self.split.images).to(device),
+                              torch.from_numpy(self.split.labels).to(device),
+                              torch.eye(self.num_classes, device=device),
+                              None if weights is None else weights.to(device))
+        _, images, labels, one_hot, class_weights = self._resident
+        batches, size = self, self.batch_size
+
+        class Resident(torch.utils.data.IterableDataset):
+            def __len__(self) -> int:
+                return len(batches)
+
+            def __iter__(self):
+                n = len(batches)
+                order = np.concatenate([np.sort(batches._order[i * size:(i + 1) * size]) for i in range(n)])
+                order = torch.from_numpy(order).to(device)
+                for i in range(n):
+                    index = order[i * size:(i + 1) * size]
+                    x, label = images[index], labels[index]
+                    if batches.mirror:
+                        x = x.flip(2)
+                    if i == n - 1:
+                        batches.on_epoch_end()
+                    yield (x, one_hot[label]) if class_weights is None else (x, one_hot[label], class_weights[label])
+
+        return torch.utils.data.DataLoader(Resident(), batch_size=None)
 
     def __getitem__(self, batch: int):
         index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
