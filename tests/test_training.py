@@ -288,6 +288,39 @@ def test_a_nan_epoch_is_never_the_best(tmp_path):
     assert best.epoch == 4 and best.value == 0.7 and (tmp_path / "best.weights.h5").is_file()
 
 
+def test_the_checkpoint_of_a_best_epoch_is_the_best_epoch_s_file_and_other_epochs_are_saved(tmp_path, monkeypatch):
+    """The best epoch's weights are serialised once (`BestEpoch`) and copied into the checkpoint;
+    an epoch that is not the best has its own weights saved; every checkpoint reloads its epoch."""
+    from kerascnn import checkpoint
+
+    model = models.build("cnn", (8, 8, 1), 2, filters=[4], dense=[])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    best = training.BestEpoch("val_loss", tmp_path / "best.weights.h5")
+    saver = checkpoint.EpochCheckpoint(tmp_path, best, last_epoch=3)
+    calls, save_weights = [], keras.Model.save_weights
+    monkeypatch.setattr(keras.Model, "save_weights", lambda self, path, **kw: calls.append(path) or save_weights(
+        self, path, **kw))
+    weights = []
+    for epoch, val_loss in enumerate([0.9, 0.8, 1.5]):
+        for w in model.trainable_weights:
+            w.assign(w + 0.01)
+        weights.append(model.get_weights())
+        for callback in (best, saver):
+            callback.set_model(model)
+            callback.on_epoch_end(epoch, {"loss": 1.0, "val_loss": val_loss})
+        folder = tmp_path / checkpoint.FOLDER
+        if epoch < 2:
+            assert (folder / f"model-{epoch + 1}.weights.h5").read_bytes() == best.path.read_bytes()
+    assert [p.name for p in calls] == ["best.tmp.weights.h5", "best.tmp.weights.h5", "model-3.weights.h5"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model-2.weights.h5", "model-3.weights.h5", "optimizer-3.npz",
+                                                      "state.json"]
+    for epoch in (2, 3):
+        checkpoint.restore_weights(tmp_path, model, epoch)
+        for a, b in zip(model.get_weights(), weights[epoch - 1]):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
 def test_each_run_reports_its_own_peak_memory_not_the_process_s():
     from kerascnn import distribute
