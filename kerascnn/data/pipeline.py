@@ -158,12 +158,12 @@ class Batches(keras.utils.PyDataset):
         splits without augmentation or label mixing (`for_fit` checks)."""
         import torch
 
-        if self._resident is None or self._resident[0] != device:
-            weights = None if self.class_weights is None else torch.from_numpy(self.class_weights.astype("float32"))
-            self._resident = (device, torch.from_numpy(self.split.images).to(device),
-                              torch.from_numpy(self.split.labels).to(device),
-                              torch.eye(self.num_classes, device=device),
-                              None if weights is None else weights.to(device))
+        if self._resident is None or self._resident[0] != device:  # copies (torch.tensor): the arrays may be read-only
+            weights = None if self.class_weights is None else torch.tensor(self.class_weights, dtype=torch.float32,
+                                                                           device=device)
+            self._resident = (device, torch.tensor(self.split.images, device=device),
+                              torch.tensor(self.split.labels, device=device),
+                              torch.eye(self.num_classes, device=device), weights)
         _, images, labels, one_hot, class_weights = self._resident
         batches, size = self, self.batch_size
 
