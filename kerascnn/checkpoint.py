@@ -39,6 +39,11 @@ def _weights(folder: Path, epoch: int) -> Path:
     return folder / f"model-{epoch}.weights.h5"
 
 
+def weights_file(run_dir: str | Path, epoch: int) -> Path:
+    """The checkpoint's file of ``epoch``'s weights (it keeps the last epoch's and the best one's)."""
+    return _weights(Path(run_dir) / FOLDER, epoch)
+
+
 def save(run_dir: str | Path, model: keras.Model, state: State, weights_file: Path | None = None) -> None:
     """Write the checkpoint of ``model`` (weights and optimizer state) at ``state``. ``weights_file``,
     a file ``model.save_weights`` wrote at this state (the best epoch's, when this one is the best),
@@ -76,7 +81,7 @@ def load_state(run_dir: str | Path) -> State:
 def restore_weights(run_dir: str | Path, model: keras.Model, epoch: int) -> None:
     """Load the weights the checkpoint kept for ``epoch`` (the last one or the best one)."""
     try:
-        model.load_weights(_weights(Path(run_dir) / FOLDER, epoch))
+        model.load_weights(weights_file(run_dir, epoch))
     except (OSError, ValueError) as exc:
         raise KerascnnError(f"{run_dir}: the checkpoint's weights of epoch {epoch} do not load "
                             f"({str(exc).splitlines()[0]}); start the run again") from None

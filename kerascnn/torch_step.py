@@ -100,8 +100,8 @@ ACTIVATIONS: dict[Any, Callable[[Tensor], Tensor]] = {
 
 
 def _wide(x: Tensor) -> Tensor:
-    """``x`` in float32 where the program widens it (input scaling, resizing, softmax), float64 kept
-    (a float64 model computes in float64, as under Keras' float64 policy)."""
+    """``x`` in float32 where the program widens it (input scaling, resizing, softmax); float64 values
+    stay float64 (float64 images through a float64 model: the tests' exact reference)."""
     return x if x.dtype == torch.float64 else x.float()
 
 

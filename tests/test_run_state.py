@@ -120,6 +120,34 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_as_the_whole_run_would(s
         kerascnn.resume(out)
 
 
+class Scramble(keras.callbacks.Callback):
+    """Adds noise to the weights before every epoch from ``epoch`` (0-based) on: none of those is the best."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.first = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.first:
+            for w in self.model.trainable_weights:
+                w.assign(w + keras.random.normal(w.shape, stddev=1.0, seed=epoch))
+
+
+def test_a_resumed_run_keeps_its_checkpoint_s_best_weights_not_a_lost_epoch_s(tmp_path):
+    """An epoch that ended after the last checkpoint (BestEpoch had replaced best.weights.h5, the
+    checkpoint was not yet written) is trained again: best.weights.h5 is the checkpoint's best epoch's."""
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        kerascnn.run(kerascnn.RunConfig("digits", "cnn", out=str(out), epochs=3, patience=0, verbose=0),
+                     callbacks=[StopAt(2, KeyboardInterrupt())])
+    best = json.loads((out / "checkpoint" / "state.json").read_text())["best_epoch"]
+    kept = (out / "checkpoint" / f"model-{best}.weights.h5").read_bytes()
+    (out / "best.weights.h5").write_bytes(b"the weights of an epoch the checkpoint never recorded")
+    kerascnn.resume(out, callbacks=[Scramble(2)])
+    assert (out / "best.weights.h5").read_bytes() == kept
+    assert json.loads((out / "metrics.json").read_text())["best_epoch"] == best
+
+
 def test_a_resumed_run_rebuilds_the_architecture_it_recorded_not_today_s_preset():
     from kerascnn.runner import recorded_architecture
 

@@ -106,6 +106,8 @@ def test_only_in_memory_batches_without_host_augmentation_live_on_a_gpu():
     small = Batches(split, (2, 2, 1), 2, 4)
     small.RESIDENT_BYTES = split.images.nbytes - 1
     assert not small._fits_on(cpu)
+    empty = data.Split(np.zeros(0, int), images=np.zeros((0, 2, 2, 1), np.uint8))
+    assert list(Batches(empty, (2, 2, 1), 2, 4).on_device(cpu)) == []
 
 
 def test_fit_on_a_gpu_takes_the_split_to_the_device_when_an_eighth_of_its_free_memory_holds_it(monkeypatch):

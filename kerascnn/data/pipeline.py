@@ -121,7 +121,7 @@ class Batches(keras.utils.PyDataset):
         from keras.src.backend.torch.core import get_device
 
         device = torch.device(get_device())
-        if device.type != "cpu" and self._fits_on(device):
+        if device.type == "cuda" and self._fits_on(device):
             return self.on_device(device)
         batches = self
 
@@ -163,7 +163,7 @@ class Batches(keras.utils.PyDataset):
                                                                            device=device)
             self._resident = (device, torch.tensor(self.split.images, device=device),
                               torch.tensor(self.split.labels, device=device),
-                              torch.eye(self.num_classes, device=device), weights)
+                              torch.eye(self.num_classes, dtype=torch.float32, device=device), weights)
         _, images, labels, one_hot, class_weights = self._resident
         batches, size = self, self.batch_size
 
@@ -173,6 +173,8 @@ class Batches(keras.utils.PyDataset):
 
             def __iter__(self):
                 n = len(batches)
+                if n == 0:
+                    return
                 order = np.concatenate([np.sort(batches._order[i * size:(i + 1) * size]) for i in range(n)])
                 order = torch.from_numpy(order).to(device)
                 for i in range(n):
