@@ -51,8 +51,11 @@ fi
   $PY -c "import torch, keras; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'keras', keras.__version__)"
 } > "$OUT/stages.txt" 2>&1
 cat "$OUT/stages.txt"
-# The fast path computes what Keras' own step computes, on this device (tolerances were set on CPU).
-stage tests 80 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}"
+# The fast path computes what Keras' own step computes, and the batches kept on the device are the
+# pipeline's, on this device (tolerances were set on CPU).
+stage tests 80 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}" \
+    tests/test_training.py::test_what_fit_iterates_holds_the_batches_of_each_epoch \
+    tests/test_training.py::test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches
 # Issue 10: kerascnn against plain PyTorch, side by side (cnn batch 128; resnet18 at 224, batch 64).
 stage framework_tax 170 $PY benchmarks/framework_tax.py --json "${TAX[@]}"
 # Issue 10: the main job's time to 93% and 94% (on an H100 the target is 94% within 10 s of training).

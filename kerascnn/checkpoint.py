@@ -44,17 +44,17 @@ def weights_file(run_dir: str | Path, epoch: int) -> Path:
     return _weights(Path(run_dir) / FOLDER, epoch)
 
 
-def save(run_dir: str | Path, model: keras.Model, state: State, weights_file: Path | None = None) -> None:
-    """Write the checkpoint of ``model`` (weights and optimizer state) at ``state``. ``weights_file``,
+def save(run_dir: str | Path, model: keras.Model, state: State, saved_weights: Path | None = None) -> None:
+    """Write the checkpoint of ``model`` (weights and optimizer state) at ``state``. ``saved_weights``,
     a file ``model.save_weights`` wrote at this state (the best epoch's, when this one is the best),
     is copied rather than the weights saved again: Keras' saving walks every layer, and for the
     default ``cnn`` on 2 CPU cores the checkpoint took 11 ms instead of 42 (an H100 trains one of its
     epochs in about half a second)."""
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
-    if weights_file is not None:
+    if saved_weights is not None:
         partial = folder / "model.tmp.weights.h5"
-        shutil.copyfile(weights_file, partial)
+        shutil.copyfile(saved_weights, partial)
         os.replace(partial, _weights(folder, state.epoch))
     else:
         model.save_weights(_weights(folder, state.epoch))

@@ -71,8 +71,9 @@ def test_what_fit_iterates_holds_the_batches_of_each_epoch():
         assert fed is batches
         return
     import torch
+    from keras.src.backend.torch.core import get_device
 
-    resident = batches.on_device(torch.device("cpu"))  # what a GPU gets, gathered where the copy lives
+    resident = batches.on_device(torch.device(get_device()))  # what a GPU gets (on a GPU, there)
     for feed, start in ((fed, 0), (resident, 4)):
         assert len(feed) == len(batches)
         for epoch in (start, start + 1):
@@ -85,11 +86,11 @@ def test_what_fit_iterates_holds_the_batches_of_each_epoch():
                 assert len(have) == len(want) == 3
                 for a, b in zip(have, want):
                     assert a.dtype == {np.dtype("uint8"): torch.uint8, np.dtype("float32"): torch.float32}[b.dtype]
-                    np.testing.assert_array_equal(a.numpy(), b)
+                    np.testing.assert_array_equal(a.cpu().numpy(), b)
             assert batches._epoch == epoch + 1  # a full pass ends the epoch, as Keras' adapter does
         orders = []
         for _ in range(2):  # as Keras iterates: len(feed) batches, never one more
-            orders.append(np.concatenate([x.numpy().reshape(-1) for _, (x, _, _) in zip(range(len(feed)), feed)]))
+            orders.append(np.concatenate([x.cpu().numpy().reshape(-1) for _, (x, _, _) in zip(range(len(feed)), feed)]))
         assert batches._epoch == start + 4 and not np.array_equal(*orders)
 
 
@@ -137,10 +138,11 @@ def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
     split = data.Split(np.arange(24) % 3, images=pixels)
     trained = []
     feeds = [lambda b: b, Batches.for_fit]
-    if keras.backend.backend() == "torch":  # and the batches a GPU gets (`Batches.on_device`), here on the CPU
+    if keras.backend.backend() == "torch":  # and the batches a GPU gets (`Batches.on_device`), on Keras' device
         import torch
+        from keras.src.backend.torch.core import get_device
 
-        feeds.append(lambda b: b.on_device(torch.device("cpu")))
+        feeds.append(lambda b: b.on_device(torch.device(get_device())))
     for feed in feeds:
         keras.utils.set_random_seed(0)
         model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)
