@@ -28,7 +28,23 @@ def request_stop(signum: int, frame: object) -> None:
 
     exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     stop_requested.append(exc)
-    if frame is not None and getattr(frame, "f_code", None) is not None and \
-            frame.f_code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
-        return  # inside a weakref callback a raise is printed as "Exception ignored" and dropped
+    if _raise_would_be_dropped(frame):
+        return
     raise exc
+
+
+def _raise_would_be_dropped(frame: object) -> bool:
+    """Whether an exception raised in ``frame`` would be printed as "Exception ignored" and dropped:
+    in a weakref callback (the innermost frame), or anywhere inside a gc callback (JAX registers
+    one) or a finalizer (``__del__``). `stop_requested` raises it again at the next batch."""
+    import gc
+
+    code = getattr(frame, "f_code", None)
+    if code is not None and code.co_filename.endswith(("weakref.py", "_weakrefset.py")):
+        return True
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None and getattr(frame, "f_code", None) is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False

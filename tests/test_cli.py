@@ -181,3 +181,48 @@ def test_list_stages(capsys):
     out = capsys.readouterr().out
     assert "layer4" in out and "8,393,728" in out and "5,130" in out
     assert run(["--list-stages", "resnet9"]) == 2
+
+
+@pytest.mark.parametrize("where", ["gc callback", "finalizer"])
+def test_a_stop_signal_where_python_would_drop_the_raise_is_left_to_the_next_batch(where):
+    """Python prints an exception raised in a gc callback or a finalizer as "Exception ignored", with a
+    traceback, and drops it (a SIGINT that landed in JAX's gc callback did): there the handler only
+    records the request, which `kerascnn.training.StopWhenAsked` raises at the next batch; elsewhere
+    it raises at once."""
+    import gc
+    import signal
+    import sys
+
+    from kerascnn import errors
+
+    raised = []
+
+    def handle():
+        try:
+            errors.request_stop(signal.SIGINT, sys._getframe())
+            raised.append(False)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    try:
+        if where == "gc callback":
+            def callback(phase, info):
+                handle()
+
+            gc.callbacks.append(callback)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(callback)
+        else:
+            class Finalized:
+                def __del__(self):
+                    handle()
+
+            Finalized()
+        assert raised and not any(raised)
+        assert isinstance(errors.stop_requested[-1], KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            errors.request_stop(signal.SIGINT, sys._getframe())
+    finally:
+        errors.stop_requested.clear()
