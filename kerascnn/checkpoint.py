@@ -39,6 +39,13 @@ def _weights(folder: Path, epoch: int) -> Path:
     return folder / f"model-{epoch}.weights.h5"
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of ``source`` as a whole: an interruption never leaves half a file."""
+    partial = target.with_name(f"{target.name}.tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
 def weights_file(run_dir: str | Path, epoch: int) -> Path:
     """The checkpoint's file of ``epoch``'s weights (it keeps the last epoch's and the best one's)."""
     return _weights(Path(run_dir) / FOLDER, epoch)
@@ -53,9 +60,7 @@ def save(run_dir: str | Path, model: keras.Model, state: State, saved_weights: P
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
     if saved_weights is not None:
-        partial = folder / "model.tmp.weights.h5"
-        shutil.copyfile(saved_weights, partial)
-        os.replace(partial, _weights(folder, state.epoch))
+        copy_file(saved_weights, _weights(folder, state.epoch))
     else:
         model.save_weights(_weights(folder, state.epoch))
     optimizer = folder / f"optimizer-{state.epoch}.npz"

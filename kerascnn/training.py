@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -230,9 +229,7 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
             checkpoint.restore_weights(run_dir, model, state.best_epoch)
             best.value, best.epoch, best.weights = state.best_value, state.best_epoch, model.get_weights()
             # an epoch that ended after the checkpoint may have replaced best.weights.h5: the checkpoint's counts
-            partial = best.path.with_name("best.tmp.weights.h5")
-            shutil.copyfile(checkpoint.weights_file(run_dir, state.best_epoch), partial)
-            os.replace(partial, best.path)
+            checkpoint.copy_file(checkpoint.weights_file(run_dir, state.best_epoch), best.path)
         checkpoint.restore_weights(run_dir, model, done)
     stages, start, earlier = {}, time.perf_counter(), sum(logs.get("seconds", []))
     for i, phase in enumerate(plan):

@@ -175,7 +175,7 @@ class Batches(keras.utils.PyDataset):
                 n = len(batches)
                 if n == 0:
                     return
-                order = np.concatenate([np.sort(batches._order[i * size:(i + 1) * size]) for i in range(n)])
+                order = np.concatenate([batches._index(i) for i in range(n)])
                 order = torch.from_numpy(order).to(device)
                 for i in range(n):
                     index = order[i * size:(i + 1) * size]
@@ -188,9 +188,12 @@ class Batches(keras.utils.PyDataset):
 
         return torch.utils.data.DataLoader(Resident(), batch_size=None)
 
+    def _index(self, batch: int) -> np.ndarray:
+        """The split's indices in batch ``batch`` of this epoch, sorted (reading in order is faster)."""
+        return np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
+
     def __getitem__(self, batch: int):
-        index = np.sort(self._order[batch * self.batch_size : (batch + 1) * self.batch_size])
-        x, index = self._images(index)
+        x, index = self._images(self._index(batch))
         if self.mirror:
             x = x[:, :, ::-1]
         rng = np.random.default_rng([self._seed, self._epoch, batch])
