@@ -3,6 +3,7 @@
     python benchmarks/framework_tax.py [--json] [--cases cnn,resnet18] [--repeats 5] [--steps N]
                                        [--image-size N] [--batch-size N]
                                        [--precision auto|float32|mixed_bfloat16] [--jit/--no-jit] [--keras]
+                                       [--uncaptured]
                                        [--best-practice/--no-best-practice]
 
 Both sides train the same network (the default ``cnn`` at 28x28x1, batch 128; ``resnet18`` at 64x64
@@ -24,7 +25,9 @@ Keras dtype policy and the plain loop runs its forward under ``torch.autocast(dt
 The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
 ratio is kerascnn's median time per step over plain PyTorch's. ``--keras`` adds Keras' own train
 step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path. Under mixed
-precision kerascnn's float32 path runs too, and ``vs_float32`` is the ratio of the two. The
+precision kerascnn's float32 path runs too, and ``vs_float32`` is the ratio of the two.
+``--uncaptured`` adds kerascnn with its train step not captured as a CUDA graph (`FastSteps.GRAPHS`;
+the same as the default path off CUDA), and ``vs_uncaptured`` is the ratio of the two. The
 best-practice path (channels_last, bf16 autocast on CUDA and under mixed precision,
 ``torch.compile``) is the limit to aim at.
 Torch backend only.
@@ -133,13 +136,14 @@ class KerascnnPath:
     """kerascnn's real path: build, compile as a run does, ``model.fit`` over the input pipeline."""
 
     def __init__(self, model: str, images: np.ndarray, labels: np.ndarray, classes: int, batch: int,
-                 steps: int, jit: bool | None, precision: str) -> None:
+                 steps: int, jit: bool | None, precision: str, captured: bool = True) -> None:
         """``model``: a kerascnn model name; a scratch CNN normalises with ``images``' statistics, a
-        backbone works at their size."""
+        backbone works at their size. ``captured`` False: no CUDA graph of the train step."""
         from kerascnn import models, training
         from kerascnn.config import RunConfig
         from kerascnn.data import Split
         from kerascnn.data.pipeline import Batches
+        from kerascnn.torch_step import FastSteps
 
         kwargs = {}
         if models.get(model).cnn is not None:
@@ -148,11 +152,25 @@ class KerascnnPath:
             kwargs["image_size"] = images.shape[1]
         config = RunConfig("bench", model, batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
                            weights="none", label_smoothing=0.0, epochs=1000, precision=precision)
-        with models.dtype_policy(precision):  # as runner.train builds and compiles
-            self.model = models.build(model, images.shape[1:], classes, **kwargs)
-            training.compile_model(self.model, config, steps)
+        graphs = dict(FastSteps.GRAPHS)
+        if not captured:
+            FastSteps.GRAPHS.clear()
+        try:
+            with models.dtype_policy(precision):  # as runner.train builds and compiles
+                self.model = models.build(model, images.shape[1:], classes, **kwargs)
+                training.compile_model(self.model, config, steps)
+        finally:
+            FastSteps.GRAPHS.update(graphs)
         self.batches = Batches(Split(labels, images=images), images.shape[1:], classes, batch, shuffle=True)
         self.fast = training.uses_fast_path(self.model)
+
+    @property
+    def captured(self) -> bool:
+        """Whether the train step is replayed as a CUDA graph (after the warm-up epoch)."""
+        from kerascnn import training
+
+        steps = training.fast_steps(self.model)
+        return steps is not None and steps._graph is not None
 
     def epoch(self) -> None:
         self.model.fit(self.batches.for_fit(), epochs=1, shuffle=False, verbose=0)  # as training.fit
@@ -215,7 +233,7 @@ def timed(path, device: torch.device) -> float:
 
 
 def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool,
-            precision: str, size: int | None = None, batch: int | None = None) -> dict:
+            precision: str, size: int | None = None, batch: int | None = None, uncaptured: bool = False) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, channels, classes, batch = case_shape(name, device.type == "cuda", size, batch)
     steps = steps or (50 if name == "cnn" else 30) * (2 if device.type == "cuda" else 1)
@@ -226,6 +244,9 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
              "pytorch": PlainPath(name, images, labels, classes, batch, steps, device, precision)}
     if keras_steps:
         paths["keras"] = KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, False, precision)
+    if uncaptured:  # what the CUDA graph of the train step buys, side by side
+        paths["kerascnn_uncaptured"] = KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, jit,
+                                                    precision, captured=False)
     if precision != "float32":  # what the lower precision buys, side by side
         paths["kerascnn_float32"] = KerascnnPath(CASES[name][0], images, labels, classes, batch, steps, jit, "float32")
     if best_practice:
@@ -240,12 +261,15 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     row = {"case": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
            "image": f"{size}x{size}x{channels}", "batch": batch, "steps": steps, "repeats": repeats,
-           "precision": precision, "fast_path": paths["kerascnn"].fast, "torch": torch.__version__,
+           "precision": precision, "fast_path": paths["kerascnn"].fast, "captured": paths["kerascnn"].captured,
+           "torch": torch.__version__,
            **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
            **{f"{k}_images_per_s": round(1000 * batch / v, 1) for k, v in ms.items()},
            "ratio": round(ms["kerascnn"] / ms["pytorch"], 3)}
     if keras_steps:
         row["keras_ratio"] = round(ms["keras"] / ms["pytorch"], 3)
+    if uncaptured:
+        row["vs_uncaptured"] = round(ms["kerascnn"] / ms["kerascnn_uncaptured"], 3)
     if precision != "float32":
         row["vs_float32"] = round(ms["kerascnn"] / ms["kerascnn_float32"], 3)
     if best_practice:
@@ -267,6 +291,8 @@ def main() -> None:
     p.add_argument("--best-practice", action=argparse.BooleanOptionalAction, default=None,
                    help="add the channels_last + compile (+ bf16 on CUDA) PyTorch row (default: on CUDA only)")
     p.add_argument("--keras", action="store_true", help="add Keras' own train step (--no-jit) as a path")
+    p.add_argument("--uncaptured", action="store_true",
+                   help="add kerascnn without the CUDA graph of its train step as a path (vs_uncaptured)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per case")
     args = p.parse_args()
     import keras
@@ -282,19 +308,21 @@ def main() -> None:
         size = case_shape(name, cuda, args.image_size)[0]
         precision = args.precision if args.precision != "auto" else models.get(CASES[name][0]).auto_precision(size)
         rows.append(measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision, args.image_size,
-                            args.batch_size))
+                            args.batch_size, args.uncaptured))
     if args.json:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return
     print("| case | device | precision | image, batch | kerascnn ms/step | PyTorch ms/step | ratio "
-          "| Keras' step (ratio) | kerascnn float32 ms/step | best practice ms/step |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| Keras' step (ratio) | kerascnn float32 ms/step | kerascnn uncaptured ms/step | best practice ms/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         keras_ms = f"{r['keras_ms']:.1f} ({r['keras_ratio']:.2f}x)" if "keras_ms" in r else "-"
         best_ms = f"{r['pytorch_best_ms']:.1f}" if "pytorch_best_ms" in r else "-"
         float32_ms = f"{r['kerascnn_float32_ms']:.1f}" if "kerascnn_float32_ms" in r else "-"
+        uncaptured_ms = f"{r['kerascnn_uncaptured_ms']:.1f}" if "kerascnn_uncaptured_ms" in r else "-"
         print(f"| {r['case']} | {r['device']} | {r['precision']} | {r['image']}, {r['batch']} | {r['kerascnn_ms']:.1f} "
-              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {float32_ms} | {best_ms} |")
+              f"| {r['pytorch_ms']:.1f} | **{r['ratio']:.2f}x** | {keras_ms} | {float32_ms} | {uncaptured_ms} "
+              f"| {best_ms} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from kerascnn.torch_step import FastSteps, TorchProgram, dropout, relayout, sche
 # there); the tolerances below are float32's, so cuDNN's default TF32 convolutions are off.
 DEVICE = torch.device(get_device())
 torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False  # off by default, but some containers turn it on
 
 STEPS = 6
 # Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
@@ -218,6 +221,13 @@ def test_program_runs_layers_and_operations_it_lacks_through_keras():
     for mode in (False, True):
         np.testing.assert_allclose(as_numpy(program(x, training=mode)),
                                    keras.ops.convert_to_numpy(model(x, training=mode)), atol=1e-6)
+    cnn = build("cnn", 16, 1, sample=GREY_SAMPLE)
+    for m in (model, cnn):
+        m.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    with pytest.MonkeyPatch.context() as patch:  # Keras layers copy constants and read seeds on the host
+        patch.setitem(FastSteps.GRAPHS, DEVICE.type, TracedGraph)
+        assert FastSteps(model)._graph_class is None
+        assert FastSteps(cnn)._graph_class is TracedGraph
 
 
 def test_concatenate_runs_in_the_program_on_feature_maps_and_on_flat_features():
@@ -273,6 +283,95 @@ def test_fast_steps_train_as_keras_train_step(optimizer, weighted, channels_last
     for a, b in zip(ours.weights, theirs.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
     assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == STEPS
+
+
+class TracedGraph:
+    """`CudaGraph`'s semantics on any device: ``make_fx`` records the step's tensor operations while
+    it runs it once (so, unlike a CUDA graph, the capture is that step), and `replay` runs the record
+    again on the same tensors with every host number the step read frozen into it, as a CUDA graph
+    keeps its kernels' arguments. A step that reads a changing number on the host replays it stale."""
+
+    runs_on_capture = True
+
+    def __init__(self, step, stream) -> None:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        self.module = make_fx(step)()
+
+    def replay(self) -> None:
+        with torch.no_grad():  # the record holds the backward pass as operations of its own
+            self.module()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Training steps captured after one warm-up step of their batch shape: CUDA graphs on CUDA,
+    `TracedGraph` elsewhere; a capture that fails (and falls back to eager steps) fails the test."""
+    if DEVICE.type != "cuda":
+        monkeypatch.setitem(FastSteps.GRAPHS, DEVICE.type, TracedGraph)
+    monkeypatch.setattr(FastSteps, "GRAPH_AFTER", 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="kerascnn: the training step runs eagerly")
+        yield
+
+
+@pytest.mark.parametrize("optimizer,weighted", [("adamw", True), ("adam", False)])
+def test_captured_steps_train_as_keras_train_step(optimizer, weighted, channels_last, captured):
+    """Replays of the captured step follow the one-cycle learning rate and the bias corrections from
+    step to step as Keras' own steps do: same losses, weights, batch-norm statistics and step count.
+    A smaller batch after the capture runs eagerly in between."""
+    ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+    theirs = twin(ours)
+    batches = batches_of(16, 1, weighted, steps=7)
+    batches[3] = tuple(a[:5] for a in batches[3])
+    config = RunConfig("bench", "cnn", optimizer=optimizer, lr=1e-3, weight_decay=1.0, label_smoothing=0.1,
+                       weights="none")  # a decay of 1e-3 a step, which a stale learning rate would miss
+    fast = train_losses(ours, config, batches)
+    steps = training.fast_steps(ours)
+    assert steps._graph is not None and steps._graph[0][0][0] == (8, 16, 16, 1)
+    keras_losses = train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}), batches)
+    np.testing.assert_allclose(fast, keras_losses, rtol=LOSS_RTOL)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
+    assert int(ours.optimizer.iterations.numpy()) == 7
+
+
+def test_a_captured_step_draws_new_dropout_masks_at_each_replay(captured):
+    """Dropout in a replayed step is not the mask of the capture: the same batch, replayed with the
+    weights put back each time, gives a different loss."""
+    model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.5, head_dropout=0.5)
+    training.compile_model(model, RunConfig("bench", "cnn", lr=1e-3, weights="none"), steps_per_epoch=4)
+    model.make_train_function()
+    batch = tuple(tensor(a) for a in batches_of(16, 1, False, steps=1)[0])
+    start = [w.numpy() for w in model.weights]
+    losses = []
+    for _ in range(4):  # eager, capture, replay, replay
+        model.set_weights(start)
+        model.reset_metrics()
+        model.train_function([batch])
+        losses.append(float(model.metrics[0].result()))
+    assert training.fast_steps(model)._graph is not None
+    assert len(set(losses[1:])) == 3
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch):
+    """A failed capture leaves the step count alone and training goes on eagerly, as Keras trains."""
+    class Uncapturable:
+        def __init__(self, step, stream):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setitem(FastSteps.GRAPHS, DEVICE.type, Uncapturable)
+    monkeypatch.setattr(FastSteps, "GRAPH_AFTER", 1)
+    ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
+    theirs = twin(ours)
+    batches = batches_of(16, 1, False, steps=4)
+    config = RunConfig("bench", "cnn", lr=1e-3, weights="none")
+    with pytest.warns(UserWarning, match="runs eagerly.*RuntimeError: operation not permitted when stream is "
+                                         "capturing\\)"):
+        fast = train_losses(ours, config, batches)
+    assert training.fast_steps(ours)._graph is None
+    np.testing.assert_allclose(fast, train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}),
+                                                  batches), rtol=LOSS_RTOL)
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "exponential"])
