@@ -289,7 +289,9 @@ class TracedGraph:
     """`CudaGraph`'s semantics on any device: ``make_fx`` records the step's tensor operations while
     it runs it once (so, unlike a CUDA graph, the capture is that step), and `replay` runs the record
     again on the same tensors with every host number the step read frozen into it, as a CUDA graph
-    keeps its kernels' arguments. A step that reads a changing number on the host replays it stale."""
+    keeps its kernels' arguments. A step that reads a changing number on the host replays it stale.
+    What a capture forbids fails here too: reading a value back to the host (``make_fx`` refuses
+    ``.item()``) and making a tensor from host data (a copy from pageable memory on CUDA)."""
 
     runs_on_capture = True
 
@@ -297,6 +299,9 @@ class TracedGraph:
         from torch.fx.experimental.proxy_tensor import make_fx
 
         self.module = make_fx(step)()
+        made = [n.name for n in self.module.graph.nodes if n.target is torch.ops.aten.lift_fresh_copy.default]
+        if made:
+            raise RuntimeError(f"the step makes tensors from host data: {made}")
 
     def replay(self) -> None:
         with torch.no_grad():  # the record holds the backward pass as operations of its own
