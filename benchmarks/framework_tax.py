@@ -170,7 +170,7 @@ class KerascnnPath:
         from kerascnn import training
 
         steps = training.fast_steps(self.model)
-        return steps is not None and steps._graph is not None
+        return steps is not None and steps.captured
 
     def epoch(self) -> None:
         self.model.fit(self.batches.for_fit(), epochs=1, shuffle=False, verbose=0)  # as training.fit

@@ -64,9 +64,10 @@ stage framework_tax_uncaptured 50 $PY benchmarks/framework_tax.py --json --cases
 # Issue 10: the main job's time to 93% and 94% (on an H100 the target is 94% within 10 s of training).
 [ -z "${QUICK:-}" ] && stage time_to_accuracy 110 $PY benchmarks/time_to_accuracy.py
 # Issue 11: the input pipeline with --augment basic against the ResNet-18 step at 224.
-stage pipeline_throughput 100 $PY benchmarks/pipeline_throughput.py --json "${PIPE[@]}"
+stage pipeline_throughput 95 $PY benchmarks/pipeline_throughput.py --json "${PIPE[@]}"
 # Issue 10: the large-batch recipe (2,120 steps instead of 5,908; 94.15% mean of three seeds on 2 CPU
-# cores, README "tried" table) against the 10 s target. The limits add up to 570 s, inside the call's 590.
+# cores, README "tried" table) against the 10 s target. The limits add up to 555 s: with the wheels'
+# install, the header and each stage's 5 s kill grace, within the call's 590 even at the worst.
 if [ -z "${QUICK:-}" ]; then
-    stage time_to_accuracy_b512 70 $PY benchmarks/time_to_accuracy.py --batch-size 512 --lr 6e-3 --epochs 20
+    stage time_to_accuracy_b512 60 $PY benchmarks/time_to_accuracy.py --batch-size 512 --lr 6e-3 --epochs 20
 fi

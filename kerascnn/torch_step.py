@@ -27,8 +27,8 @@ import math
 import operator
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
 
 import keras
 import torch
@@ -588,7 +588,7 @@ class LeanAdam:
         self._t = torch.zeros((), dtype=torch.float32, device=device)  # t, for the kernel
         # a captured step's per-step numbers (`next_graphed_step`): the step size and the decay factor
         self._alpha = torch.zeros((), dtype=torch.float32, device=device)
-        self._decay = torch.ones((), dtype=torch.float32, device=device)
+        self._decay_factor = torch.ones((), dtype=torch.float32, device=device)
 
     @classmethod
     def for_optimizer(cls, optimizer: keras.optimizers.Optimizer, variables: list[keras.Variable]) -> LeanAdam | None:
@@ -613,18 +613,28 @@ class LeanAdam:
             lr = float(lr) if self.cpu else getattr(lr, "value", lr)
         return lr
 
-    @torch.no_grad()
-    def apply(self, grads: tuple[Tensor | None, ...]) -> None:
-        opt = self.optimizer
+    def _next_step(self) -> tuple[int, float | Tensor]:
+        """The step number ``t`` about to be taken (counted on the host from now on) and its learning rate."""
         if self.step is None:
-            self.step = int(opt.iterations.value)
+            self.step = int(self.optimizer.iterations.value)
+        lr = self.learning_rate()
+        self.step += 1
+        return self.step, lr
+
+    def _selected(self, grads: tuple[Tensor | None, ...]) -> tuple[list[Tensor], ...]:
+        """The flat parameters, moments, velocities and gradients of the variables that have a
+        gradient, and those of the parameters to decay."""
         kept = [i for i, g in enumerate(grads) if g is not None]
         params, momentums, velocities = ([xs[i] for i in kept] for xs in (self.params, self.momentums,
                                                                            self.velocities))
-        grads = [_flat(grads[i], self.orders[i]) for i in kept]
-        lr = self.learning_rate()
-        t = self.step + 1
-        decayed = [self.params[i] for i in kept if self.decayed[i]]
+        flat = [_flat(grads[i], self.orders[i]) for i in kept]
+        return params, momentums, velocities, flat, [self.params[i] for i in kept if self.decayed[i]]
+
+    @torch.no_grad()
+    def apply(self, grads: tuple[Tensor | None, ...]) -> None:
+        opt = self.optimizer
+        t, lr = self._next_step()
+        params, momentums, velocities, grads, decayed = self._selected(grads)
         if decayed:
             torch._foreach_mul_(decayed, 1 - opt.weight_decay * lr)
         # torch's kernel divides by sqrt(v) / sqrt(1 - b2^t) + eps where Keras divides by sqrt(v) + eps
@@ -634,7 +644,6 @@ class LeanAdam:
                            beta1=opt.beta_1, beta2=opt.beta_2, weight_decay=0.0,
                            eps=opt.epsilon / math.sqrt(1 - opt.beta_2 ** t), amsgrad=False, maximize=False)
         opt.iterations.value.add_(1)
-        self.step = t
 
     def next_graphed_step(self) -> None:
         """Before a replay of a captured step (`graphed_apply`): write this step's numbers where the
@@ -642,13 +651,9 @@ class LeanAdam:
         changes from step to step (the learning rate, the bias corrections) lives in device tensors,
         set here by kernel arguments: no host synchronisation."""
         opt = self.optimizer
-        if self.step is None:
-            self.step = int(opt.iterations.value)
-        t = self.step + 1
-        lr = self.learning_rate()
+        t, lr = self._next_step()
         self._alpha.fill_(lr * (math.sqrt(1 - opt.beta_2 ** t) / (1 - opt.beta_1 ** t)))
-        self._decay.fill_(1 - (opt.weight_decay or 0.0) * lr)
-        self.step = t
+        self._decay_factor.fill_(1 - (opt.weight_decay or 0.0) * lr)
 
     @torch.no_grad()
     def graphed_apply(self, grads: tuple[Tensor | None, ...]) -> None:
@@ -657,13 +662,9 @@ class LeanAdam:
         eps as a host number, and Keras' arithmetic through it needs eps / sqrt(1 - b2^t), which
         changes every step. Inside a CUDA graph the extra kernels cost no launches."""
         opt = self.optimizer
-        kept = [i for i, g in enumerate(grads) if g is not None]
-        params, momentums, velocities = ([xs[i] for i in kept] for xs in (self.params, self.momentums,
-                                                                           self.velocities))
-        grads = [_flat(grads[i], self.orders[i]) for i in kept]
-        decayed = [self.params[i] for i in kept if self.decayed[i]]
+        params, momentums, velocities, grads, decayed = self._selected(grads)
         if decayed:
-            torch._foreach_mul_(decayed, self._decay)
+            torch._foreach_mul_(decayed, self._decay_factor)
         torch._foreach_lerp_(momentums, grads, 1 - opt.beta_1)
         torch._foreach_mul_(velocities, opt.beta_2)
         torch._foreach_addcmul_(velocities, grads, grads, value=1 - opt.beta_2)
@@ -689,6 +690,15 @@ def _metric(model: keras.Model, cls: type) -> keras.metrics.Metric | None:
     return None
 
 
+class StepGraph(Protocol):
+    """A training step captured once (constructed from the step, a function of no arguments, and the
+    stream to capture on) and replayed on the same tensors; ``runs_on_capture``: capturing also ran it."""
+
+    runs_on_capture: bool
+
+    def replay(self) -> None: ...
+
+
 class CudaGraph:
     """``step`` (a function of no arguments) captured as a CUDA graph on ``stream``: `replay` launches
     its kernels again, on the same memory, with the host numbers they were captured with. Capturing
@@ -696,7 +706,7 @@ class CudaGraph:
 
     runs_on_capture = False
 
-    def __init__(self, step: Callable[[], None], stream: Any) -> None:
+    def __init__(self, step: Callable[[], None], stream: torch.cuda.Stream | None) -> None:
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: the input pipeline's threads may use the GPU meanwhile (augmentation)
         with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
@@ -704,6 +714,14 @@ class CudaGraph:
 
     def replay(self) -> None:
         self.graph.replay()
+
+
+class CapturedStep(NamedTuple):
+    """The captured training step: the batch shapes it takes, the graph and the inputs it reads."""
+
+    key: tuple
+    graph: StepGraph
+    inputs: list[Tensor | None]
 
 
 class FastSteps:
@@ -727,7 +745,7 @@ class FastSteps:
 
     SYNC_EVERY = {"cuda": 25}  # by device type; 1 elsewhere
     CHANNELS_LAST = {"cuda": True}  # by device type: the memory layout of feature maps (NCHW elsewhere)
-    GRAPHS: dict[str, type] = {"cuda": CudaGraph}  # by device type: what captures the train step (eager elsewhere)
+    GRAPHS: dict[str, type[StepGraph]] = {"cuda": CudaGraph}  # by device type: what captures the step (else eager)
     GRAPH_AFTER = 3  # eager steps of a batch shape before it is captured (CUDA graphs want a warm-up)
 
     def __init__(self, model: keras.Model, *, jit: bool = False, sync_every: int | None = None) -> None:
@@ -753,8 +771,8 @@ class FastSteps:
         # Keras layers in the program copy constants to the device and read seeds on the host
         capturable = self._adam is not None and not jit and not self.program.keras_layers
         self._graph_class = graph if capturable else None
-        self._graph: tuple[tuple, Any, list[Tensor | None]] | None = None  # (batch key, graph, its inputs)
-        self._eager_steps: dict[tuple, int] = {}  # by batch key, before the capture
+        self._graph: CapturedStep | None = None
+        self._warmups: dict[tuple, int] = {}  # by batch key, before the capture
         self._stream = torch.cuda.Stream(self.device) if self._graph_class and self.device.type == "cuda" else None
         self._logs: dict[str, Any] = {}
         self._steps = 0
@@ -829,18 +847,23 @@ class FastSteps:
     def train_function(self, data) -> dict[str, Any]:
         self._metrics(data)
         x, y, weights = self._batch(data)
-        if self._graph_class is None or not self._graphed_step(x, y, weights):
+        if self._graph_class is None or not self._through_graph(x, y, weights):
             self._step(x, y, weights)
         return self._read_logs()
 
-    def _step(self, x: Tensor, y: Tensor, weights: Tensor | None, captured: bool = False) -> None:
+    @property
+    def captured(self) -> bool:
+        """Whether training steps replay a captured graph."""
+        return self._graph is not None
+
+    def _step(self, x: Tensor, y: Tensor, weights: Tensor | None, graphed: bool = False) -> None:
         """One training step: forward, gradients, the optimizer's update, the metrics' sums.
-        ``captured``: the step a graph captures (`LeanAdam.graphed_apply`)."""
+        ``graphed``: the code a graph captures (`LeanAdam.graphed_apply`)."""
         loss, logits = self._forward(x, y, weights, True)
         optimizer = self.model.optimizer
         grads = torch.autograd.grad(optimizer.scale_loss(loss), self.params, allow_unused=True)
         with torch.no_grad():
-            if captured:
+            if graphed:
                 self._adam.graphed_apply(grads)
             elif self._adam is not None:
                 self._adam.apply(grads)
@@ -848,51 +871,50 @@ class FastSteps:
                 optimizer.apply(list(grads), self.variables)
         self._accumulate(loss, logits, y, weights)
 
-    def _graphed_step(self, x: Tensor, y: Tensor, weights: Tensor | None) -> bool:
+    def _through_graph(self, x: Tensor, y: Tensor, weights: Tensor | None) -> bool:
         """Run this step through the captured graph; False: run it eagerly. A batch shape's first
         `GRAPH_AFTER` steps warm up on the capture's stream, the last of them through the very code
         the graph captures; the next one is captured (then replayed, if capturing ran nothing)."""
         key = tuple((tuple(t.shape), t.dtype) if t is not None else None for t in (x, y, weights))
         if self._graph is not None:
-            captured_key, graph, inputs = self._graph
-            if key != captured_key:
+            if key != self._graph.key:
                 return False
-            for static, batch in zip(inputs, (x, y, weights)):
+            for static, batch in zip(self._graph.inputs, (x, y, weights)):
                 if static is not None:
                     static.copy_(batch, non_blocking=True)
             self._adam.next_graphed_step()
-            graph.replay()
+            self._graph.graph.replay()
             return True
-        warm = self._eager_steps[key] = self._eager_steps.get(key, 0) + 1
-        if warm <= self.GRAPH_AFTER:
-            last = warm == self.GRAPH_AFTER
+        warmups = self._warmups[key] = self._warmups.get(key, 0) + 1
+        if warmups <= self.GRAPH_AFTER:
+            last = warmups == self.GRAPH_AFTER
             if last:
                 self._adam.next_graphed_step()
             with self._capture_stream():
-                self._step(x, y, weights, captured=last)
+                self._step(x, y, weights, graphed=last)
             return True
         inputs = [None if t is None else t.clone() for t in (x, y, weights)]
-        step = self._adam.step
+        saved_step = self._adam.step
         self._adam.next_graphed_step()
         if self._stream is not None:
             torch.cuda.synchronize(self.device)  # an earlier step's error surfaces here, not as the capture's
         try:
             with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
-                graph = self._graph_class(lambda: self._step(*inputs, captured=True), self._stream)
+                graph = self._graph_class(lambda: self._step(*inputs, graphed=True), self._stream)
         except Exception as exc:  # noqa: BLE001 - whatever stops the capture, the eager step still works
-            self._adam.step, self._graph_class = step, None
+            self._adam.step, self._graph_class = saved_step, None
             causes = [exc] + ([exc.__context__] if exc.__context__ is not None else [])
             why = "; after ".join(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}" for e in causes)
             warnings.warn(f"kerascnn: the training step runs eagerly, it could not be captured as a graph ({why})",
-                          stacklevel=2)
+                          stacklevel=1)  # raised deep inside Keras' fit: no caller's line would say more
             return False
-        self._graph = (key, graph, inputs)
+        self._graph = CapturedStep(key, graph, inputs)
         if not graph.runs_on_capture:
             graph.replay()
         return True
 
     @contextlib.contextmanager
-    def _capture_stream(self):
+    def _capture_stream(self) -> Iterator[None]:
         """Work inside runs on the capture's stream (CUDA), ordered after and before the current one's."""
         if self._stream is None:
             yield
