@@ -144,7 +144,7 @@ class KerascnnPath:
         from kerascnn.config import RunConfig
         from kerascnn.data import Split
         from kerascnn.data.pipeline import Batches
-        from kerascnn.torch_step import FastSteps
+        from kerascnn.torch_fast import FastSteps
 
         kwargs = {}
         if models.get(model).cnn is not None:

@@ -1,4 +1,4 @@
-"""The fast path's forward and backward (`kerascnn.torch_step.TorchProgram`) against another
+"""The fast path's forward and backward (`kerascnn.torch_fast.TorchProgram`) against another
 revision's, side by side in one process: what a change to the program's ops buys, model by model.
 
     python benchmarks/program_step.py MODEL [MODEL ...] --against REV [--size 96] [--batch-size 64]
@@ -6,7 +6,8 @@ revision's, side by side in one process: what a change to the program's ops buys
 
 Both programs run the very same Keras model (same variables) on the same batch in training mode:
 forward to the logits, then backward of their sum; no optimizer, no ``model.fit``. ``REV`` is any
-git revision whose ``kerascnn/torch_step.py`` is loaded beside the working tree's. Prints one JSON
+git revision whose fast path (``kerascnn/torch_fast/``, or ``kerascnn/torch_step.py`` before it
+was split) is loaded beside the working tree's. Prints one JSON
 line per model: median ms per step of each (alternating, after two warm-up steps each) and
 ``ratio`` (this tree against REV; below 1 this tree is faster). Torch backend, on the CPU. Both
 programs store the shared kernels in the layout they want (`relayout`), the last one built winning:
@@ -34,24 +35,36 @@ os.environ["KERAS_BACKEND"] = "torch"
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from kerascnn import models, torch_step  # noqa: E402
+from kerascnn import models, torch_fast  # noqa: E402
 
 
 def module_at(rev: str, folder: Path) -> ModuleType:
-    """``kerascnn/torch_step.py`` as it is at git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:kerascnn/torch_step.py"],
+    """The fast path as it is at git revision ``rev`` (the ``kerascnn/torch_fast`` package, or the
+    ``kerascnn/torch_step.py`` module before it), imported under another name."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "kerascnn/torch_fast"],
                             check=True, capture_output=True, text=True).stdout
-    path = folder / "torch_step_at_rev.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("torch_step_at_rev", path)
+    if not listed.strip():
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:kerascnn/torch_step.py"],
+                                check=True, capture_output=True, text=True).stdout
+        path = folder / "torch_step_at_rev.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("torch_step_at_rev", path)
+    else:  # the package's modules import each other relatively: it loads under any name
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "kerascnn/torch_fast"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        package = folder / "kerascnn" / "torch_fast"
+        spec = importlib.util.spec_from_file_location("torch_fast_at_rev", package / "__init__.py",
+                                                      submodule_search_locations=[str(package)])
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
 def measure(name: str, other: ModuleType, size: int, batch: int, precision: str, repeats: int) -> dict:
     model = models.build(name, (size, size, 3), 10, image_size=size)
-    programs = {"this": torch_step.TorchProgram(model), "against": other.TorchProgram(model)}
+    programs = {"this": torch_fast.TorchProgram(model), "against": other.TorchProgram(model)}
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     bf16 = precision == "mixed_bfloat16"
 

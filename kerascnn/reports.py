@@ -15,6 +15,15 @@ def percent(value: float | None, unit: str = "%") -> str:
     return "–" if value is None else f"{100 * value:.2f}{unit}"
 
 
+def fast_path_note(fast_path: dict[str, Any] | None) -> str:
+    """One line on which training step ran (`kerascnn.training.compile_model`'s verdict)."""
+    if not fast_path:
+        return "not recorded"
+    if fast_path["used"]:
+        return "kerascnn's fast torch path"
+    return f"Keras' own ({fast_path['reason']})"
+
+
 def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any], metrics: dict[str, Any]) -> Path:
     """Write ``report.md``: result, data, model, training, per-class scores, confusion matrix, figures."""
     run_dir = Path(run_dir)
@@ -27,6 +36,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         f"Command: `{env.get('command', '')}`  ",
         f"Started {env.get('started', '?')} on {env.get('device', '?')}, backend {env.get('backend', '?')}, "
         f"Keras {env.get('versions', {}).get('keras', '?')}.",
+        f"Training step: {fast_path_note(env.get('fast_path'))}.",
         "",
         "## Test results",
         "",

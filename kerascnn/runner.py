@@ -221,6 +221,9 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
                      f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
             effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
             result = training.fit(model, dataset, effective, run_dir, callbacks, resume=resume_dir is not None)
+            if result.fast_path:  # which training step ran is known once the model is compiled
+                config.environment["fast_path"] = result.fast_path
+                config.save(run_dir / "config.json")
             save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
         metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
         rundir.mark(run_dir, "finished")

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -26,7 +26,7 @@ from kerascnn.models import set_trainable
 from kerascnn.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
-    from kerascnn.torch_step import FastSteps
+    from kerascnn.torch_fast import FastSteps
 
 ONECYCLE_WARMUP = 0.3  # fraction of steps spent warming up, as PyTorch's OneCycleLR
 ONECYCLE_DIV = 25.0  # initial LR = lr / 25, as PyTorch's OneCycleLR
@@ -104,11 +104,11 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None 
 
 
 def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, phase: Phase | None = None,
-                  lr: float | keras.optimizers.schedules.LearningRateSchedule | None = None) -> None:
+                  lr: float | keras.optimizers.schedules.LearningRateSchedule | None = None) -> dict[str, Any]:
     """Compile with a fresh optimizer (``lr``: see `make_optimizer`), label-smoothed cross-entropy
-    on softmax outputs, and accuracy.
+    on softmax outputs, and accuracy; return whether the fast path trains it (`FastPath.record`).
 
-    On the torch backend the model then gets kerascnn's fast steps (`kerascnn.torch_step`; with
+    On the torch backend the model then gets kerascnn's fast steps (`kerascnn.torch_fast`; with
     ``jit`` True, compiled by ``torch.compile``) unless ``jit`` is False, which keeps Keras' own.
     On JAX and TensorFlow ``jit`` is Keras' ``jit_compile`` (None: Keras' "auto").
     """
@@ -120,16 +120,18 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
         jit_compile=False if fast else "auto" if config.jit is None else config.jit,
     )
     if fast:
-        from kerascnn import torch_step
+        from kerascnn import torch_fast
 
-        torch_step.install(model, jit=bool(config.jit))
+        return torch_fast.install(model, jit=bool(config.jit)).record()
+    why = "--no-jit keeps Keras' own step" if keras.backend.backend() == "torch" else "the fast path is torch's"
+    return {"used": False, "reason": why, "keras": keras.version()}
 
 
 def fast_steps(model: keras.Model) -> FastSteps | None:
-    """The fast torch steps (`kerascnn.torch_step.FastSteps`) the compiled ``model`` trains through, if any."""
+    """The fast torch steps (`kerascnn.torch_fast.FastSteps`) the compiled ``model`` trains through, if any."""
     if keras.backend.backend() != "torch":
         return None
-    from kerascnn.torch_step import FastSteps
+    from kerascnn.torch_fast import FastSteps
 
     steps = getattr(model.train_function, "__self__", None)
     return steps if isinstance(steps, FastSteps) else None
@@ -165,6 +167,7 @@ class TrainResult:
     skipped_files: set[str] = field(default_factory=set)
     stages: dict[str, list[str]] = field(default_factory=dict)
     unfrozen_at: int | None = None
+    fast_path: dict[str, Any] = field(default_factory=dict)  # the last phase's `compile_model` verdict
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -231,12 +234,12 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
             # an epoch that ended after the checkpoint may have replaced best.weights.h5: the checkpoint's counts
             checkpoint.copy_file(checkpoint.weights_file(run_dir, state.best_epoch), best.path)
         checkpoint.restore_weights(run_dir, model, done)
-    stages, start, earlier = {}, time.perf_counter(), sum(logs.get("seconds", []))
+    stages, start, earlier, fast_path = {}, time.perf_counter(), sum(logs.get("seconds", [])), {}
     for i, phase in enumerate(plan):
         stages = set_trainable(model, phase.unfreeze, config.bn_policy)
         if phase.stop <= done or over:  # trained before the run was resumed
             continue
-        compile_model(model, config, len(train), phase)
+        fast_path = compile_model(model, config, len(train), phase)
         if phase.start < done:  # resuming inside the phase the checkpoint was taken in
             checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
@@ -257,7 +260,7 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     losses = logs.get("loss", [])
     return TrainResult(logs, len(losses), best.epoch, seconds, stopped_early=len(losses) < config.epochs,
                        skipped_files=set(train.skipped) | (val.skipped if val else set()), stages=stages,
-                       unfrozen_at=config.unfreeze_at)
+                       unfrozen_at=config.unfreeze_at, fast_path=fast_path)
 
 
 def history_until(path: Path, epochs: int) -> dict[str, list[float]]:

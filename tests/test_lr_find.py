@@ -37,7 +37,7 @@ def test_the_range_test_records_every_step_where_logs_are_read_back_every_few(mo
         pytest.skip("the fast steps are the torch backend's")
     from kerascnn.config import RunConfig
     from kerascnn.lr_find import range_test
-    from kerascnn.torch_step import FastSteps
+    from kerascnn.torch_fast import FastSteps
 
     config = RunConfig("digits", "cnn", batch_size=16, split="20,5,5", weights="none")
     every_step = range_test(config, steps=12, start=1e-4, end=1.0)

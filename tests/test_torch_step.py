@@ -1,4 +1,4 @@
-"""The fast torch path (`kerascnn.torch_step`) computes what Keras' own steps compute."""
+"""The fast torch path (`kerascnn.torch_fast`) computes what Keras' own steps compute."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
 import torch  # noqa: E402
-from keras.src.backend.torch.core import get_device  # noqa: E402
 
-from kerascnn import models, training  # noqa: E402
+from kerascnn import keras_compat, models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.saving import all_layers, load_model, save_model  # noqa: E402
-from kerascnn.torch_step import FastSteps, TorchProgram, dropout, relayout, schedule_value  # noqa: E402
+from kerascnn.torch_fast import FastSteps, TorchProgram, dropout, relayout, schedule_value  # noqa: E402
 
 # Where Keras puts the weights: the GPU when there is one (benchmarks/gpu_session.sh runs this file
 # there); the tolerances below are float32's, so cuDNN's default TF32 convolutions are off.
-DEVICE = torch.device(get_device())
+DEVICE = torch.device(keras_compat.torch_device_name())
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False  # off by default, but some containers turn it on
 
@@ -633,6 +632,6 @@ def test_no_jit_keeps_keras_own_steps():
 def test_cpu_training_keeps_freed_memory_on_linux():
     import sys
 
-    from kerascnn.torch_step import keep_freed_memory
+    from kerascnn.distribute import keep_freed_memory
 
     assert keep_freed_memory() is sys.platform.startswith("linux")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from kerascnn import data, models, training
+from kerascnn import data, keras_compat, models, training
 from kerascnn.config import RunConfig
 from kerascnn.data.augment import LabelMixing, augmentation
 from kerascnn.data.pipeline import Batches
@@ -71,9 +71,8 @@ def test_what_fit_iterates_holds_the_batches_of_each_epoch():
         assert fed is batches
         return
     import torch
-    from keras.src.backend.torch.core import get_device
 
-    resident = batches.on_device(torch.device(get_device()))  # what a GPU gets (on a GPU, there)
+    resident = batches.on_device(torch.device(keras_compat.torch_device_name()))  # what a GPU gets (on a GPU, there)
     for feed, start in ((fed, 0), (resident, 4)):
         assert len(feed) == len(batches)
         for epoch in (start, start + 1):
@@ -115,11 +114,10 @@ def test_fit_on_a_gpu_takes_the_split_to_the_device_when_an_eighth_of_its_free_m
     if keras.backend.backend() != "torch":
         pytest.skip("the torch backend's DataLoader")
     import torch
-    from keras.src.backend.torch import core
 
     split = data.Split(np.arange(10) % 2, images=np.zeros((10, 2, 2, 1), np.uint8))  # 40 bytes
     batches = Batches(split, (2, 2, 1), 2, 4)
-    monkeypatch.setattr(core, "get_device", lambda: "cuda:0")
+    monkeypatch.setattr(keras_compat, "torch_device_name", lambda: "cuda:0")
     monkeypatch.setattr(Batches, "on_device", lambda self, device: ("on", device))
     for free, resident in ((320, True), (319, False)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 1000))
@@ -140,9 +138,8 @@ def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
     feeds = [lambda b: b, Batches.for_fit]
     if keras.backend.backend() == "torch":  # and the batches a GPU gets (`Batches.on_device`), on Keras' device
         import torch
-        from keras.src.backend.torch.core import get_device
 
-        feeds.append(lambda b: b.on_device(torch.device(get_device())))
+        feeds.append(lambda b: b.on_device(torch.device(keras_compat.torch_device_name())))
     for feed in feeds:
         keras.utils.set_random_seed(0)
         model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)

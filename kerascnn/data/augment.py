@@ -20,6 +20,8 @@ import functools
 import keras
 import numpy as np
 
+from kerascnn import keras_compat
+
 GEOMETRIC = (keras.layers.RandomZoom, keras.layers.RandomRotation, keras.layers.RandomTranslation)
 
 
@@ -105,9 +107,8 @@ def resample(images: np.ndarray, matrices: np.ndarray) -> np.ndarray:
                                                fill_mode="constant", data_format="channels_last")
         return keras.ops.convert_to_numpy(out)
     import torch
-    from keras.src.backend.torch.core import get_device
 
-    device = get_device()  # "cuda" unless KERAS_TORCH_DEVICE says otherwise, as for the model
+    device = keras_compat.torch_device_name()  # "cuda" unless KERAS_TORCH_DEVICE says otherwise, as for the model
     # grid_sample with align_corners=True puts -1 and 1 on the first and last pixels' centres
     to_unit = np.array([[2.0 / max(width - 1, 1), 0, -1], [0, 2.0 / max(height - 1, 1), -1], [0, 0, 1]])
     theta = torch.from_numpy((to_unit @ matrices @ np.linalg.inv(to_unit))[:, :2].astype(np.float32))

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kerascnn import keras_compat
 from kerascnn.data.augment import Augmenter, LabelMixing
 from kerascnn.data.dataset import Split
 from kerascnn.data.images import read_image
@@ -118,9 +119,8 @@ class Batches(keras.utils.PyDataset):
         if keras.backend.backend() != "torch" or self.workers > 1 or self.use_multiprocessing:
             return self
         import torch
-        from keras.src.backend.torch.core import get_device
-
-        device = torch.device(get_device())
+    
+        device = torch.device(keras_compat.torch_device_name())
         if device.type == "cuda" and self._fits_on(device):
             return self.on_device(device)
         batches = self
