@@ -24,7 +24,8 @@ Keras dtype policy and the plain loop runs its forward under ``torch.autocast(dt
 
 The paths alternate (A, B, A, B, ...) ``--repeats`` times in one process after a warm-up each; the
 ratio is kerascnn's median time per step over plain PyTorch's. ``--keras`` adds Keras' own train
-step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path. Under mixed
+step (kerascnn's ``--no-jit``, the path before kerascnn's fast steps) as a third path, and
+``vs_keras``, the fast path's time over it: the margin the fast path keeps on the installed Keras. Under mixed
 precision kerascnn's float32 path runs too, and ``vs_float32`` is the ratio of the two.
 ``--uncaptured`` adds kerascnn with its train step not captured as a CUDA graph (`FastSteps.GRAPHS`;
 the same as the default path off CUDA), and ``vs_uncaptured`` is the ratio of the two. The
@@ -230,6 +231,8 @@ def timed(path, device: torch.device) -> float:
 
 def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_practice: bool, keras_steps: bool,
             precision: str, size: int | None = None, batch: int | None = None, uncaptured: bool = False) -> dict:
+    import keras
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, channels, classes, batch = case_shape(name, device.type == "cuda", size, batch)
     steps = steps or (50 if name == "cnn" else 30) * (2 if device.type == "cuda" else 1)
@@ -258,12 +261,13 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     row = {"case": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}",
            "image": f"{size}x{size}x{channels}", "batch": batch, "steps": steps, "repeats": repeats,
            "precision": precision, "fast_path": paths["kerascnn"].fast, "captured": paths["kerascnn"].captured,
-           "torch": torch.__version__,
+           "torch": torch.__version__, "keras": keras.version(),
            **{f"{k}_ms": round(v, 2) for k, v in ms.items()},
            **{f"{k}_images_per_s": round(1000 * batch / v, 1) for k, v in ms.items()},
            "ratio": round(ms["kerascnn"] / ms["pytorch"], 3)}
-    if keras_steps:
+    if keras_steps:  # vs_keras below 1: the fast path pays on this Keras
         row["keras_ratio"] = round(ms["keras"] / ms["pytorch"], 3)
+        row["vs_keras"] = round(ms["kerascnn"] / ms["keras"], 3)
     if uncaptured:
         row["vs_uncaptured"] = round(ms["kerascnn"] / ms["kerascnn_uncaptured"], 3)
     if precision != "float32":

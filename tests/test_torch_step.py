@@ -129,9 +129,10 @@ def test_program_in_training_mode_matches_keras_with_dropout_off(case, channels_
     x = tensor(images(8, size, channels))
     expected = keras.ops.convert_to_numpy(twin(model)(x.float(), training=True))
     # batch statistics over 8 images amplify rounding: in channels-last memory EfficientNet-B0's output
-    # is 1.0e-5 from float64 arithmetic, Keras' own 6.7e-6 (1.5e-5 apart; 6.6e-6 in NCHW)
+    # is 1.0e-5 from float64 arithmetic, Keras' own 6.7e-6 (1.5e-5 apart; 6.6e-6 in NCHW on Keras 3.15,
+    # 1.14e-5 on keras-nightly 3.16, whose own float32 arithmetic moved)
     np.testing.assert_allclose(as_numpy(TorchProgram(model, channels_last=channels_last)(x, training=True)), expected,
-                               atol=3e-5 if channels_last else 1e-5)
+                               atol=3e-5)
 
 
 def test_program_runs_bare_arithmetic_in_either_order_and_layout(channels_last):
