@@ -9,6 +9,7 @@ import keras
 import torch
 
 from kerascnn import keras_compat
+
 from .program import Tensor, Unsupported
 
 

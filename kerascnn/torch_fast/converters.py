@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from keras import layers
 
 from kerascnn import keras_compat
+
 from .program import (
     NHWC_TO_NCHW,
     Step,

@@ -15,6 +15,7 @@ import torch
 
 from kerascnn import keras_compat
 from kerascnn.distribute import keep_freed_memory
+
 from .adam import LeanAdam
 from .program import Tensor, TorchProgram, Unsupported
 
