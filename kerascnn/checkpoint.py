@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,10 +78,15 @@ def load_state(run_dir: str | Path) -> State:
     """The state of ``run_dir``'s checkpoint; one error line when it has none."""
     path = Path(run_dir) / FOLDER / "state.json"
     try:
-        return State(**json.loads(path.read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        text = path.read_text()
+    except FileNotFoundError:
         raise KerascnnError(f"{run_dir} has no complete checkpoint (it stopped before its first epoch ended); "
                             "start the run again") from None
+    try:
+        return State(**json.loads(text))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+        raise KerascnnError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); the checkpoint is "
+                            "damaged: start the run again") from None
 
 
 def restore_weights(run_dir: str | Path, model: keras.Model, epoch: int) -> None:
@@ -99,7 +105,7 @@ def restore_optimizer(run_dir: str | Path, model: keras.Model, epoch: int) -> No
     try:
         with np.load(Path(run_dir) / FOLDER / f"optimizer-{epoch}.npz") as saved:
             values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:  # missing, empty or truncated
         raise KerascnnError(f"{run_dir}: the checkpoint's optimizer state does not load ({exc}); start the run "
                             "again") from None
     if [tuple(v.shape) for v in optimizer.variables] != [value.shape for value in values]:

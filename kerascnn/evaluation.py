@@ -17,13 +17,14 @@ def predict_proba(model: keras.Model, batches: keras.utils.PyDataset) -> np.ndar
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``correct / total``."""
+    """95% Wilson score interval of a proportion ``correct / total``, clipped so that it holds the
+    estimate (at 0% and 100% rounding would put a bound a hair inside it)."""
     if total == 0:
         return 0.0, 0.0
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def bootstrap_f1_intervals(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, resamples: int = 2000,

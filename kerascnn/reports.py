@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
 
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
+
+_MARKDOWN_SPECIALS = str.maketrans({**{c: "\\" + c for c in "\\`*_[]|#!~"}, "\n": " ", "\r": " "})
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` (a class or file name, anything a user's data supplies) as literal Markdown text on one
+    line: it cannot break a table, open a link, a code span or raw HTML."""
+    return html.escape(str(value).translate(_MARKDOWN_SPECIALS), quote=False)
 
 
 def percent(value: float | None, unit: str = "%") -> str:
@@ -28,12 +37,12 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     """Write ``report.md``: result, data, model, training, per-class scores, confusion matrix, figures."""
     run_dir = Path(run_dir)
     env = config.environment
-    names = metrics["class_names"]
+    names = [markdown_text(name) for name in metrics["class_names"]]
     lo, hi = metrics["accuracy_ci95"]
     lines = [
-        f"# {config.dataset} · {config.model} — {percent(metrics['accuracy'])} test accuracy",
+        f"# {markdown_text(config.dataset)} · {config.model} — {percent(metrics['accuracy'])} test accuracy",
         "",
-        f"Command: `{env.get('command', '')}`  ",
+        f"Command: {markdown_text(env.get('command', ''))}  ",
         f"Started {env.get('started', '?')} on {env.get('device', '?')}, backend {env.get('backend', '?')}, "
         f"Keras {env.get('versions', {}).get('keras', '?')}.",
         f"Training step: {fast_path_note(env.get('fast_path'))}.",
@@ -64,9 +73,12 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "",
     ]
     skipped = metrics.get("skipped_file_names", [])
-    lines += [f"- skipped: `{name}`" for name in skipped[:20]]
+    lines += [f"- skipped: {markdown_text(name)}" for name in skipped[:20]]
     lines += [f"- ... and {len(skipped) - 20} more (all in metrics.json)"] if len(skipped) > 20 else []
-    lines += [f"- {note}" for note in dataset["notes"]]
+    lines += [f"- {markdown_text(note)}" for note in dataset["notes"]]
+    if leakage := metrics.get("leakage"):
+        lines += [f"- duplicate removed from {e['removed_from']}: {markdown_text(e['file'])} is the same file as "
+                  f"{markdown_text(e['same_as'])} ({e['kept_in']})" for e in leakage["examples"]]
     lines += [
         "",
         "## Model and training",
@@ -74,7 +86,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "| setting | value |",
         "| --- | --- |",
         f"| model | {config.model}, working at {config.image_size}×{config.image_size} pixels |",
-        f"| weights | {_weights_text(metrics.get('weights', {}))} |",
+        f"| weights | {markdown_text(_weights_text(metrics.get('weights', {})))} |",
         f"| trained stages | {', '.join(metrics.get('unfrozen_stages', [])) or '-'}"
         f"{f' (head alone until epoch {config.unfreeze_at})' if config.unfreeze_at else ''} |",
         f"| frozen stages | {', '.join(metrics.get('frozen_stages', [])) or 'none'} |",
@@ -96,7 +108,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, name in enumerate(names):
-        s = metrics["per_class"][name]
+        s = metrics["per_class"][metrics["class_names"][i]]
         lines.append(f"| {name} | {percent(s['precision'])} | {percent(s['recall'])} | {percent(s['f1'])} "
                      f"| {s['support']} | {per_class['train'][i]} | {per_class['val'][i]} |")
     lines += ["", "## Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
@@ -220,7 +232,7 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     head = ["run", "model", "weights", "unfreeze", "trainable", "epochs", "train s", "precision", *SUMMARY_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r["run"], r["model"], r["weights"], r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
+        cells = [markdown_text(r["run"]), r["model"], markdown_text(r["weights"]), r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
                  f"{r['train_seconds']:.0f}", r["precision"], *(percent(r[m], unit="") for m in SUMMARY_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -93,13 +93,26 @@ def mark(run_dir: str | Path, status: str, **details: Any) -> None:
 
 
 def read_status(run_dir: str | Path) -> str:
-    """A run folder's state (`STATUSES`); a folder from before status files is ``finished`` when it
-    has ``metrics.json``, else ``unknown``."""
+    """A run folder's state (`STATUSES`): ``running`` only while the process that marked it (its pid
+    on its host) is alive, else ``interrupted`` (killed without a word, ``kill -9``). A folder from
+    before status files is ``finished`` when it has ``metrics.json``, else ``unknown``."""
     run_dir = Path(run_dir)
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text())["status"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        status = json.loads((run_dir / STATUS_FILE).read_text())["status"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return "finished" if (run_dir / "metrics.json").is_file() else "unknown"
+    if status == "running" and not (running_elsewhere(run_dir) or _marked_by_this_process(run_dir)):
+        return "interrupted"
+    return status
+
+
+def _marked_by_this_process(run_dir: Path) -> bool:
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_text())
+        return "pid" not in status or (int(status["pid"]) == os.getpid()
+                                       and status.get("host") == socket.gethostname())
+    except (OSError, json.JSONDecodeError, TypeError, ValueError):
+        return False
 
 
 def running_elsewhere(run_dir: str | Path) -> bool:

@@ -137,6 +137,7 @@ def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effectiv
         "precision": config.precision,
         **distribute.peak_memory(),
         "dataset": summary,
+        "leakage": dataset.leakage,
     })
     rundir.write_json(run_dir / "metrics.json", metrics)
     reports.write_report(run_dir, config, summary, metrics)

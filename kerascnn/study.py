@@ -32,7 +32,7 @@ import numpy as np
 from kerascnn import rundir
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError, request_stop
-from kerascnn.reports import percent
+from kerascnn.reports import markdown_text, percent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -641,7 +641,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
              + (" (the rest are missing from the table below; run the same command again to go on)."
                 if summary["runs_finished"] < summary["runs_planned"] else "."), ""]
     if summary["failed"]:
-        lines += ["Failed: " + "; ".join(summary["failed"].values()), ""]
+        lines += ["Failed: " + "; ".join(markdown_text(v) for v in summary["failed"].values()), ""]
     if note := precision_note(summary["precisions"]):
         lines += [note, ""]
     lines += ["Scores are test-set percentages, mean ± std over the runs (seeds, folds) of each configuration, "
@@ -659,12 +659,12 @@ def study_markdown(summary: dict[str, Any]) -> str:
 
     for e in summary["configurations"]:
         if not e["runs_finished"]:
-            lines.append(f"| {e['configuration']} | 0/{e['runs_planned']} | not run yet |" + " |" * 10)
+            lines.append(f"| {markdown_text(e['configuration'])} | 0/{e['runs_planned']} | not run yet |" + " |" * 10)
             continue
         acc, ci = e["accuracy"], e["accuracy"]["ci95"]
         interval = f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–"
         lines.append(
-            f"| {e['configuration']} | {e['runs_finished']}/{e['runs_planned']} | {pct(acc['mean'])} ± "
+            f"| {markdown_text(e['configuration'])} | {e['runs_finished']}/{e['runs_planned']} | {pct(acc['mean'])} ± "
             f"{pct(acc['std'])} | {interval} | {pct(e['macro_f1']['mean'])} ± {pct(e['macro_f1']['std'])} | "
             f"{pct(e['weighted_f1']['mean'])} | {pct(e['val_accuracy'])} | "
             f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "

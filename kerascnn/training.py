@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
-from kerascnn import checkpoint
+from kerascnn import checkpoint, rundir
 from kerascnn.config import RunConfig
 from kerascnn.data import Dataset
 from kerascnn.data.augment import LabelMixing, augmentation
@@ -244,7 +244,7 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
             checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
         own = [StopWhenAsked(), EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
-        own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs)] if run_dir is not None else []
+        own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs), EpochStatus(run_dir)] if run_dir else []
         # shuffle=False: the batches are shuffled already, seeded by the epoch (Keras would also
         # reorder a PyDataset's batches with Python's `random`, whose state a resumed run does not restore)
         history = model.fit(train.for_fit(), validation_data=None if val is None else val.for_fit(), shuffle=False,
@@ -331,6 +331,18 @@ class EpochOrder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.start_at(epoch)
+
+
+class EpochStatus(keras.callbacks.Callback):
+    """Marks ``run_dir`` running by this process at every epoch end, so ``status.json`` counts the
+    epochs done (after ``history.csv`` has the epoch)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        rundir.mark(self.run_dir, "running", pid=os.getpid())
 
 
 class EpochCSVLogger(keras.callbacks.CSVLogger):

@@ -51,10 +51,10 @@ def test_an_empty_class_folder_is_left_out_with_a_warning_and_one_class_is_an_er
 
 
 def test_grey_folder_gets_one_channel(tmp_path):
-    for name in ("a", "b"):
+    for offset, name in enumerate(("a", "b")):
         (tmp_path / "g" / name).mkdir(parents=True)
         for i in range(5):
-            Image.fromarray(np.full((10, 10), 50 * i, np.uint8)).save(tmp_path / "g" / name / f"{i}.png")
+            Image.fromarray(np.full((10, 10), 50 * i + offset, np.uint8)).save(tmp_path / "g" / name / f"{i}.png")
     assert data.load(f"folder:{tmp_path / 'g'}", image_size=8).image_shape == (8, 8, 1)
 
 

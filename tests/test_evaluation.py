@@ -40,6 +40,12 @@ def test_wilson_interval():
     assert evaluation.wilson_interval(0, 0) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("total", [1, 7, 269, 10000])
+def test_wilson_interval_holds_the_estimate_at_0_and_100_percent(total):
+    assert evaluation.wilson_interval(total, total)[1] == 1.0  # rounding gave 0.9999999999999999 at 269
+    assert evaluation.wilson_interval(0, total)[0] == 0.0
+
+
 def test_most_confident_mistakes_come_first():
     y = np.array([0, 0, 1, 1])
     proba = one_hot_proba(np.array([1, 0, 0, 0]), 2, np.array([0.6, 0.9, 0.95, 0.7]))

@@ -91,7 +91,8 @@ class Dataset:
 
     ``image_shape`` is (height, width, channels) of what the splits yield: the native shape of
     an array dataset, the decoding size of a file dataset. ``skipped_files`` names unreadable
-    images left out; ``notes`` says how the splits were made.
+    images left out; ``notes`` says how the splits were made; ``leakage`` counts the exact duplicate
+    files removed (`kerascnn.data.leakage`; None for array datasets, which are not checked).
     """
 
     name: str
@@ -102,6 +103,7 @@ class Dataset:
     image_shape: tuple[int, int, int]
     skipped_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    leakage: dict | None = None
 
     @property
     def num_classes(self) -> int:

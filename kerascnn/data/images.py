@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,16 +44,30 @@ def to_array(image: Image.Image, channels: int) -> np.ndarray:
     return array[..., None] if channels == 1 else array
 
 
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; ``OSError`` for a FIFO, device or directory,
+    which is refused without blocking on it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def read_image(path: str | Path, shape: tuple[int, int, int] | None = None, channels: int = 3) -> np.ndarray:
     """Read one image file as uint8 (h, w, c).
 
     With ``shape`` = (height, width, channels) the image is centre-cropped to that aspect ratio
     and resized; otherwise it keeps its size and gets ``channels`` channels. EXIF rotation is
-    applied. Raises ``OSError`` (or a Pillow error) for unreadable or truncated files.
+    applied. Raises ``OSError`` (or a Pillow error) for unreadable or truncated files and for
+    anything but a regular file.
     """
     if shape is not None:
         channels = shape[2]
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(read_regular_file(path))) as image:
         if shape is not None and image.format == "JPEG":
             image.draft("L" if channels == 1 else "RGB", (shape[1], shape[0]))
         image.load()
@@ -70,26 +87,33 @@ def read_images(paths: Sequence[str], shape: tuple[int, int, int]) -> np.ndarray
     return out
 
 
-def _readable(path: str) -> bool:
+def _content_digest(path: str) -> str | None:
     try:
-        with Image.open(path) as image:
+        data = read_regular_file(path)
+        with Image.open(io.BytesIO(data)) as image:
             image.draft(image.mode if image.mode in ("L", "RGB") else "RGB", (64, 64))
             image.load()
-        return True
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
     except Exception:  # noqa: BLE001 - any failure to decode means unreadable
-        return False
+        return None
 
 
-def find_unreadable(paths: Iterable[str], workers: int | None = None) -> list[str]:
-    """The files among ``paths`` that Pillow cannot fully decode (corrupt, truncated, not images)."""
+def scan_images(paths: Iterable[str], workers: int | None = None) -> dict[str, str | None]:
+    """Each of ``paths`` with the hash of its bytes if Pillow can fully decode it, None if not
+    (corrupt, truncated, not an image, not a regular file); unreadable ones are warned about."""
     paths = list(paths)
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        ok = list(pool.map(_readable, paths, chunksize=64))
-    bad = [p for p, good in zip(paths, ok) if not good]
-    for path in bad:
-        log.warning("skipping unreadable image %s", path)
-    return bad
+        digests = dict(zip(paths, pool.map(_content_digest, paths, chunksize=64)))
+    for path, digest in digests.items():
+        if digest is None:
+            log.warning("skipping unreadable image %s", path)
+    return digests
+
+
+def find_unreadable(paths: Iterable[str], workers: int | None = None) -> list[str]:
+    """The files among ``paths`` that `scan_images` finds unreadable."""
+    return [p for p, digest in scan_images(paths, workers).items() if digest is None]
 
 
 def grey_only(paths: Sequence[str], sample: int = 64) -> bool:
@@ -99,7 +123,7 @@ def grey_only(paths: Sequence[str], sample: int = 64) -> bool:
     step = max(1, len(paths) // sample)
     for path in paths[::step][:sample]:
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(read_regular_file(path))) as image:
                 if image.mode not in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F", "LA"):
                     return False
         except Exception:  # noqa: BLE001 - unreadable files are dealt with elsewhere

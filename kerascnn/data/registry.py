@@ -12,6 +12,7 @@ from kerascnn.data import deep_weeds
 from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
 from kerascnn.data.fer2013 import load_fer2013
+from kerascnn.data.leakage import remove_duplicates
 from kerascnn.data.sources import Source, load_csv, load_digits, load_fashion_mnist, load_folder
 from kerascnn.data.splits import carve_validation, check_splits, stratified_split
 from kerascnn.data.tfds import load_tfds
@@ -99,7 +100,12 @@ def load(
     image_size = image_size or DEFAULT_FILE_IMAGE_SIZE
     source = get_source(name, LoadOptions(data_dir, channels, fold, image_size))
     notes = list(source.notes)
-    parts = source.splits
+    parts, leakage = source.splits, None
+    if source.digests:  # before any splitting: a pooled duplicate could land in two splits
+        parts, leakage = remove_duplicates(parts, source.digests, list(source.class_names), name)
+        if leakage["removed"]:
+            notes.append(f"{leakage['removed']} exact duplicate image(s) removed "
+                         f"({sum(leakage['duplicates_across_splits'].values())} across splits)")
     if split is not None or "train" not in parts:
         if split is None:
             split = source.default_split
@@ -129,4 +135,4 @@ def load(
     else:
         shape = tuple(train.images.shape[1:])
     return Dataset(name, list(source.class_names), train, val, test, shape,  # type: ignore[arg-type]
-                   skipped_files=source.skipped_files, notes=notes)
+                   skipped_files=source.skipped_files, notes=notes, leakage=leakage)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascnn.data.dataset import Split
-from kerascnn.data.images import find_unreadable, grey_only, is_image_file
+from kerascnn.data.images import grey_only, is_image_file, scan_images
 from kerascnn.errors import KerascnnError
 
 FASHION_MNIST_FILES = {
@@ -43,6 +43,7 @@ class Source:
     skipped_files: list[str] = field(default_factory=list)  # unreadable files (or rows) left out
     notes: list[str] = field(default_factory=list)
     default_split: str = "0.7,0.15,0.15"
+    digests: dict[str, str] = field(default_factory=dict)  # a file's content hash, by path (file datasets)
 
 
 def data_roots(data_dir: str | None, name: str) -> list[Path]:
@@ -123,8 +124,9 @@ def load_digits() -> Source:
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header holding ``required`` columns (names compared case-insensitively)."""
-    with path.open(newline="") as f:
+    """Rows of a CSV with a header holding ``required`` columns (names compared case-insensitively;
+    a UTF-8 byte-order mark, as Excel writes, is read as such)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [c.strip().lower() for c in reader.fieldnames or []]
         missing = [c for c in required if c not in fields]
@@ -142,7 +144,11 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
     if not all_paths:
         expected = "rows path,label[,split]" if origin.endswith(".csv") else "one sub-folder of images per class"
         raise KerascnnError(f"no image files found in {origin}; expected {expected}")
-    bad = set(find_unreadable(all_paths))
+    check_labels([c for rows in records.values() for _, c in rows], origin)
+    records = unique_rows(records, origin)
+    all_paths = [p for rows in records.values() for p, _ in rows]
+    digests = scan_images(all_paths)
+    bad = {p for p, digest in digests.items() if digest is None}
     if len(bad) == len(all_paths):
         raise KerascnnError(f"none of the {len(all_paths)} image files in {origin} could be read "
                             f"(e.g. {all_paths[0]}); give image files PIL can open")
@@ -159,7 +165,45 @@ def file_source(records: dict[str, list[tuple[str, str]]], class_names: list[str
     if channels is None:
         channels = 1 if grey_only([p for p in all_paths if p not in bad]) else 3
     notes = [f"{len(bad)} unreadable image file(s) skipped"] if bad else []
-    return Source(splits, names, channels=channels, skipped_files=sorted(bad), notes=notes)
+    return Source(splits, names, channels=channels, skipped_files=sorted(bad), notes=notes,
+                  digests={p: d for p, d in digests.items() if d is not None})
+
+
+def check_labels(labels: list[str], origin: str) -> None:
+    """Refuse labels that differ only in case or spaces (``Cat`` and ``cat``): one class written two ways."""
+    by_key: dict[str, set[str]] = {}
+    for label in set(labels):
+        by_key.setdefault("".join(label.split()).casefold(), set()).add(label)
+    clashes = sorted(sorted(names) for names in by_key.values() if len(names) > 1)
+    if clashes:
+        raise KerascnnError(f"{origin}: labels {' and '.join(map(repr, clashes[0]))} differ only in case or spaces; "
+                            "write each class one way")
+
+
+def unique_rows(records: dict[str, list[tuple[str, str]]], origin: str) -> dict[str, list[tuple[str, str]]]:
+    """``records`` with each file once per split (its first listing, by resolved path); a file listed
+    under two labels is refused. Listings again in the same split are dropped with one warning (a
+    file in two splits is leakage, which `kerascnn.data.leakage` deals with)."""
+    first: dict[str, tuple[str, str]] = {}  # resolved path -> (path, label) of its first listing
+    seen: set[tuple[str, str]] = set()
+    kept: dict[str, list[tuple[str, str]]] = {split: [] for split in records}
+    again = []
+    for split, rows in records.items():
+        for path, label in rows:
+            key = os.path.realpath(path)
+            listed_path, listed_label = first.setdefault(key, (path, label))
+            if listed_label != label:
+                raise KerascnnError(f"{origin}: {path} is listed under two labels, {listed_label!r} and {label!r}; "
+                                    "keep the right one")
+            if (split, key) in seen:
+                again.append(path)
+                continue
+            seen.add((split, key))
+            kept[split].append((path, label))
+    if again:
+        log.warning("%s lists %d file(s) again in the same split (e.g. %s): each is used once", origin,
+                    len(again), again[0])
+    return kept
 
 
 def class_folders(root: Path) -> dict[str, list[str]]:

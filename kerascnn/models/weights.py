@@ -72,21 +72,22 @@ def load_weights(model: keras.Model, path: str | Path) -> dict[str, Any]:
 
 
 def _load_torchvision(model: keras.Model, path: Path) -> dict[str, Any]:
-    from kerascnn.models.torch_state import read_state_dict
+    from kerascnn.models.torch_state import UnreadableState, read_state_dict
 
     ported = [name for name, spec in MODELS.items() if spec.torchvision_url]
     if model.name not in ported:
         raise KerascnnError(f"--weights {path}: torchvision .pth checkpoints port to {' and '.join(ported)} only")
     try:
         state = read_state_dict(path)
-    except (zipfile.BadZipFile, ValueError) as exc:
-        raise KerascnnError(f"--weights {path}: not a torch.save state dict ({exc})") from None
+    except UnreadableState as exc:
+        raise KerascnnError(f"--weights {exc}; give a state dict saved by torch.save") from None
     try:
         used = port_torchvision_resnet(state, model.get_layer("backbone"))
     except ValueError as exc:
         raise KerascnnError(f"--weights {path}: {exc}") from None
     head = model.get_layer("head_logits")
-    if "fc.weight" in state and tuple(state["fc.weight"].shape[::-1]) == tuple(head.kernel.shape):
+    fc_shapes = [tuple(state[k].shape) if k in state else None for k in ("fc.weight", "fc.bias")]
+    if fc_shapes == [tuple(head.kernel.shape[::-1]), tuple(head.bias.shape)]:
         head.set_weights([state["fc.weight"].T, state["fc.bias"]])
         return {"tensors_loaded": len(used) + 2, "layers_new": []}
     return {"tensors_loaded": len(used), "layers_new": ["head_logits"]}
