@@ -232,7 +232,8 @@ def runs_table(rows: list[dict[str, Any]]) -> str:
     head = ["run", "model", "weights", "unfreeze", "trainable", "epochs", "train s", "precision", *SUMMARY_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [markdown_text(r["run"]), r["model"], markdown_text(r["weights"]), r["unfreeze"], f"{r['trainable_params']:,}", str(r["epochs"]),
+        cells = [markdown_text(r["run"]), r["model"], markdown_text(r["weights"]), r["unfreeze"],
+                 f"{r['trainable_params']:,}", str(r["epochs"]),
                  f"{r['train_seconds']:.0f}", r["precision"], *(percent(r[m], unit="") for m in SUMMARY_METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

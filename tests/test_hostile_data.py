@@ -67,7 +67,7 @@ def test_test_images_listed_in_train_too_are_removed_from_train_and_counted(tmp_
     test = [(p, c, "test") for p, c in images[1::2]]
     copies = tmp_path / "copies"
     copies.mkdir()
-    for p, c in images[1:8:2]:  # byte-identical copies of four test images under other names, in train
+    for p, _c in images[1:8:2]:  # byte-identical copies of four test images under other names, in train
         shutil.copy(tmp_path / p, copies / Path(p).name)
     leaked = [(f"copies/{Path(p).name}", c, "train") for p, c in images[1:8:2]] + [test[5][:2] + ("train",)]
     dataset = data.load(f"csv:{csv_of(tmp_path, train + leaked + test)}", image_size=12)
@@ -92,7 +92,7 @@ def test_one_file_under_two_labels_is_refused_naming_it(tmp_path, images):
 
 
 def test_one_image_under_two_labels_is_refused_naming_both_files(tmp_path, images):
-    (p, c), (q, d) = images[0], images[-1]
+    (p, c), (_q, d) = images[0], images[-1]
     shutil.copy(tmp_path / p, tmp_path / "copy.png")
     with pytest.raises(KerascnnError, match=rf"copy.png \({d}\) is the same image as .*{Path(p).name} \({c}\)"):
         data.load(f"csv:{csv_of(tmp_path, [(p, c, '') for p, c in images] + [('copy.png', d, '')])}", image_size=12)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the cases are written with torch's own pickle globals")
-import torch._utils  # noqa: E402
+import torch._utils  # noqa: E402, F811 - the module of the globals torch.save pickles
 
 ROOT = Path(__file__).resolve().parent.parent
 HUGE = 2**40
