@@ -56,7 +56,7 @@ def test_run_folder_has_every_file(trained_run):
     assert config["precision"] == distribute.auto_precision()  # --precision auto, resolved before it is saved
     report = (trained_run / "report.md").read_text()
     for text in ("test accuracy", "macro f1", "confusion_matrix.png", "mistakes.png", "unreadable files skipped: 1",
-                 "corrupt.jpg`", "working at 16×16 pixels"):
+                 "corrupt.jpg\n", "working at 16×16 pixels"):
         assert text in report
     assert json.loads((trained_run / "status.json").read_text())["status"] == "finished"
 
