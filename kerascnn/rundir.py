@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,13 @@ def check_free(path: str | Path, option: str, folder: bool = True) -> Path:
     if not folder and not path.parent.is_dir():
         raise KerascnnError(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist; create it or "
                             f"choose another {option}")
+    if not folder:  # before any work is done for it: a read-only or full place fails now, not at the end
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".kerascnn-write-check-"):
+                pass
+        except OSError as exc:
+            raise KerascnnError(f"{option} {str(path)!r}: cannot write in {str(path.parent)!r} ({exc.strerror}); "
+                                f"choose another {option}") from None
     return path
 
 

@@ -53,7 +53,7 @@ def resolve_config(config: RunConfig) -> RunConfig:
     """Validate ``config`` against the data and model registries (before anything is created) and
     fill its model- and device-dependent defaults: weights, unfreeze, label smoothing, precision."""
     config.validate()
-    data.check(config.dataset, config.fold)
+    data.check(config.dataset, config.fold, config.data_dir)
     config.resolve()
     models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
     if config.precision == "auto":

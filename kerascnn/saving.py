@@ -17,8 +17,10 @@ METADATA_ENTRY = "kerascnn.json"
 
 
 def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -> None:
-    """Save ``model`` as a ``.keras`` archive and add ``metadata`` (JSON) to it."""
-    model.save(path)
+    """Save ``model`` as a ``.keras`` archive for using it, and add ``metadata`` (JSON) to it: its
+    layers and weights without a compile configuration or optimizer state (a run's ``checkpoint/``
+    keeps those), so plain ``keras.saving.load_model(path)`` loads it on every backend, kerascnn or not."""
+    (_rebuilt(model, model.get_config()) if model.compiled else model).save(path)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
 
@@ -54,6 +56,10 @@ def load_model(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
         model = keras.saving.load_model(path, compile=False)
     except zipfile.BadZipFile:
         raise KerascnnError(f"{path} is not a .keras model archive") from None
+    except (ValueError, TypeError, KeyError, OSError, json.JSONDecodeError) as exc:  # refused by safe mode, or damaged
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise KerascnnError(f"{path} cannot be loaded ({first}); give a model.keras saved by kerascnn or Keras "
+                            "(code in a model file, such as a Lambda layer, is never run)") from None
     return model, metadata
 
 
@@ -74,8 +80,13 @@ def float32_model(model: keras.Model) -> keras.Model:
             return [to_float32(v) for v in node]
         return node
 
-    copy = model.__class__.from_config(to_float32(model.get_config()))
-    copy.set_weights([np.asarray(w, np.float32) for w in model.get_weights()])
+    return _rebuilt(model, to_float32(model.get_config()), np.float32)
+
+
+def _rebuilt(model: keras.Model, config: dict[str, Any], dtype: Any = None) -> keras.Model:
+    """A new, uncompiled model of ``model``'s class from ``config``, with ``model``'s weights (as ``dtype``)."""
+    copy = model.__class__.from_config(config)
+    copy.set_weights([np.asarray(w, dtype) for w in model.get_weights()])
     return copy
 
 

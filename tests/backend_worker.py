@@ -5,6 +5,7 @@
                                                  then continue training from the other backends' cnn models
 """
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,10 +45,27 @@ def predict(root: Path) -> None:
         model, metadata = kerascnn.load_model(run)
         assert metadata["class_names"] == [str(d) for d in range(10)]
         np.save(out / f"{run.name}.npy", np.asarray(model.predict(inputs(), verbose=0), dtype=np.float64))
-    for run in sorted((root / "runs").glob("*-cnn")):
+    for run in sorted((root / "runs").glob("*-cnn")):  # trained with the discriminative optimizer
+        plain_keras_loads(run / "model.keras")
         if not run.name.startswith(backend):  # continue training a model written on another backend
             target = root / "continued" / f"{backend}-from-{run.name}"
             kerascnn.run(RunConfig("digits", "cnn", weights=str(run / "model.keras"), **COMMON, out=str(target)))
+
+
+PLAIN_KERAS = """
+import sys, json, zipfile
+import keras
+model = keras.saving.load_model(sys.argv[1])  # Keras' defaults: compile=True, safe_mode=True
+assert not any(name.startswith("kerascnn") for name in sys.modules), "kerascnn was imported"
+names = json.loads(zipfile.ZipFile(sys.argv[1]).read("kerascnn.json"))["class_names"]  # as the README shows
+assert model.predict(__import__("numpy").zeros((2, 8, 8, 1)), verbose=0).shape == (2, len(names))
+"""
+
+
+def plain_keras_loads(path: Path) -> None:
+    """Plain Keras, kerascnn not imported, loads ``path`` with its defaults on this backend."""
+    done = subprocess.run([sys.executable, "-c", PLAIN_KERAS, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"plain keras.saving.load_model({path}):\n{done.stderr[-2000:]}"
 
 
 if __name__ == "__main__":

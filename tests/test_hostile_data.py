@@ -4,6 +4,7 @@ test, class names that would break a Markdown table; run state after ``kill -9``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -172,3 +173,45 @@ def test_a_run_on_a_csv_with_a_fifo_and_leaked_test_images_reports_them_and_stop
     _, err = process.communicate(timeout=10)
     assert process.returncode == 143 and "Traceback" not in err, err
     assert np.isfinite(metrics["accuracy"])
+
+
+@pytest.mark.parametrize("error", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+def test_an_output_file_in_a_place_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(rundir.tempfile, "NamedTemporaryFile", fail)
+    with pytest.raises(KerascnnError, match=rf"--csv '.*out.csv': cannot write in .* \({os.strerror(error)}\)"):
+        rundir.check_free(tmp_path / "out.csv", "--csv", folder=False)
+
+
+def test_predict_refuses_a_model_file_with_code_in_one_line(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "lambda.keras")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    done = subprocess.run([sys.executable, "-m", "experiments.predict", str(tmp_path / "lambda.keras"),
+                           str(tmp_path / "a.png")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot be loaded" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, images):
+    from kerascnn.data.cache import decode_splits
+
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("KERASCNN_CACHE", str(tmp_path / "cache"))
+    dataset = data.load(f"csv:{csv_of(tmp_path, [(p, c, '') for p, c in images])}", image_size=12)
+    with pytest.raises(KerascnnError, match="the decoded-image cache cannot use .*KERASCNN_CACHE"):
+        decode_splits({"train": dataset.train}, dataset.image_shape, "disk")
+
+
+def test_a_study_of_a_dataset_that_is_not_here_is_one_line_before_anything_is_created(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "experiments.study", "animals10", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "animals10 not found" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

@@ -21,9 +21,14 @@ def _raw_images(root: Path) -> Path:
     return root / "raw-img" if (root / "raw-img").is_dir() else root
 
 
+def locate(data_dir: str | None = None) -> Path:
+    """The folder holding Animals-10; one error line saying where it looked and how to get it otherwise."""
+    return find_root("animals10", data_dir, lambda p: (_raw_images(p) / "cane").is_dir(), LAYOUT, SOURCE)
+
+
 def load_animals10(data_dir: str | None = None, channels: int | None = None) -> Source:
     """Animals-10 with English class names, split 300/75/75 per class unless ``--split`` says otherwise."""
-    root = find_root("animals10", data_dir, lambda p: (_raw_images(p) / "cane").is_dir(), LAYOUT, SOURCE)
+    root = locate(data_dir)
     folders = class_folders(_raw_images(root))
     records = {"all": [(f, ITALIAN_TO_ENGLISH.get(name, name)) for name, files in folders.items() for f in files]}
     names = sorted({c for _, c in records["all"]})

@@ -151,6 +151,11 @@ def _read_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int]) -> Dec
     return Decoded(pixels, readable, str(data_path))
 
 
+def _amount(size: int) -> str:
+    """A number of bytes for a person: MiB below a GiB, else GiB."""
+    return f"{size / 2**20:.1f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
+
+
 @contextlib.contextmanager
 def _locked(key: str):
     """Hold ``<key>.lock`` in the cache folder (POSIX; nothing elsewhere): one writer per entry, on
@@ -184,9 +189,9 @@ def _disk_entry(key: str, paths: np.ndarray, shape: tuple[int, int, int],
             stale.unlink(missing_ok=True)
         free = shutil.disk_usage(folder).free
         if free < size + 2**28:
-            raise KerascnnError(f"the decoded-image cache needs {size / 2**30:.2f} GiB in {folder} and "
-                                f"{free / 2**30:.2f} GiB are free; free some, point $KERASCNN_CACHE elsewhere, "
-                                "or pass --cache ram or --cache none")
+            raise KerascnnError(f"the decoded-image cache needs {_amount(size + 2**28)} in {folder} (the images "
+                                f"and 256 MiB to spare) and {_amount(free)} are free; free some, point "
+                                "$KERASCNN_CACHE elsewhere, or pass --cache ram or --cache none")
         partial = folder / f"{key}.{uuid.uuid4().hex}.partial.npy"
         meta_tmp = partial.with_suffix(".json")
         try:
@@ -265,7 +270,11 @@ def decode_splits(splits: dict[str, object], shape: tuple[int, int, int], mode: 
         on_disk = any((cache_dir() / f"{k}.json").is_file() for k in keys.values())
         mode = "disk" if on_disk or size > available_memory() // 2 else "ram"
     if mode == "disk":
-        cache_dir().mkdir(parents=True, exist_ok=True)
+        try:
+            cache_dir().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KerascnnError(f"the decoded-image cache cannot use {cache_dir()} ({exc.strerror}); point "
+                                "$KERASCNN_CACHE at a folder, or pass --cache ram or --cache none") from None
     start, decoded_now = time.perf_counter(), 0
     for name, split in streamed.items():
         if mode == "disk":

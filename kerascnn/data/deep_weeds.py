@@ -24,10 +24,15 @@ def _rows(path: Path) -> list[tuple[str, int]]:
         raise KerascnnError(f"{path}: Label must be an integer 0..8") from None
 
 
+def locate(data_dir: str | None = None) -> Path:
+    """The folder holding DeepWeeds; one error line saying where it looked and how to get it otherwise."""
+    return find_root("deep_weeds", data_dir, lambda p: (p / "labels" / "labels.csv").is_file(), LAYOUT, SOURCE)
+
+
 def load_deep_weeds(data_dir: str | None = None, channels: int | None = None, fold: int = 0) -> Source:
     """DeepWeeds with the official split of ``fold`` (0..4), or a seeded stratified 60/20/20 split
     when the split CSVs are absent. `kerascnn.data.check` has checked ``fold``."""
-    root = find_root("deep_weeds", data_dir, lambda p: (p / "labels" / "labels.csv").is_file(), LAYOUT, SOURCE)
+    root = locate(data_dir)
     labels = root / "labels"
     image = {name: str(root / "images" / name) for name, _ in _rows(labels / "labels.csv")}
     fold_files = {s: labels / f"{s}_subset{fold}.csv" for s in ("train", "val", "test")}

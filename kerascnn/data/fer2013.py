@@ -32,12 +32,17 @@ def _pixels(text: str) -> np.ndarray:
         return np.zeros(0, np.int64)
 
 
+def locate(data_dir: str | None = None) -> Path:
+    """The folder holding FER2013; one error line saying where it looked and how to get it otherwise."""
+    return find_root("fer2013", data_dir,
+                     lambda p: _csv_file(p) is not None or ((p / "train").is_dir() and (p / "test").is_dir()),
+                     LAYOUT, SOURCE)
+
+
 def load_fer2013(data_dir: str | None = None, channels: int | None = None) -> Source:
     """FER2013: CSV splits Training -> train, PublicTest -> val, PrivateTest -> test; folders
     train/ and test/ (validation carved from train)."""
-    root = find_root("fer2013", data_dir,
-                     lambda p: _csv_file(p) is not None or ((p / "train").is_dir() and (p / "test").is_dir()),
-                     LAYOUT, SOURCE)
+    root = locate(data_dir)
     csv_path = _csv_file(root)
     if csv_path is None:
         return load_folder(str(root), channels, class_names=CLASSES)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kerascnn.config import parse_split
-from kerascnn.data import deep_weeds
+from kerascnn.data import animals10, deep_weeds, fer2013
 from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
 from kerascnn.data.fer2013 import load_fer2013
@@ -46,7 +46,10 @@ PREFIXED: dict[str, Callable[[str, LoadOptions], Source]] = {
     "tfds": lambda spec, o: load_tfds(spec, o.data_dir, o.channels, o.image_size),
 }
 PREFIX_ARGS = {"folder": "PATH", "csv": "PATH", "tfds": "NAME[:CONFIG]"}
-FOLDS = {"deep_weeds": deep_weeds.FOLDS}  # datasets with several official folds; the others have one
+FOLDS = {"deep_weeds": deep_weeds.FOLDS}
+# datasets read only from a local copy (no download): name -> locate(data_dir), one error line if absent
+LOCAL: dict[str, Callable[[str | None], Path]] = {"animals10": animals10.locate, "deep_weeds": deep_weeds.locate,
+                                                  "fer2013": fer2013.locate}  # datasets with several official folds; the others have one
 
 
 def dataset_names() -> list[str]:
@@ -54,9 +57,9 @@ def dataset_names() -> list[str]:
     return list(DATASETS) + [f"{p}:{PREFIX_ARGS[p]}" for p in PREFIXED]
 
 
-def check(name: str, fold: int = 0) -> None:
-    """Raise `KerascnnError` unless `load` knows ``name`` (the error lists the valid names) and the
-    dataset has fold ``fold``."""
+def check(name: str, fold: int = 0, data_dir: str | None = None) -> None:
+    """Raise `KerascnnError` unless `load` knows ``name`` (the error lists the valid names), the
+    dataset has fold ``fold`` and, for one that is only read from disk, it is there (`LOCAL`)."""
     prefix, _, rest = name.partition(":")
     if not (name in DATASETS or (rest and prefix in PREFIXED)):
         raise unknown_name("dataset", name, dataset_names())
@@ -68,11 +71,13 @@ def check(name: str, fold: int = 0) -> None:
     if not (isinstance(fold, int) and 0 <= fold < folds):
         which = f"0..{folds - 1} for {name}" if folds > 1 else f"0: {name} has one split (folds: {', '.join(FOLDS)})"
         raise KerascnnError(f"--fold must be {which}, got {fold}")
+    if name in LOCAL:
+        LOCAL[name](data_dir)
 
 
 def get_source(name: str, options: LoadOptions) -> Source:
     """Run the loader registered for ``name``."""
-    check(name, options.fold)
+    check(name, options.fold, options.data_dir)
     prefix, _, rest = name.partition(":")
     return DATASETS[name](options) if name in DATASETS else PREFIXED[prefix](rest, options)
 
