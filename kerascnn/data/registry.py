@@ -46,10 +46,10 @@ PREFIXED: dict[str, Callable[[str, LoadOptions], Source]] = {
     "tfds": lambda spec, o: load_tfds(spec, o.data_dir, o.channels, o.image_size),
 }
 PREFIX_ARGS = {"folder": "PATH", "csv": "PATH", "tfds": "NAME[:CONFIG]"}
-FOLDS = {"deep_weeds": deep_weeds.FOLDS}
+FOLDS = {"deep_weeds": deep_weeds.FOLDS}  # datasets with several official folds; the others have one
 # datasets read only from a local copy (no download): name -> locate(data_dir), one error line if absent
 LOCAL: dict[str, Callable[[str | None], Path]] = {"animals10": animals10.locate, "deep_weeds": deep_weeds.locate,
-                                                  "fer2013": fer2013.locate}  # datasets with several official folds; the others have one
+                                                  "fer2013": fer2013.locate}
 
 
 def dataset_names() -> list[str]:
