@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import logging
 import os
@@ -117,6 +118,13 @@ def main(body: Callable[[argparse.Namespace], int | None], parser: argparse.Argu
         return 2
     except SystemExit as exc:  # a usage error of options parsed in body (a study's run options)
         return int(exc.code or 0)
+    except OSError as exc:
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where} ({exc.strerror}); free space on its disk or choose another --out",
+              file=sys.stderr)
+        return 2
     except Terminated:
         print("terminated (SIGTERM); a run folder in progress is marked interrupted", file=sys.stderr)
         return 143

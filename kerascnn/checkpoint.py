@@ -10,7 +10,6 @@ SIGTERM, a kill) ``state.json`` names a complete set; an interrupted epoch is lo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ import keras
 import numpy as np
 
 from kerascnn.errors import KerascnnError
+from kerascnn.rundir import write_whole
 
 FOLDER = "checkpoint"
 
@@ -40,11 +40,15 @@ def _weights(folder: Path, epoch: int) -> Path:
     return folder / f"model-{epoch}.weights.h5"
 
 
+def weights_size(model: keras.Model) -> int:
+    """The bytes of ``model``'s weights (what a weights file holds, less HDF5's own)."""
+    return sum(int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
+               for v in model.weights)
+
+
 def copy_file(source: Path, target: Path) -> None:
-    """Replace ``target`` with a copy of ``source`` as a whole: an interruption never leaves half a file."""
-    partial = target.with_name(f"{target.name}.tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    """Replace ``target`` with a copy of ``source`` as a whole (`write_whole`)."""
+    write_whole(target, lambda partial: shutil.copyfile(source, partial), source.stat().st_size)
 
 
 def weights_file(run_dir: str | Path, epoch: int) -> Path:
@@ -60,14 +64,15 @@ def save(run_dir: str | Path, model: keras.Model, state: State, saved_weights: P
     epochs in about half a second)."""
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
+    size = weights_size(model)
     if saved_weights is not None:
         copy_file(saved_weights, _weights(folder, state.epoch))
     else:
-        model.save_weights(_weights(folder, state.epoch))
+        write_whole(_weights(folder, state.epoch), model.save_weights, size)
     optimizer = folder / f"optimizer-{state.epoch}.npz"
-    np.savez(optimizer, *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    (folder / "state.tmp.json").write_text(json.dumps(asdict(state)) + "\n")
-    os.replace(folder / "state.tmp.json", folder / "state.json")
+    slots = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    write_whole(optimizer, lambda partial: np.savez(partial, *slots), sum(v.nbytes for v in slots))
+    write_whole(folder / "state.json", lambda partial: partial.write_text(json.dumps(asdict(state)) + "\n"))
     keep = {_weights(folder, state.epoch), _weights(folder, state.best_epoch), optimizer, folder / "state.json"}
     for path in folder.iterdir():
         if path not in keep:

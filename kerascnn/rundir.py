@@ -4,15 +4,20 @@ every file and folder kerascnn writes), creating it and writing its JSON files."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kerascnn.errors import KerascnnError
+
+log = logging.getLogger("kerascnn")
 
 
 def slug(text: str) -> str:
@@ -70,8 +75,30 @@ def create(out: str | Path | None, runs_dir: str | Path, *names: str, option: st
     return path
 
 
+def write_whole(target: Path, write: Callable[[Path], object], size: int = 0) -> None:
+    """Replace ``target`` with what ``write`` writes to a partial file beside it (same suffix), as a whole:
+    an interruption never leaves half a file. Unless its disk has room for ``size`` bytes and a margin
+    (checked first: HDF5 crashed the process at exit after a write that ran out of space), or if the write
+    fails, one `KerascnnError` names the file; the partial file is removed."""
+    partial = target.with_name(f".partial-{target.name}")
+    free = shutil.disk_usage(target.parent).free
+    if free < size * 1.25 + 2**20:
+        raise KerascnnError(f"cannot write {target}: it needs about {size * 1.25 / 2**20 + 1:.1f} MiB and its disk "
+                            f"has {free / 2**20:.1f} MiB free; free space or choose another --out")
+    try:
+        write(partial)
+        os.replace(partial, target)
+        return
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).splitlines()[0]
+    partial.unlink(missing_ok=True)
+    raise KerascnnError(f"cannot write {target} ({reason}); free space on its disk or choose another --out")
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    """Write ``data`` to ``path`` as JSON, whole (`write_whole`)."""
+    text = json.dumps(data, indent=2) + "\n"
+    write_whole(Path(path), lambda partial: partial.write_text(text), len(text))
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]]:
@@ -98,6 +125,19 @@ def mark(run_dir: str | Path, status: str, **details: Any) -> None:
     epochs = max(0, len(history.read_text().splitlines()) - 1) if history.is_file() else 0
     write_json(run_dir / STATUS_FILE, {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                        "epochs_done": epochs, "host": socket.gethostname(), **details})
+
+
+def mark_stopped(run_dir: str | Path, exc: BaseException) -> None:
+    """Mark a run that ``exc`` stopped: interrupted (Ctrl-C, or SIGTERM as `experiments.cli`
+    turns it into KeyboardInterrupt), else failed with the error's whole message. A status that
+    cannot be written (a full disk) is a warning: the error that stopped the run is the one to report."""
+    try:
+        if isinstance(exc, KeyboardInterrupt):
+            mark(run_dir, "interrupted")
+        else:
+            mark(run_dir, "failed", error=" ".join(str(exc).split()) or type(exc).__name__)
+    except KerascnnError as failed:
+        log.warning("%s", failed)
 
 
 def read_status(run_dir: str | Path) -> str:
@@ -142,12 +182,3 @@ def running_elsewhere(run_dir: str | Path) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def mark_stopped(run_dir: str | Path, exc: BaseException) -> None:
-    """Mark a run that ``exc`` stopped: interrupted (Ctrl-C, or SIGTERM as `experiments.cli`
-    turns it into KeyboardInterrupt), else failed with the error's first line."""
-    if isinstance(exc, KeyboardInterrupt):
-        mark(run_dir, "interrupted")
-    else:
-        mark(run_dir, "failed", error=(str(exc).strip().splitlines() or [type(exc).__name__])[0])

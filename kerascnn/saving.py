@@ -20,9 +20,15 @@ def save_model(model: keras.Model, path: str | Path, metadata: dict[str, Any]) -
     """Save ``model`` as a ``.keras`` archive for using it, and add ``metadata`` (JSON) to it: its
     layers and weights without a compile configuration or optimizer state (a run's ``checkpoint/``
     keeps those), so plain ``keras.saving.load_model(path)`` loads it on every backend, kerascnn or not."""
-    (_rebuilt(model, model.get_config()) if model.compiled else model).save(path)
-    with zipfile.ZipFile(path, "a") as archive:
-        archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
+    from kerascnn.checkpoint import weights_size, write_whole
+
+    shipped = _rebuilt(model, model.get_config()) if model.compiled else model
+
+    def write(partial: Path) -> None:
+        shipped.save(partial)
+        with zipfile.ZipFile(partial, "a") as archive:
+            archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
+    write_whole(Path(path), write, weights_size(model))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -296,9 +296,7 @@ class BestEpoch(keras.callbacks.Callback):
             return
         self.value, self.epoch, self.weights = float(value), epoch + 1, self.model.get_weights()
         if self.path is not None:  # replaced whole: an interruption never leaves half a file
-            partial = self.path.with_name("best.tmp.weights.h5")
-            self.model.save_weights(partial)
-            os.replace(partial, self.path)
+            checkpoint.write_whole(self.path, self.model.save_weights, checkpoint.weights_size(self.model))
 
     def restore(self) -> None:
         """Give the model the best epoch's weights (nothing to do when no epoch had a finite value)."""

@@ -215,3 +215,44 @@ def test_a_study_of_a_dataset_that_is_not_here_is_one_line_before_anything_is_cr
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2 and "animals10 not found" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS])
+def test_a_write_that_fails_is_one_line_and_leaves_neither_a_partial_file_nor_a_changed_target(tmp_path, error):
+    target = tmp_path / "best.weights.h5"
+    target.write_text("the last good file")
+
+    def write(partial):
+        partial.write_text("half")
+        raise OSError(error, os.strerror(error))
+
+    with pytest.raises(KerascnnError, match=rf"cannot write .*best.weights.h5 \({os.strerror(error)}\)"):
+        rundir.write_whole(target, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.weights.h5"]
+    assert target.read_text() == "the last good file"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB filesystem (tmpfs), where the test may mount one."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_run_whose_disk_fills_up_ends_in_one_line_and_a_failed_status(small_disk):
+    out = small_disk / "run"
+    done = subprocess.run([sys.executable, "-m", "experiments.run", "digits", "cnn", "--epochs", "3", "--out", str(out),
+                           "--verbose", "0"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")})
+    assert done.returncode == 2, done.stderr  # not 139: HDF5 crashed at exit after a write ran out of space
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write") and "Traceback" not in done.stderr, done.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and status["error"] == last.removeprefix("error: ")
+    assert not [p for p in out.rglob("*") if p.name.startswith(".partial-")]

@@ -313,7 +313,8 @@ def test_the_checkpoint_of_a_best_epoch_is_the_best_epoch_s_file_and_other_epoch
         folder = tmp_path / checkpoint.FOLDER
         if epoch < 2:
             assert (folder / f"model-{epoch + 1}.weights.h5").read_bytes() == best.path.read_bytes()
-    assert [p.name for p in calls] == ["best.tmp.weights.h5", "best.tmp.weights.h5", "model-3.weights.h5"]
+    assert [p.name for p in calls] == [".partial-best.weights.h5", ".partial-best.weights.h5",
+                                         ".partial-model-3.weights.h5"]
     assert sorted(p.name for p in folder.iterdir()) == ["model-2.weights.h5", "model-3.weights.h5", "optimizer-3.npz",
                                                       "state.json"]
     for epoch in (2, 3):
