@@ -95,16 +95,22 @@ def graph_nodes(model: keras.Model) -> Iterator[GraphNode]:
 
 
 def takes_training(operation: Any) -> bool:
-    """Whether Keras passes ``training`` to ``operation``'s call."""
-    return "training" in getattr(operation, "_call_context_args", ())
+    """Whether Keras passes ``training`` to ``operation``'s call (a layer; a bare operation takes none)."""
+    if not isinstance(operation, keras.layers.Layer):
+        return False
+    return "training" in _read(operation, "_call_context_args")
 
 
 def elementwise_operations() -> dict[type, Callable[[Any, Any], Any]]:
-    """The classes of Keras' bare arithmetic on symbolic tensors (``x + 3.0``), with the Python operator."""
-    from keras.src.ops import numpy as knp
+    """The classes of Keras' bare arithmetic on symbolic tensors (``x + 3.0``), with the Python operator;
+    none where this Keras has moved them (they then run through Keras)."""
+    try:
+        from keras.src.ops import numpy as knp
 
-    return {knp.Add: operator.add, knp.Subtract: operator.sub, knp.Multiply: operator.mul,
-            knp.Divide: operator.truediv, knp.TrueDivide: operator.truediv}
+        return {knp.Add: operator.add, knp.Subtract: operator.sub, knp.Multiply: operator.mul,
+                knp.Divide: operator.truediv, knp.TrueDivide: operator.truediv}
+    except (ImportError, AttributeError):
+        return {}
 
 
 def normalization_statistics(layer: keras.layers.Normalization) -> tuple[Any, Any]:

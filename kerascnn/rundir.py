@@ -91,7 +91,8 @@ def write_whole(target: Path, write: Callable[[Path], object], size: int = 0) ->
         return
     except OSError as exc:
         reason = (exc.strerror or str(exc)).splitlines()[0]
-    partial.unlink(missing_ok=True)
+    finally:  # whatever stopped the write (Ctrl-C included), no partial file stays
+        partial.unlink(missing_ok=True)
     raise KerascnnError(f"cannot write {target} ({reason}); free space on its disk or choose another --out")
 
 

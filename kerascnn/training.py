@@ -167,7 +167,7 @@ class TrainResult:
     skipped_files: set[str] = field(default_factory=set)
     stages: dict[str, list[str]] = field(default_factory=dict)
     unfrozen_at: int | None = None
-    fast_path: dict[str, Any] = field(default_factory=dict)  # the last phase's `compile_model` verdict
+    fast_path: dict[str, Any] = field(default_factory=dict)  # `compile_model`'s verdict: a phase's fallback, if any
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -239,7 +239,8 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
         stages = set_trainable(model, phase.unfreeze, config.bn_policy)
         if phase.stop <= done or over:  # trained before the run was resumed
             continue
-        fast_path = compile_model(model, config, len(train), phase)
+        verdict = compile_model(model, config, len(train), phase)
+        fast_path = fast_path if fast_path and not fast_path["used"] else verdict  # a fallback in any phase shows
         if phase.start < done:  # resuming inside the phase the checkpoint was taken in
             checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0

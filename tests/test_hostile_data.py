@@ -92,11 +92,15 @@ def test_one_file_under_two_labels_is_refused_naming_it(tmp_path, images):
         data.load(f"csv:{csv_of(tmp_path, [(p, c, '') for p, c in images] + [(p, other, '')])}", image_size=12)
 
 
-def test_one_image_under_two_labels_is_refused_naming_both_files(tmp_path, images):
-    (p, c), (_q, d) = images[0], images[-1]
+def test_one_image_under_two_labels_is_used_under_neither(tmp_path, images, caplog):
+    (p, c), (_, d) = images[0], images[-1]
     shutil.copy(tmp_path / p, tmp_path / "copy.png")
-    with pytest.raises(KerascnnError, match=rf"copy.png \({d}\) is the same image as .*{Path(p).name} \({c}\)"):
-        data.load(f"csv:{csv_of(tmp_path, [(p, c, '') for p, c in images] + [('copy.png', d, '')])}", image_size=12)
+    dataset = data.load(f"csv:{csv_of(tmp_path, [(p, c, '') for p, c in images] + [('copy.png', d, '')])}",
+                        image_size=12, split="4,2,2")
+    used = [Path(x).name for s in ("train", "val", "test") for x in getattr(dataset, s).paths]
+    assert "copy.png" not in used and Path(p).name not in used and len(used) == len(images) - 1
+    assert [e["label"] for e in dataset.leakage["conflicting_labels"][0]] == [c, d]
+    assert "1 image(s) carry two labels and are left out" in caplog.text
 
 
 def test_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path, images):
@@ -185,6 +189,7 @@ def test_an_output_file_in_a_place_that_cannot_be_written_is_refused_before_any_
         rundir.check_free(tmp_path / "out.csv", "--csv", folder=False)
 
 
+@pytest.mark.slow  # a child process that imports Keras
 def test_predict_refuses_a_model_file_with_code_in_one_line(tmp_path, capsys):
     import keras
 
@@ -210,6 +215,7 @@ def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch, images
         decode_splits({"train": dataset.train}, dataset.image_shape, "disk")
 
 
+@pytest.mark.slow  # a child process that imports Keras
 def test_a_study_of_a_dataset_that_is_not_here_is_one_line_before_anything_is_created(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.study", "animals10", "--out", str(tmp_path / "s")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -161,3 +161,51 @@ def test_a_resumed_run_rebuilds_the_architecture_it_recorded_not_today_s_preset(
     assert recorded_architecture(kerascnn.RunConfig("digits", "cnn")).norm_after_pool is None  # nothing recorded
     backbone = kerascnn.RunConfig("digits", "resnet18", architecture={"backbone": "resnet18", "head_dropout": 0.0})
     assert recorded_architecture(backbone).filters is None
+
+
+# Runs `python -m experiments.run ARGS` with one phase's function slowed down (it prints PHASE first): a
+# signal then lands in that phase, as it would in a long one
+SLOWED = """
+import importlib, sys, time
+target, seconds = sys.argv[1], float(sys.argv[2])
+module_name, name = target.rsplit(".", 1)
+module = importlib.import_module(module_name)
+original = getattr(module, name)
+
+def slowed(*args, **kwargs):
+    sys.stdout.write("PHASE\\n")  # one write: threads may print it at once
+    sys.stdout.flush()
+    time.sleep(seconds)
+    return original(*args, **kwargs)
+
+setattr(module, name, slowed)
+from experiments.run import cli
+sys.argv = ["experiments.run", *sys.argv[3:]]
+sys.exit(cli())
+"""
+
+
+@pytest.mark.parametrize("phase, target, seconds", [
+    ("loading", "kerascnn.data.registry.get_source", 600),
+    ("scanning", "kerascnn.data.images._content_digest", 0.5),  # each file, in the threads that check them
+    ("decoding", "kerascnn.data.cache.read_image", 0.5),  # each image, in the decoding threads
+    ("evaluation", "kerascnn.runner.evaluate_run", 600),
+    ("writing", "kerascnn.runner.save_model", 600),
+])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_every_phase_of_a_run_within_seconds(phase, target, seconds, signum, code, tmp_path):
+    from helpers import write_folder
+
+    dataset = f"folder:{write_folder(tmp_path / 'images', per_class=40, size=12)}" if phase in ("scanning", "decoding") else "digits"
+    out = tmp_path / "run"
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
+    process = subprocess.Popen([sys.executable, "-c", SLOWED, target, str(seconds), dataset, "cnn", "--epochs", "1",
+                                "--cache", "ram", "--out", str(out), "--verbose", "0"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("PHASE"), process.communicate()
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == code and "Traceback" not in err, err
+    if out.exists():
+        assert read_status(out) == "interrupted"

@@ -205,6 +205,7 @@ def finish_batch(paths: list[Path], child: subprocess.Popen) -> tuple[dict[Path,
     return outcomes, failed, f"exit {child.returncode}: {err[-2000:]}"
 
 
+@pytest.mark.slow  # child processes that import Keras: CI runs it
 def test_hostile_weights_files_load_or_are_refused_in_one_line_never_crash(tmp_path):
     named = cases(tmp_path)
     assert len(named) >= 300

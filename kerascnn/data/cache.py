@@ -88,6 +88,8 @@ def decode_into(pixels: np.ndarray, paths: np.ndarray | list[str], shape: tuple[
 
     def decode(start: int) -> None:
         for i in range(start, min(start + CHUNK, len(paths))):
+            if stop_requested:  # Ctrl-C or SIGTERM: the chunks under way stop at their next image
+                return
             try:
                 pixels[i] = read_image(paths[i], shape)
             except UNREADABLE:
@@ -99,7 +101,7 @@ def decode_into(pixels: np.ndarray, paths: np.ndarray | list[str], shape: tuple[
             if stop_requested:  # a Ctrl-C whose raise a callback swallowed
                 raise stop_requested[-1]
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: finish the running chunks only
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: the running chunks stop at their next image
     return readable
 
 

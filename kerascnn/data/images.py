@@ -103,8 +103,11 @@ def scan_images(paths: Iterable[str], workers: int | None = None) -> dict[str, s
     (corrupt, truncated, not an image, not a regular file); unreadable ones are warned about."""
     paths = list(paths)
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        digests = dict(zip(paths, pool.map(_content_digest, paths, chunksize=64)))
+    pool = ThreadPoolExecutor(workers)
+    try:
+        digests = dict(zip(paths, pool.map(_content_digest, paths)))
+    finally:  # on Ctrl-C or SIGTERM the files not begun are not read
+        pool.shutdown(wait=True, cancel_futures=True)
     for path, digest in digests.items():
         if digest is None:
             log.warning("skipping unreadable image %s", path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import reprlib
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +26,7 @@ _STORAGE_DTYPES = {
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }  # fmt: skip
 MAX_DIMENSION = 2**31  # no axis of a real tensor is longer
+MAX_RANK = 32  # nor has a real tensor more axes (NumPy takes 64)
 
 
 class UnreadableState(ValueError):
@@ -72,8 +74,10 @@ def _rebuild_parameter(data, *rest):
 
 
 def _whole_numbers(values: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(values, (tuple, list)) or not all(type(v) is int and 0 <= v < MAX_DIMENSION for v in values):
-        raise UnreadableState(f"its {what} {values!r:.60} must be whole numbers from 0 to 2^31")
+    if not (isinstance(values, (tuple, list)) and len(values) <= MAX_RANK
+            and all(type(v) is int and 0 <= v < MAX_DIMENSION for v in values)):
+        raise UnreadableState(f"its {what} {reprlib.repr(values)} must be at most {MAX_RANK} whole numbers "
+                              "from 0 to 2^31")
     return tuple(values)
 
 
@@ -130,19 +134,26 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         state = _unwrap(state)
     except UnreadableState as exc:
         raise UnreadableState(f"{path}: {exc}") from None
+    budget = 2 * path.stat().st_size  # what the arrays may take together (tied weights copy a storage twice)
     for key, value in state.items():
         if isinstance(value, _TensorRecord):
             try:
                 tensors[key] = _tensor(value)
+                budget -= tensors[key].nbytes
+                if budget < 0:
+                    raise UnreadableState("the tensors so far take more than twice the file's size")
             except UnreadableState as exc:
-                raise UnreadableState(f"{path}: tensor {key!r}: {exc}") from None
+                raise UnreadableState(f"{path}: tensor {reprlib.repr(key)}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - whatever a hostile record breaks: refuse it
+                raise UnreadableState(f"{path}: tensor {reprlib.repr(key)} cannot be read "
+                                      f"({type(exc).__name__})") from None
     if not tensors:
         raise UnreadableState(f"{path}: holds no tensors")
     return tensors
 
 
 def _unpickle(path: Path) -> Any:
-    budget = path.stat().st_size  # no storage may hold more bytes than the file has
+    budget = [path.stat().st_size]  # the storages together may not hold more bytes than the file has
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         if not pickles:
@@ -167,13 +178,14 @@ def _unpickle(path: Path) -> Any:
             def persistent_load(self, pid):
                 if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                         and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
-                    raise UnreadableState(f"unknown persistent record {pid!r:.80}")
+                    raise UnreadableState(f"unknown persistent record {reprlib.repr(pid)}")
                 storage_type, key = pid[1], pid[2]
                 if key not in storages:
                     info = archive.getinfo(f"{prefix}data/{key}")
-                    if info.file_size > budget or info.file_size % storage_type.dtype.itemsize:
-                        raise UnreadableState(f"storage data/{key} declares {info.file_size} bytes "
-                                              f"in a file of {budget}")
+                    budget[0] -= info.file_size
+                    if budget[0] < 0 or info.file_size % storage_type.dtype.itemsize:
+                        raise UnreadableState(f"storage data/{key} declares {info.file_size} bytes, more than the "
+                                              f"file holds, or not whole {storage_type.dtype} elements")
                     data = archive.read(info)
                     storages[key] = _Storage(key, np.frombuffer(data, dtype=storage_type.dtype))
                 storage = storages[key]

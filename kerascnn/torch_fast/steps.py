@@ -147,8 +147,10 @@ class FastSteps:
         y = torch.eye(classes, device=self.device)[torch.tensor([0, classes - 1])]
         self._metrics((x, y))
         with torch.no_grad():
-            ours, theirs = self.program(x, training=False).float(), self.model(x, training=False)
-            difference = float((ours - keras.ops.convert_to_tensor(theirs).float()).abs().max())
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                ours = self.program(x, training=False).float()  # as training computes it
+            theirs = keras.ops.convert_to_tensor(self.model(x, training=False)).float()
+            difference = float((ours - theirs).abs().max())
         tolerance = tolerance or (2e-2 if self.autocast is not None else 1e-4)
         if not difference <= tolerance:
             raise keras_compat.KerasMismatch(f"its forward pass differs from Keras' by {difference:.2g} on a probe "
