@@ -196,7 +196,9 @@ sys.exit(cli())
 def test_a_signal_ends_every_phase_of_a_run_within_seconds(phase, target, seconds, signum, code, tmp_path):
     from helpers import write_folder
 
-    dataset = f"folder:{write_folder(tmp_path / 'images', per_class=40, size=12)}" if phase in ("scanning", "decoding") else "digits"
+    dataset = "digits"
+    if phase in ("scanning", "decoding"):  # image files
+        dataset = f"folder:{write_folder(tmp_path / 'images', per_class=40, size=12)}"
     out = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
     process = subprocess.Popen([sys.executable, "-c", SLOWED, target, str(seconds), dataset, "cnn", "--epochs", "1",
