@@ -147,21 +147,13 @@ def read_status(run_dir: str | Path) -> str:
     before status files is ``finished`` when it has ``metrics.json``, else ``unknown``."""
     run_dir = Path(run_dir)
     try:
-        status = json.loads((run_dir / STATUS_FILE).read_text())["status"]
+        status = json.loads((run_dir / STATUS_FILE).read_text())
+        state = status["status"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return "finished" if (run_dir / "metrics.json").is_file() else "unknown"
-    if status == "running" and not (running_elsewhere(run_dir) or _marked_by_this_process(run_dir)):
+    if state == "running" and "pid" in status and not _marker_alive(status):
         return "interrupted"
-    return status
-
-
-def _marked_by_this_process(run_dir: Path) -> bool:
-    try:
-        status = json.loads((run_dir / STATUS_FILE).read_text())
-        return "pid" not in status or (int(status["pid"]) == os.getpid()
-                                       and status.get("host") == socket.gethostname())
-    except (OSError, json.JSONDecodeError, TypeError, ValueError):
-        return False
+    return state
 
 
 def running_elsewhere(run_dir: str | Path) -> bool:
@@ -169,11 +161,28 @@ def running_elsewhere(run_dir: str | Path) -> bool:
     process on another machine (a cluster job) counts as alive."""
     try:
         status = json.loads((Path(run_dir) / STATUS_FILE).read_text())
-        pid = int(status["pid"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (FileNotFoundError, json.JSONDecodeError, TypeError, UnicodeDecodeError):
         return False
-    if status.get("host", socket.gethostname()) != socket.gethostname():
+    here = status.get("host", socket.gethostname()) == socket.gethostname()
+    return "pid" in status and not (here and status["pid"] == os.getpid()) and _marker_alive(status)
+
+
+def _marker_alive(status: dict[str, Any]) -> bool:
+    """Whether the process whose pid ``status`` records may still be running: it is on another host
+    (a cluster job), it is this process, or its pid is alive; an unreadable pid is not."""
+    try:
+        pid = int(status["pid"])
+    except (TypeError, ValueError):
+        return False
+    if status.get("host", socket.gethostname()) != socket.gethostname() or pid == os.getpid():
         return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
     if pid == os.getpid():
         return False
     try:

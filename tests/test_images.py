@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerascnn.data.images import find_unreadable, grey_only, read_image
+from kerascnn.data.images import grey_only, read_image, scan_images
 
 
 def save(tmp_path, name, image, **kwargs):
@@ -55,7 +55,7 @@ def test_resize_keeps_aspect_by_centre_crop(tmp_path):
     assert array.mean() > 240
 
 
-def test_find_unreadable_catches_corrupt_and_truncated_files(tmp_path):
+def test_scan_images_finds_corrupt_and_truncated_files(tmp_path):
     good = save(tmp_path, "good.jpg", Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)))
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)).save(buffer, "JPEG")
@@ -63,7 +63,8 @@ def test_find_unreadable_catches_corrupt_and_truncated_files(tmp_path):
     truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"not an image at all")
-    bad = find_unreadable([good, str(truncated), str(garbage), str(tmp_path / "missing.png")])
+    scanned = scan_images([good, str(truncated), str(garbage), str(tmp_path / "missing.png")])
+    bad = [path for path, digest in scanned.items() if digest is None]
     assert sorted(bad) == sorted([str(truncated), str(garbage), str(tmp_path / "missing.png")])
     with pytest.raises(OSError):
         read_image(str(truncated), (32, 32, 3))

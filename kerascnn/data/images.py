@@ -114,11 +114,6 @@ def scan_images(paths: Iterable[str], workers: int | None = None) -> dict[str, s
     return digests
 
 
-def find_unreadable(paths: Iterable[str], workers: int | None = None) -> list[str]:
-    """The files among ``paths`` that `scan_images` finds unreadable."""
-    return [p for p, digest in scan_images(paths, workers).items() if digest is None]
-
-
 def grey_only(paths: Sequence[str], sample: int = 64) -> bool:
     """True when every image in an evenly spaced sample of ``paths`` is single-channel."""
     if not len(paths):
