@@ -4,10 +4,11 @@ paired tests.
 
 A study file holds shared settings (any `RunConfig` field, as ``experiments.run``'s long option
 names with ``_`` or ``-``; ``"default"`` for the dataset's or model's own default), ``seeds`` and
-``grid.KEY = [...]`` axes, and ``[[config]]`` tables that override them. ``weights = "@NAME"``
-fine-tunes from configuration NAME's model (a dependency, run first, not a row). A ``fold`` axis,
-like ``seeds``, repeats a configuration, as a ``split_seed`` axis does; every other axis makes
-configurations. See ``experiments/studies/*.toml``.
+``grid.KEY = [...]`` axes, and ``[[config]]`` tables that override them. A ``fold`` axis, like
+``seeds``, repeats a configuration, as a ``split_seed`` axis does; every other axis makes
+configurations. ``weights = "@NAME"`` fine-tunes from configuration NAME's model (a dependency, run
+first, not a row): each replicate from its own run of NAME (seed k from NAME's seed k), unless
+``share = ["NAME"]`` trains NAME once for all of them. See ``experiments/studies/*.toml``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", 
                     "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip",
                     "erase", "mixup", "cutmix")
 REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
-STUDY_KEYS = ("name", "seeds", "grid", "config")
 NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_IN_STUDIES)
 SUMMARY = ("accuracy", "macro_f1", "weighted_f1")
@@ -143,13 +143,14 @@ def load_study(source: str, check: bool = True) -> Study:
     except tomllib.TOMLDecodeError as exc:
         raise KerascnnError(f"{path}: {exc}") from None
     where = lambda key, table=None: f"{path.name} line {_line(text, key, table)}"  # noqa: E731
-    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid")}
+    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid", "share")}
     tables = data.get("config")
     if not isinstance(tables, list) or not tables:
         raise KerascnnError(f"{path.name}: no [[config]] tables; a study compares at least one configuration")
     study = Study(str(shared.pop("name", path.stem)), path, text)
     names = [t.get("name") for t in tables]
     planned: list[PlannedRun] = []
+    tables_seen: dict[str, tuple[int, dict[str, Any], dict[str, list], bool]] = {}
     for index, table in enumerate(tables):
         name = table.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -176,37 +177,88 @@ def load_study(source: str, check: bool = True) -> Study:
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
             raise KerascnnError(f"{where('seeds', index)}: seeds must be a non-empty list of integers >= 0")
         settings.setdefault("split_seed", 0)
-        for values in itertools.product(*grid.values()):
-            setting = dict(zip(grid, values))
-            for seed in seeds:
-                label = "".join(f"-{k}-{_text(v)}" for k, v in setting.items())
-                run_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{label}-seed{seed}")
-                if any(r.name == run_name for r in planned):
-                    raise KerascnnError(f"{where('name', index)}: two runs of {name!r} would share the folder "
-                                        f"{run_name}; give each seed and grid value once")
-                planned.append(PlannedRun(run_name, name, setting, seed, {**settings, **setting, "seed": seed},
-                                          table=index))
-    by_config = {n: [r for r in planned if r.config == n] for n in names}
-    for index, table in enumerate(tables):
-        for run in by_config[table["name"]]:
-            upstream = run.upstream
-            if upstream is None:
-                continue
-            if upstream not in by_config or upstream == run.config:
-                raise KerascnnError(f"{where('weights', index)}: weights {run.options['weights']!r} names no "
-                                    f"other config; configs: {', '.join(names)}")
-            if len(by_config[upstream]) != 1:
-                raise KerascnnError(f"{where('weights', index)}: {upstream!r} has {len(by_config[upstream])} runs; "
-                                    "a config others fine-tune from needs one seed and no grid")
-            if by_config[upstream][0].upstream:
-                raise KerascnnError(f"{where('weights', index)}: {upstream!r} fine-tunes from another config itself; "
-                                    "a study pretrains in one step")
-            by_config[upstream][0].dependency = True
-            run.upstream_run = by_config[upstream][0].name
+        tables_seen[name] = (index, settings, grid, "seeds" in own)
+        planned += _expand(name, index, settings, grid, seeds, planned, where)
+    shared_dependencies = data.get("share", [])
+    if not isinstance(shared_dependencies, list) or not all(n in names for n in shared_dependencies):
+        raise KerascnnError(f"{where('share')}: share must list config names (share = [\"pretrain\"]); "
+                            f"configs: {', '.join(names)}")
+    upstreams: dict[str, list[PlannedRun]] = {}  # dependency config -> the runs that fine-tune from it
+    for run in planned:
+        upstream = run.upstream
+        if upstream is None:
+            continue
+        if upstream not in names or upstream == run.config:
+            raise KerascnnError(f"{where('weights', run.table)}: weights {run.options['weights']!r} names no "
+                                f"other config; configs: {', '.join(names)}")
+        upstreams.setdefault(upstream, []).append(run)
+    for name in shared_dependencies:
+        if name not in upstreams:
+            raise KerascnnError(f"{where('share')}: share names {name!r}, which no config fine-tunes from")
+    for upstream, dependents in upstreams.items():
+        index, settings, grid, own_seeds = tables_seen[upstream]
+        if str(settings.get("weights", "")).startswith("@") or any(
+                str(v).startswith("@") for v in grid.get("weights", [])):
+            raise KerascnnError(f"{where('weights', dependents[0].table)}: {upstream!r} fine-tunes from another "
+                                "config itself; a study pretrains in one step")
+        if any(key not in REPEAT_AXES for key in grid):
+            key = next(key for key in grid if key not in REPEAT_AXES)
+            raise KerascnnError(f"{where(key, index)}: {upstream!r} has grid.{key}, but a config others fine-tune "
+                                f"from may repeat only over seeds, {' or '.join(REPEAT_AXES)}")
+        if upstream in shared_dependencies:
+            runs = [r for r in planned if r.config == upstream]
+            if len(runs) != 1:
+                raise KerascnnError(f"{where('seeds', index)}: {upstream!r} is shared, so it runs once: give it "
+                                    f"seeds = [N] and no grid (it has {len(runs)} runs)")
+        else:
+            if own_seeds:
+                raise KerascnnError(
+                    f"{where('seeds', index)}: {upstream!r} takes its seeds from the configs that fine-tune from "
+                    f"it (replicate k fine-tunes from {upstream} seed k); remove its seeds, or add "
+                    f"share = [\"{upstream}\"] to pretrain once for every replicate")
+            seeds = sorted({r.seed for r in dependents})
+            planned = [r for r in planned if r.config != upstream]
+            planned += _expand(upstream, index, settings, grid, seeds, planned, where)
+            runs = [r for r in planned if r.config == upstream]
+        for run in runs:
+            run.dependency = True
+        for run in dependents:
+            run.upstream_run = _matching_run(run, runs, shared=upstream in shared_dependencies, where=where)
     study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
     for run in study.runs if check else []:
         check_run(run, where)
     return study
+
+
+def _expand(name: str, index: int, settings: dict[str, Any], grid: dict[str, list], seeds: list[int],
+            planned: list[PlannedRun], where: Callable[..., str]) -> list[PlannedRun]:
+    """The runs of one ``[[config]]``: every grid value for every seed."""
+    runs: list[PlannedRun] = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        for seed in seeds:
+            label = "".join(f"-{k}-{_text(v)}" for k, v in setting.items())
+            run_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{label}-seed{seed}")
+            if any(r.name == run_name for r in [*planned, *runs]):
+                raise KerascnnError(f"{where('name', index)}: two runs of {name!r} would share the folder "
+                                    f"{run_name}; give each seed and grid value once")
+            runs.append(PlannedRun(run_name, name, setting, seed, {**settings, **setting, "seed": seed}, table=index))
+    return runs
+
+
+def _matching_run(run: PlannedRun, upstream_runs: list[PlannedRun], shared: bool, where: Callable[..., str]) -> str:
+    """The dependency run ``run`` fine-tunes from: the shared one, else the one with its seed and its
+    values of the repeat axes the dependency repeats over (a whole-pipeline replicate)."""
+    if shared:
+        return upstream_runs[0].name
+    for candidate in upstream_runs:
+        if candidate.seed == run.seed and all(k in run.setting and run.setting[k] == value
+                                              for k, value in candidate.setting.items()):
+            return candidate.name
+    axes = ", ".join(f"{k}={v}" for k, v in upstream_runs[0].setting.items())
+    raise KerascnnError(f"{where('weights', run.table)}: run {run.name} has no run of {run.upstream} to fine-tune "
+                        f"from with its seed and {axes or 'setting'}; give both configs the same repeat axes, or "
+                        f"share = [\"{run.upstream}\"]")
 
 
 def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
@@ -341,15 +393,15 @@ def run_study(study: Study, out: Path, *, workers: int = 1, engine: str = "local
     try:
         dependencies = [r for r in runs if r.dependency]
         rest = [r for r in runs if not r.dependency]
-        _run_batch(dependencies, out, 1, engine, engine_options or {}, failed, study)
+        _run_batch(dependencies, out, workers, engine, engine_options or {}, failed, study)
         for run in dependencies:  # one running elsewhere has no model yet: what needs it waits for another call
             if run.name not in failed and state_of(run, out) != "finished":
                 failed[run.name] = f"{run.name}: not finished (running elsewhere?); run the command again later"
-        broken = {r.config for r in dependencies if r.name in failed}
+        broken = {r.name for r in dependencies if r.name in failed}
         for run in rest:
-            if run.upstream in broken:
-                failed[run.name] = f"{run.name}: not run, its weights' run {run.upstream} failed"
-        rest = [r for r in rest if r.upstream not in broken]
+            if run.upstream_run in broken:
+                failed[run.name] = f"{run.name}: not run, its weights' run {run.upstream_run} failed"
+        rest = [r for r in rest if r.upstream_run not in broken]
         _run_batch(rest, out, workers, engine, engine_options or {}, failed, study)
     finally:
         summary = summarize(study, out, failed)
@@ -494,7 +546,7 @@ def write_plan(study: Study, out: Path) -> None:
 
 def plan_rows(study: Study) -> list[dict[str, Any]]:
     return [{"run": r.name, "config": r.config, "configuration": r.configuration, "seed": r.seed,
-             "setting": r.setting, "dependency": r.dependency} for r in study.runs]
+             "setting": r.setting, "dependency": r.dependency, "weights_from": r.upstream_run} for r in study.runs]
 
 
 # ---- summary -------------------------------------------------------------------------------------------
@@ -549,12 +601,37 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def variance_sources(runs: list[PlannedRun]) -> dict[str, list[str]]:
+    """What the interval over ``runs`` covers: each source of chance that differs between them
+    (training seed, split, fold, the dependency run each fine-tunes from), and the runs it is
+    conditional on (one dependency run they all share)."""
+    covers = [source for source, values in (
+        ("training seed", {r.seed for r in runs}),
+        ("split", {r.options.get("split_seed", 0) for r in runs}),
+        ("fold", {r.setting.get("fold") for r in runs}),
+    ) if len(values) > 1]
+    upstream_runs = sorted({r.upstream_run for r in runs if r.upstream_run})
+    if len(upstream_runs) > 1:
+        covers.append(f"dependency {runs[0].upstream}")
+    conditional = upstream_runs if len(upstream_runs) == 1 and len(runs) > 1 else []
+    return {"covers": covers, "conditional_on": conditional}
+
+
+def covers_text(variance: dict[str, list[str]]) -> str:
+    """The report's words for what an interval covers."""
+    words = ", ".join(variance["covers"]) or "test images only (one run)"
+    if variance["conditional_on"]:
+        words += f"; conditional on one pretraining run, {variance['conditional_on'][0]}"
+    return words
+
+
 def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> dict[str, Any]:
     """One row per configuration over its finished runs, the chosen setting of each group, and the
     paired comparisons of the chosen ones."""
     from kerascnn.reports import summarize_run
 
     rows: dict[str, dict[tuple, dict[str, Any]]] = {}
+    finished: dict[str, list[PlannedRun]] = {}
     meta: dict[str, PlannedRun] = {}
     planned: dict[str, int] = {}
     for run in study.runs:
@@ -564,6 +641,7 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
         meta.setdefault(run.configuration, run)
         if state_of(run, out) == "finished":
             rows.setdefault(run.configuration, {})[run.replicate] = summarize_run(out / run.name)
+            finished.setdefault(run.configuration, []).append(run)
     trained_in: dict[str, list[str]] = {}  # precision -> the finished runs that trained in it
     for by_replicate in rows.values():
         for row in by_replicate.values():
@@ -590,6 +668,7 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
                 entry[key] = float(np.mean(values)) if values else None
             entry["trainable_params"] = done[0]["trainable_params"]
             entry["runs"] = [r["run"] for r in done]
+            entry["variance"] = variance_sources(finished[name])
         configurations.append(entry)
     groups: dict[str, list[dict[str, Any]]] = {}
     for entry in configurations:
@@ -604,7 +683,8 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
     comparisons = []
     for first, second in itertools.combinations(chosen, 2):
         result = paired_test(rows[first["configuration"]], rows[second["configuration"]], out)
-        pair = {"a": first["configuration"], "b": second["configuration"]}
+        pair = {"a": first["configuration"], "b": second["configuration"],
+                "conditional_on": sorted({*first["variance"]["conditional_on"], *second["variance"]["conditional_on"]})}
         if result is None:
             comparisons.append({**pair, "verdict": "not compared: no runs tested on the same test set"})
         elif result["p"] is None:
@@ -649,23 +729,27 @@ def study_markdown(summary: dict[str, Any]) -> str:
               "accuracy, bootstrap over test images for macro F1). Peak MB: the GPU's peak memory, or on a CPU "
               "the run's peak resident memory. **chosen** marks, within each strategy, the setting with the "
               "best validation accuracy (of the model each run kept); the test scores of the other settings are "
-              "shown but were not used to choose.", "",
-              "| configuration | runs | test accuracy | 95% interval | macro F1 | weighted F1 | val accuracy | "
-              "best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
-              "|" + " --- |" * 13]
+              "shown but were not used to choose. **interval covers** names the sources of chance that differ "
+              "between a configuration's runs; a configuration that fine-tunes from one shared pretraining run "
+              "(`share` in the study file) has intervals and tests conditional on that run: another pretraining "
+              "run can move them further than they show.", "",
+              "| configuration | runs | test accuracy | 95% interval | interval covers | macro F1 | weighted F1 | "
+              "val accuracy | best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
+              "|" + " --- |" * 14]
 
     def pct(value: float | None) -> str:  # the header says these are percentages
         return percent(value, unit="")
 
     for e in summary["configurations"]:
         if not e["runs_finished"]:
-            lines.append(f"| {markdown_text(e['configuration'])} | 0/{e['runs_planned']} | not run yet |" + " |" * 10)
+            lines.append(f"| {markdown_text(e['configuration'])} | 0/{e['runs_planned']} | not run yet |" + " |" * 11)
             continue
         acc, ci = e["accuracy"], e["accuracy"]["ci95"]
         interval = f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–"
         lines.append(
             f"| {markdown_text(e['configuration'])} | {e['runs_finished']}/{e['runs_planned']} | {pct(acc['mean'])} ± "
-            f"{pct(acc['std'])} | {interval} | {pct(e['macro_f1']['mean'])} ± {pct(e['macro_f1']['std'])} | "
+            f"{pct(acc['std'])} | {interval} | {markdown_text(covers_text(e['variance']))} | "
+            f"{pct(e['macro_f1']['mean'])} ± {pct(e['macro_f1']['std'])} | "
             f"{pct(e['weighted_f1']['mean'])} | {pct(e['val_accuracy'])} | "
             f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "
             f"{_number(e['seconds_per_epoch'], '.1f')} | {_number(e['images_per_second'], '.0f')} | "
@@ -682,8 +766,9 @@ def study_markdown(summary: dict[str, Any]) -> str:
             continue
         better, worse = (c["a"], c["b"]) if c["difference"] >= 0 else (c["b"], c["a"])
         words = "a real difference at 95%" if c["real"] else "not distinguishable at 95%"
+        given = f", conditional on the pretraining run {', '.join(c['conditional_on'])}" if c["conditional_on"] else ""
         lines.append(f"- {better} vs {worse}: {100 * abs(c['difference']):+.2f} points of test accuracy "
-                     f"({c['test']}, adjusted p = {c['p_holm']:.3g}): {words}.")
+                     f"({c['test']}, adjusted p = {c['p_holm']:.3g}): {words}{given}.")
     lines += ["", "![validation curves and accuracy against training time](comparison.png)", ""]
     return "\n".join(lines)
 

@@ -45,8 +45,17 @@ def write(tmp_path, text, name="s.toml"):
     (TINY + "[[config]]\nname = 'a'\ngrid.lr = 0.1\n", "line 8: grid.lr must be a non-empty list"),
     (TINY + "[[config]]\nname = 'a'\n[[config]]\nname = 'a'\n", "config name 'a' is used twice"),
     (TINY + "[[config]]\nname = 'a'\nweights = '@b'\n", "line 8: weights '@b' names no other config"),
-    (TINY + "seeds = [0, 1]\n[[config]]\nname = 'p'\n[[config]]\nname = 'a'\nweights = '@p'\n",
-     "'p' has 2 runs; a config others fine-tune from needs one seed and no grid"),
+    (TINY + "seeds = [0, 1]\nshare = ['p']\n[[config]]\nname = 'p'\n[[config]]\nname = 'a'\nweights = '@p'\n",
+     "line 6: 'p' is shared, so it runs once: give it seeds = [N] and no grid (it has 2 runs)"),
+    (TINY + "seeds = [0, 1]\n[[config]]\nname = 'p'\nseeds = [0]\n[[config]]\nname = 'a'\nweights = '@p'\n",
+     "line 9: 'p' takes its seeds from the configs that fine-tune from it (replicate k fine-tunes from p seed k); "
+     "remove its seeds, or add share = [\"p\"]"),
+    (TINY + "share = ['a']\n[[config]]\nname = 'a'\n", "line 6: share names 'a', which no config fine-tunes from"),
+    (TINY + "share = 'p'\n[[config]]\nname = 'p'\n", "line 6: share must list config names"),
+    (TINY + "[[config]]\nname = 'p'\ngrid.lr = [0.1, 0.01]\n[[config]]\nname = 'a'\nweights = '@p'\n",
+     "line 8: 'p' has grid.lr, but a config others fine-tune from may repeat only over seeds, fold or split_seed"),
+    (TINY + "[[config]]\nname = 'p'\ngrid.fold = [0, 1]\n[[config]]\nname = 'a'\nweights = '@p'\n",
+     "run a-seed0 has no run of p to fine-tune from with its seed and fold=0"),
     (TINY + "[[config]]\nname = 'a'\nmodel = 'resnet9'\n", "line 8: run a-seed0: unknown model 'resnet9'"),
     (TINY + "[[config]]\nname = 'a'\ngrid.unfreeze = ['layer9']\n", "run a-unfreeze-layer9-seed0"),
     (TINY + "[[config]]\nname = 'a'\nlr = -1.0\n", "line 8: run a-seed0: --lr must be > 0"),
@@ -75,25 +84,83 @@ grid.lr = [0.01, 0.001]
 grid.pool = ["max", "avg"]
 [[config]]
 name = "pre"
-seeds = [0]
 split = "default"
 """
     plan = studies.load_study(str(write(tmp_path, text)))
-    assert plan.runs[0].name == "pre-seed0" and plan.runs[0].dependency
-    assert len(plan.runs) == 1 + 2 * 2 * 2
-    assert "split" not in plan.runs[0].options and plan.runs[1].options["split"] == "20,10,30"
-    run = plan.runs[1]
-    assert run.options["split_seed"] == 0 and {r.seed for r in plan.runs[1:]} == {0, 1}
+    assert [r.name for r in plan.runs[:2]] == ["pre-seed0", "pre-seed1"] and plan.runs[0].dependency
+    assert len(plan.runs) == 2 + 2 * 2 * 2
+    assert "split" not in plan.runs[0].options and plan.runs[2].options["split"] == "20,10,30"
+    run = plan.runs[2]
+    assert run.options["split_seed"] == 0 and {r.seed for r in plan.runs[2:]} == {0, 1}
     assert run.configuration == "tune [lr=0.01, pool=max]" and run.group == "tune [pool=max]"
+    assert all(r.upstream_run == f"pre-seed{r.seed}" for r in plan.runs[2:])  # whole-pipeline replicates
     assert study([str(tmp_path / "s.toml"), "--dry-run", "--out", str(tmp_path / "o")]) == 0
-    assert "pre-seed0 (dependency): new" in capsys.readouterr().out and not (tmp_path / "o").exists()
-    assert [r.name for r in studies.select(plan, "pre")] == ["pre-seed0"]
-    assert len(studies.select(plan, "tune")) == 9  # with what it fine-tunes from
+    assert "pre-seed1 (dependency): new" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    assert [r.name for r in studies.select(plan, "pre")] == ["pre-seed0", "pre-seed1"]
+    assert len(studies.select(plan, "tune")) == 10  # with what it fine-tunes from
     assert study([str(tmp_path / "s.toml"), "--dry-run", "--only", "nope"]) == 2
     assert "--only nope: no config of that name; configs: pre, tune" in capsys.readouterr().err
     assert study(["transfer_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0  # the bundled file parses
     assert study(["no_such_study"]) == 2
     assert "bundled study: " in capsys.readouterr().err
+
+
+PIPELINE = TINY + """epochs = 1
+seeds = [0, 1, 2]
+[[config]]
+name = "pre"
+[[config]]
+name = "tune"
+weights = "@pre"
+lr = 0.0003
+"""
+
+
+def test_each_replicate_fine_tunes_from_its_own_dependency_run_unless_it_is_shared(tmp_path):
+    plan = studies.load_study(str(write(tmp_path, PIPELINE)))
+    pre, tune = [r for r in plan.runs if r.dependency], [r for r in plan.runs if not r.dependency]
+    assert [r.seed for r in pre] == [0, 1, 2] and [r.upstream_run for r in tune] == ["pre-seed0", "pre-seed1",
+                                                                                     "pre-seed2"]
+    assert studies.variance_sources(tune) == {"covers": ["training seed", "dependency pre"], "conditional_on": []}
+    shared = studies.load_study(str(write(tmp_path, PIPELINE.replace("epochs = 1\n", "epochs = 1\nshare = ['pre']\n")
+                                          .replace('name = "pre"', 'name = "pre"\nseeds = [0]'))))
+    tune = [r for r in shared.runs if not r.dependency]
+    assert [r.name for r in shared.runs if r.dependency] == ["pre-seed0"]
+    assert {r.upstream_run for r in tune} == {"pre-seed0"}
+    variance = studies.variance_sources(tune)
+    assert variance == {"covers": ["training seed"], "conditional_on": ["pre-seed0"]}
+    assert studies.covers_text(variance) == "training seed; conditional on one pretraining run, pre-seed0"
+    # folds pair like seeds when the dependency repeats over them too
+    folds = studies.load_study(str(write(tmp_path, TINY + "seeds = [0, 1]\ngrid.fold = [0, 1]\n"
+                                         "[[config]]\nname = 'p'\n[[config]]\nname = 'a'\nweights = '@p'\n")),
+                               check=False)
+    tuned = [r for r in folds.runs if not r.dependency]
+    assert len(folds.runs) == 8 and all(r.upstream_run == f"p-fold-{r.setting['fold']}-seed{r.seed}" for r in tuned)
+    assert studies.variance_sources(tuned)["covers"] == ["training seed", "fold", "dependency p"]
+
+
+@pytest.mark.slow
+def test_a_study_replicates_its_pretraining_and_says_what_its_intervals_cover(tmp_path):
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, PIPELINE)), "--out", str(out)]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    assert sorted(r["run"] for r in summary["plan"] if r["dependency"]) == ["pre-seed0", "pre-seed1", "pre-seed2"]
+    (tune,) = summary["configurations"]
+    assert tune["runs_finished"] == 3 and tune["variance"]["covers"] == ["training seed", "dependency pre"]
+    for seed in range(3):  # each fine-tuning started from its own pretraining run's model
+        weights = json.loads((out / f"tune-seed{seed}" / "config.json").read_text())["weights"]
+        assert Path(weights) == out / f"pre-seed{seed}" / "model.keras"
+    assert "| training seed, dependency pre |" in (out / "study.md").read_text()
+
+    shared_out = tmp_path / "shared"
+    text = PIPELINE.replace("epochs = 1\n", "epochs = 1\nshare = ['pre']\n").replace('name = "pre"',
+                                                                                     'name = "pre"\nseeds = [0]')
+    assert study([str(write(tmp_path, text, "shared.toml")), "--out", str(shared_out)]) == 0
+    assert sorted(p.name for p in shared_out.glob("pre-seed*")) == ["pre-seed0"]
+    report = (shared_out / "study.md").read_text()
+    assert "| training seed; conditional on one pretraining run, pre-seed0 |" in report
+    assert json.loads((shared_out / "study.json").read_text())["configurations"][0]["variance"] == {
+        "covers": ["training seed"], "conditional_on": ["pre-seed0"]}
 
 
 def history_epochs(run_dir):
