@@ -77,9 +77,13 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
 
 
 def plot_mistakes(images: np.ndarray, true: Sequence[str], predicted: Sequence[str], confidence: Sequence[float],
-                  path: str | Path, names: Sequence[str] | None = None) -> Figure:
+                  path: str | Path, names: Sequence[str] | None = None, maps: np.ndarray | None = None,
+                  title: str | None = None) -> Figure:
     """A grid of images (n, h, w, c uint8) titled ``true -> predicted (confidence)`` and file names, long
-    lines wrapped to the column width; returns the (closed) figure."""
+    lines wrapped to the column width, with Grad-CAM ``maps`` (n, h, w in [0, 1]) over them if given;
+    returns the (closed) figure."""
+    from kerascnn.explain import overlay
+
     n = len(images)
     cols = min(5, max(1, n))
     rows = max(1, int(np.ceil(n / cols)))
@@ -89,15 +93,49 @@ def plot_mistakes(images: np.ndarray, true: Sequence[str], predicted: Sequence[s
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         image = images[i]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
-                  vmin=0, vmax=255)
+        if maps is not None:
+            ax.imshow(overlay(image, maps[i]))
+        else:
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image,
+                      cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
         lines = [f"true: {true[i]}", f"pred: {predicted[i]} ({confidence[i]:.0%})"]
         if names is not None:
             lines.append(str(names[i]))
         ax.set_title("\n".join(part for line in lines for part in wrap.wrap(line)), fontsize=8)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes on the test set", ha="center", va="center")
-    fig.suptitle(f"most confident mistakes ({n})" if n else "mistakes", fontsize=10)
+    heading = f"most confident mistakes ({n})" if n else "mistakes"
+    fig.suptitle(f"{heading}: {title}" if title and n else heading, fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return fig
+
+
+def plot_reliability(table: dict[str, np.ndarray], ece: float, path: str | Path) -> Figure:
+    """The reliability diagram of `kerascnn.calibration.reliability` bins: accuracy against mean
+    confidence per bin (bar widths the bins), the diagonal of perfect calibration, and how many
+    images each bin holds; returns the (closed) figure."""
+    bins = len(table["count"]) - 1  # the last slot holds confidences of exactly 1: drawn in the top bin
+    count = table["count"][:bins].copy()
+    correct = table["accuracy"][:bins] * count
+    confident = table["confidence"][:bins] * count
+    count[-1] += table["count"][bins]
+    correct[-1] += table["accuracy"][bins] * table["count"][bins]
+    confident[-1] += table["confidence"][bins] * table["count"][bins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy, confidence = correct / count, confident / count
+    edges = np.linspace(0, 1, bins + 1)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True, layout="constrained")
+    filled = count > 0
+    top.bar(edges[:-1][filled], accuracy[filled], width=1 / bins, align="edge", edgecolor="black",
+            color="tab:blue", label="accuracy")
+    top.bar(edges[:-1][filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / bins,
+            align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"reliability (ECE {100 * ece:.2f}%)")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(edges[:-1], count, width=1 / bins, align="edge", color="grey")
+    bottom.set(xlabel="confidence (top probability)", ylabel="images")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return fig

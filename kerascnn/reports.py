@@ -120,9 +120,15 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     lines += [
         "![confusion matrix](confusion_matrix.png)",
         "",
+        *calibration_lines(metrics),
         "## Most confident mistakes",
         "",
         "![most confident mistakes](mistakes.png)",
+        "",
+        "Where the model looked (Grad-CAM of the predicted class; `python -m experiments.explain` draws it for "
+        "any image):",
+        "",
+        "![most confident mistakes with Grad-CAM](mistakes_cam.png)",
         "",
         "## Files",
         "",
@@ -135,6 +141,34 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def calibration_lines(metrics: dict[str, Any]) -> list[str]:
+    """The report's calibration section: ECE (15 bins, bootstrap interval), MCE, NLL, Brier, before
+    and after temperature scaling where the run calibrated."""
+    after = metrics.get("calibration")
+    if not after:
+        return []
+    before = metrics.get("before_calibration")
+
+    def cells(scores: dict[str, Any]) -> list[str]:
+        lo, hi = scores["ece_ci95"]
+        return [f"{percent(scores['ece'])} (95% CI {percent(lo)}–{percent(hi)})", percent(scores["mce"]),
+                f"{scores['nll']:.4f}", f"{scores['brier']:.4f}"]
+
+    rows = ["ECE", "MCE", "NLL", "Brier"]
+    lines = ["## Calibration", "",
+             f"Whether a predicted probability is right that often: expected calibration error over {after['bins']} "
+             "confidence bins (ECE), its largest bin gap (MCE), negative log-likelihood and Brier score; lower is "
+             "better.", ""]
+    if before:
+        lines += [f"Temperature scaling (T = {metrics['temperature']:.3f}, fitted on the validation split) divides "
+                  "the logits in `model.keras`; accuracy is unchanged.", "",
+                  "| score | before | after temperature scaling |", "| --- | --- | --- |"]
+        lines += [f"| {r} | {b} | {a} |" for r, b, a in zip(rows, cells(before), cells(after))]
+    else:
+        lines += ["| score | value |", "| --- | --- |"] + [f"| {r} | {a} |" for r, a in zip(rows, cells(after))]
+    return [*lines, "", "![reliability diagram](calibration.png)", ""]
 
 
 def _weights_text(weights: dict[str, Any]) -> str:
@@ -179,6 +213,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     if train_images and metrics["train_seconds"]:
         row["images_per_second"] = train_images * metrics["epochs_run"] / metrics["train_seconds"]
     row.update({m: metrics[m] for m in SUMMARY_METRICS})
+    row["ece"] = metrics.get("calibration", {}).get("ece")  # None: a run from before calibration was scored
     row.update({k: metrics[k] for k in ("accuracy_ci95", "macro_f1_ci95") if k in metrics})
     return row
 

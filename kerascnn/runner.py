@@ -12,7 +12,19 @@ import keras
 import numpy as np
 
 import kerascnn
-from kerascnn import checkpoint, data, distribute, evaluation, models, plots, reports, rundir, training
+from kerascnn import (
+    calibration,
+    checkpoint,
+    data,
+    distribute,
+    evaluation,
+    explain,
+    models,
+    plots,
+    reports,
+    rundir,
+    training,
+)
 from kerascnn.config import RunConfig
 from kerascnn.data.cache import decode_splits
 from kerascnn.data.dataset import Dataset
@@ -76,41 +88,64 @@ def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
 
 
 def evaluate_run(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Test-set metrics of ``model`` and the confusion-matrix and mistakes figures."""
+    """Test-set metrics of ``model`` (calibration included) and the confusion-matrix, reliability
+    and mistakes figures."""
     batch_size = max(config.batch_size, 256)
     test = training.eval_batches(dataset, "test", batch_size, config.workers)
-    proba = evaluation.predict_proba(model, test)
+    passes = [evaluation.predict_proba(model, test)]
     kept = np.ones(len(dataset.test), bool)
     if test.skipped:  # files that went bad while streaming have no prediction
         kept = ~np.isin(dataset.test.paths, list(test.skipped))
     labels = dataset.test.labels[kept]
-    plain = proba
     if config.tta == "flip":
         mirrored = training.eval_batches(dataset, "test", batch_size, config.workers, mirror=True)
         mirrored.skipped = test.skipped  # known bad already: not warned about twice
-        proba = (proba + evaluation.predict_proba(model, mirrored)) / 2
+        passes.append(evaluation.predict_proba(model, mirrored))
+    proba = np.mean(passes, axis=0)
     metrics = evaluation.classification_metrics(labels, proba, dataset.class_names, top_k=config.top_k)
+    metrics["calibration"] = calibration.calibration_metrics(labels, proba)
     metrics["tta"] = config.tta
     metrics["test_set_fingerprint"] = dataset.test.fingerprint()
     np.savez_compressed(run_dir / "test_predictions.npz", labels=labels, predicted=proba.argmax(axis=1),
                         index=np.flatnonzero(kept))
     if config.tta != "none":
-        without = evaluation.classification_metrics(labels, plain, dataset.class_names)
+        without = evaluation.classification_metrics(labels, passes[0], dataset.class_names)
         metrics["without_tta"] = {k: without[k] for k in ("accuracy", "accuracy_ci95", "macro_f1", "weighted_f1")}
+    if (temperature := calibration.temperature_of(model)) is not None:
+        before = np.mean([calibration.uncalibrated(p, temperature) for p in passes], axis=0)
+        metrics["temperature"] = temperature
+        metrics["before_calibration"] = {"accuracy": float((before.argmax(axis=1) == labels).mean()),
+                                         **calibration.calibration_metrics(labels, before)}
     plots.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), dataset.class_names,
                                 run_dir / "confusion_matrix.png")
+    plots.plot_reliability(calibration.reliability(labels, proba), metrics["calibration"]["ece"],
+                           run_dir / "calibration.png")
     wrong = evaluation.most_confident_mistakes(labels, proba)
     index = np.flatnonzero(kept)[wrong]
     names = dataset.class_names
     predicted = proba[wrong].argmax(axis=1)
-    plots.plot_mistakes(
-        dataset.test.pixels(index, dataset.image_shape),
-        [names[i] for i in labels[wrong]], [names[i] for i in predicted], proba[wrong, predicted].tolist(),
-        run_dir / "mistakes.png",
-        names=[Path(p).name for p in dataset.test.paths[index]] if dataset.streamed else None,
-    )
+    images = dataset.test.pixels(index, dataset.image_shape)
+    titles = ([names[i] for i in labels[wrong]], [names[i] for i in predicted], proba[wrong, predicted].tolist())
+    files = [Path(p).name for p in dataset.test.paths[index]] if dataset.streamed else None
+    plots.plot_mistakes(images, *titles, run_dir / "mistakes.png", names=files)
+    cams = explain.grad_cam(model, images, classes=predicted, model_name=config.model) if len(wrong) else None
+    plots.plot_mistakes(images, *titles, run_dir / "mistakes_cam.png", names=files,
+                        maps=cams.maps if cams is not None else None,
+                        title=f"where the model looked (Grad-CAM at {cams.target.name})" if cams else None)
     metrics["skipped_in_test"] = sorted(test.skipped)
     return metrics
+
+
+def fit_temperature(model: keras.Model, dataset: Dataset, config: RunConfig) -> float:
+    """The temperature that calibrates ``model`` on ``dataset``'s validation split (minimum NLL)."""
+    batches = training.eval_batches(dataset, "val", max(config.batch_size, 256), config.workers)
+    logits = np.asarray(calibration.logits_model(model).predict(batches, verbose=0), np.float64)
+    labels = dataset.val.labels
+    if batches.skipped:
+        labels = labels[~np.isin(dataset.val.paths, list(batches.skipped))]
+    temperature = calibration.fit_temperature(logits, labels)
+    log.info("temperature scaling: T = %.3f (fitted on %d validation images)", temperature, len(labels))
+    return temperature
 
 
 def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effective: RunConfig,
@@ -150,7 +185,7 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
 
     The folder holds ``config.json``, ``status.json``, ``model.keras``, ``best.weights.h5``,
     ``history.csv``, ``checkpoint/``, ``metrics.json``, ``curves.png``, ``confusion_matrix.png``,
-    ``mistakes.png`` and ``report.md``.
+    ``calibration.png``, ``mistakes.png``, ``mistakes_cam.png`` and ``report.md``.
     """
     resolve_config(config)
     if config.out:
@@ -203,6 +238,10 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
     summary = dataset.summary()
     log.info("%s: %d classes, train %d, val %d, test %d, images %s", dataset.name, dataset.num_classes,
              *summary["sizes"].values(), "x".join(map(str, dataset.image_shape)))
+    if config.calibrate != "none" and not summary["sizes"]["val"]:
+        raise KerascnnError(f"--calibrate {config.calibrate} fits on the validation split, and this {dataset.name} "
+                            "split has none; give --val-split (e.g. 0.1) or a split with validation images, or "
+                            "leave --calibrate out")
     if config.top_k is not None and config.top_k >= dataset.num_classes:
         raise KerascnnError(f"--top-k {config.top_k}: {dataset.name} has {dataset.num_classes} classes; give a k "
                             f"below {dataset.num_classes}")
@@ -225,6 +264,8 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
             if result.fast_path:  # which training step ran is known once the model is compiled
                 config.environment["fast_path"] = result.fast_path
                 config.save(run_dir / "config.json")
+            if config.calibrate == "temperature":
+                model = calibration.with_temperature(model, fit_temperature(model, dataset, effective))
             save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
         metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
         rundir.mark(run_dir, "finished")

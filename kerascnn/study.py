@@ -662,7 +662,7 @@ def summarize(study: Study, out: Path, failed: dict[str, str] | None = None) -> 
                 entry[metric] = {"mean": float(np.mean(values)),
                                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                                  "ci95": ci, "values": values}
-            for key in ("val_accuracy", "best_epoch", "seconds_per_epoch", "images_per_second", "train_seconds",
+            for key in ("ece", "val_accuracy", "best_epoch", "seconds_per_epoch", "images_per_second", "train_seconds",
                         "peak_memory_mb"):
                 values = [r[key] for r in done if r.get(key) is not None]
                 entry[key] = float(np.mean(values)) if values else None
@@ -729,20 +729,21 @@ def study_markdown(summary: dict[str, Any]) -> str:
               "accuracy, bootstrap over test images for macro F1). Peak MB: the GPU's peak memory, or on a CPU "
               "the run's peak resident memory. **chosen** marks, within each strategy, the setting with the "
               "best validation accuracy (of the model each run kept); the test scores of the other settings are "
-              "shown but were not used to choose. **interval covers** names the sources of chance that differ "
-              "between a configuration's runs; a configuration that fine-tunes from one shared pretraining run "
+              "shown but were not used to choose. ECE: the test set's expected calibration error (mean over "
+              "runs). **interval covers** names the sources of chance that differ between a configuration's "
+              "runs; a configuration that fine-tunes from one shared pretraining run "
               "(`share` in the study file) has intervals and tests conditional on that run: another pretraining "
               "run can move them further than they show.", "",
               "| configuration | runs | test accuracy | 95% interval | interval covers | macro F1 | weighted F1 | "
-              "val accuracy | best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
-              "|" + " --- |" * 14]
+              "ECE | val accuracy | best epoch | trainable | s/epoch | images/s | peak MB | chosen |",
+              "|" + " --- |" * 15]
 
     def pct(value: float | None) -> str:  # the header says these are percentages
         return percent(value, unit="")
 
     for e in summary["configurations"]:
         if not e["runs_finished"]:
-            lines.append(f"| {markdown_text(e['configuration'])} | 0/{e['runs_planned']} | not run yet |" + " |" * 11)
+            lines.append(f"| {markdown_text(e['configuration'])} | 0/{e['runs_planned']} | not run yet |" + " |" * 12)
             continue
         acc, ci = e["accuracy"], e["accuracy"]["ci95"]
         interval = f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–"
@@ -750,7 +751,7 @@ def study_markdown(summary: dict[str, Any]) -> str:
             f"| {markdown_text(e['configuration'])} | {e['runs_finished']}/{e['runs_planned']} | {pct(acc['mean'])} ± "
             f"{pct(acc['std'])} | {interval} | {markdown_text(covers_text(e['variance']))} | "
             f"{pct(e['macro_f1']['mean'])} ± {pct(e['macro_f1']['std'])} | "
-            f"{pct(e['weighted_f1']['mean'])} | {pct(e['val_accuracy'])} | "
+            f"{pct(e['weighted_f1']['mean'])} | {pct(e['ece'])} | {pct(e['val_accuracy'])} | "
             f"{_number(e['best_epoch'], '.1f')} | {e['trainable_params']:,} | "
             f"{_number(e['seconds_per_epoch'], '.1f')} | {_number(e['images_per_second'], '.0f')} | "
             f"{_number(e['peak_memory_mb'], '.0f')} | {'**chosen**' if e['chosen'] else ''} |")

@@ -64,9 +64,13 @@ def test_model_files_move_between_backends(tmp_path):
     assert len(runs) == 9
     for run in runs:
         predictions = {b: np.load(tmp_path / "preds" / b / f"{run}.npy") for b in BACKENDS}
+        cams = {b: np.load(tmp_path / "preds" / b / f"{run}.cam.npy") for b in BACKENDS}
+        assert all(c.max() > 0.99 for c in cams.values()), f"{run}: a blank Grad-CAM map"
         for backend in BACKENDS:
             difference = np.abs(predictions[backend] - predictions[run.split("-")[0]]).max()
             assert difference <= 1e-4, f"{run} predicted on {backend}: max abs difference {difference:.2e}"
+            difference = np.abs(cams[backend] - cams[run.split("-")[0]]).max()
+            assert difference <= 1e-4, f"{run}'s Grad-CAM on {backend}: max abs difference {difference:.2e}"
     continued = sorted(p.name for p in (tmp_path / "continued").iterdir())
     assert len(continued) == 6
     for name in continued:
