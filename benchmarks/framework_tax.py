@@ -4,7 +4,7 @@
                                        [--image-size N] [--batch-size N]
                                        [--precision auto|float32|mixed_bfloat16] [--jit/--no-jit] [--keras]
                                        [--uncaptured]
-                                       [--best-practice/--no-best-practice]
+                                       [--best-practice/--no-best-practice] [--record LABEL]
 
 Both sides train the same network (the default ``cnn`` at 28x28x1, batch 128; ``resnet18`` at 64x64
 on CPU with batch 32, at 224 on CUDA with batch 64) with AdamW (3e-3, weight decay 1e-4 off biases and
@@ -31,15 +31,21 @@ precision kerascnn's float32 path runs too, and ``vs_float32`` is the ratio of t
 the same as the default path off CUDA), and ``vs_uncaptured`` is the ratio of the two. The
 best-practice path (channels_last, bf16 autocast on CUDA and under mixed precision,
 ``torch.compile``) is the limit to aim at.
+``--record LABEL`` appends the result, with the command, commit, machine and date, to
+``docs/results/framework_tax.json`` as the measurement LABEL (then ``python docs/render_results.py``).
 Torch backend only.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import platform
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 LR, WEIGHT_DECAY, EPSILON = 3e-3, 1e-4, 1e-7
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "framework_tax.json"
 
 
 # -- plain PyTorch models of the same architectures ------------------------------------------------
@@ -277,6 +284,36 @@ def measure(name: str, repeats: int, steps: int | None, jit: bool | None, best_p
     return row
 
 
+def machine() -> str:
+    """This machine in words: CPU model and cores, memory, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores of {cpu}, {gpu}"
+
+
+def record(path: Path, label: str, rows: list[dict], command: str) -> None:
+    """Append ``rows`` to the results file ``path`` as the measurement ``label``, with their provenance."""
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout.strip()
+    data = json.loads(path.read_text())
+    if label in data.setdefault("measurements", {}):
+        sys.exit(f"{path} already has a measurement {label!r}; choose another --record label")
+    short = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    data["measurements"][label] = {"commit": commit, "date": datetime.date.today().isoformat(), "command": command,
+                                   "machine": machine(), "machine_short": short,
+                                   **({"note": "uncommitted changes"} if dirty else {}), "rows": rows}
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    print(f"recorded as {label!r} in {path}", file=sys.stderr)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="cnn,resnet18")
@@ -294,6 +331,8 @@ def main() -> None:
     p.add_argument("--uncaptured", action="store_true",
                    help="add kerascnn without the CUDA graph of its train step as a path (vs_uncaptured)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a row per case")
+    p.add_argument("--record", metavar="LABEL", help="append the result to docs/results/framework_tax.json as the "
+                   "measurement LABEL")
     args = p.parse_args()
     import keras
 
@@ -309,6 +348,8 @@ def main() -> None:
         precision = args.precision if args.precision != "auto" else models.get(CASES[name][0]).auto_precision(size)
         rows.append(measure(name, args.repeats, args.steps, args.jit, best, args.keras, precision, args.image_size,
                             args.batch_size, args.uncaptured))
+    if args.record:
+        record(RESULTS, args.record, rows, shlex.join(["python", "benchmarks/framework_tax.py", *sys.argv[1:]]))
     if args.json:
         print(json.dumps({row["case"]: row for row in rows}, indent=2))
         return

@@ -8,7 +8,7 @@ run does, ``model.fit`` over the input pipeline) on the same random batches, alt
 process after a warm-up epoch each; prints one JSON line per size with the median ms/step of each and
 ``bf16_vs_float32`` (below 1: bfloat16 is faster). Each backbone's `ModelSpec.amx_min_size` (the
 smallest working size that ``--precision auto`` trains in bfloat16 on an AMX CPU) comes from these
-figures (README, Performance).
+figures (docs/results/precision_by_size.json).
 """
 
 from __future__ import annotations

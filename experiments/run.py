@@ -21,6 +21,7 @@ from kerascnn.config import (
     AUGMENTS,
     BN_POLICIES,
     CACHE_MODES,
+    CALIBRATIONS,
     CLASS_WEIGHTS,
     DEEP_FINETUNE_LR,
     DEFAULT_LR,
@@ -154,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
     _opt(o, "--runs-dir", "where default run folders go")
     _opt(o, "--tta", "test-time augmentation of the test set: flip averages each image's probabilities with its "
          "mirror's (metrics.json also gives the scores without)", choices=TTAS)
+    _opt(o, "--calibrate", "temperature: fit one temperature on the validation split (minimum NLL) and divide the "
+         "logits by it in model.keras, its exports and predictions (metrics.json gives the test scores before and "
+         "after; accuracy does not change)", choices=CALIBRATIONS)
     _opt(o, "--top-k", "k of the top-k accuracy reported, below the number of classes (default: 5 where there are "
          "more classes; 2 and 3 are always reported)", type=int)
     _opt(o, "--verbose", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", type=int, choices=(0, 1, 2))

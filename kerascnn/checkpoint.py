@@ -59,9 +59,7 @@ def weights_file(run_dir: str | Path, epoch: int) -> Path:
 def save(run_dir: str | Path, model: keras.Model, state: State, saved_weights: Path | None = None) -> None:
     """Write the checkpoint of ``model`` (weights and optimizer state) at ``state``. ``saved_weights``,
     a file ``model.save_weights`` wrote at this state (the best epoch's, when this one is the best),
-    is copied rather than the weights saved again: Keras' saving walks every layer, and for the
-    default ``cnn`` on 2 CPU cores the checkpoint took 11 ms instead of 42 (an H100 trains one of its
-    epochs in about half a second)."""
+    is copied rather than the weights saved again (docs/design/checkpoints.md)."""
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
     size = weights_size(model)

@@ -21,15 +21,13 @@ POOLS = ("max", "avg")
 BN_POLICIES = ("train", "frozen")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # auto: see ModelSpec.auto_precision
 LR_SCALINGS = ("linear", "none")
-# Peak LRs of AdamW with one-cycle. The lower one is the default whenever two or more stages of a
-# pretrained backbone train from the first epoch: on the transfer_digits study it was chosen on
-# validation for layer3+layer4 and all, while 3e-3 was chosen for the head alone and layer4. A backbone
-# trained from scratch keeps 3e-3: chosen on validation at 100 and 1,000 images per class (lr_scratch
-# study) and better on all of Fashion-MNIST; only on 10 digits per class did 3e-4 win (README).
+# Peak LRs of AdamW with one-cycle: the lower one whenever two or more stages of a pretrained backbone
+# train from the first epoch, else the higher one (docs/design/learning-rates.md).
 DEFAULT_LR, DEEP_FINETUNE_LR = 3e-3, 3e-4
 EXPORT_FORMATS = ("onnx", "savedmodel", "keras")  # kerascnn.export
 CACHE_MODES = ("auto", "ram", "disk", "none")  # decoded-image cache of image-file datasets: kerascnn.data.cache
 TTAS = ("none", "flip")  # test-time augmentation: flip averages the probabilities of each image and its mirror
+CALIBRATIONS = ("none", "temperature")  # kerascnn.calibration: temperature fits one on the validation split
 
 
 @dataclass
@@ -96,6 +94,7 @@ class RunConfig:
     out: str | None = None
     runs_dir: str = "runs"
     tta: str = "none"
+    calibrate: str = "none"
     top_k: int | None = None  # None: 5 (evaluation.DEFAULT_TOP_K) where there are more classes
     verbose: int | str = "auto"
     # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
@@ -171,6 +170,10 @@ class RunConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
         _choice("tta", self.tta, TTAS)
+        _choice("calibrate", self.calibrate, CALIBRATIONS)
+        if self.calibrate != "none" and self.split is not None and parse_split(self.split)[1][1] == 0:
+            raise KerascnnError(f"--calibrate {self.calibrate} fits on the validation split, and --split {self.split} "
+                                "has none; give a split with validation images, or leave --calibrate out")
         if str(self.devices).lower() != "all" and not (str(self.devices).isdigit() and int(self.devices) >= 1):
             raise KerascnnError(f"--devices takes a number >= 1 or all, got {self.devices!r}")
         if self.head_dropout is not None and not 0 <= self.head_dropout < 1:

@@ -107,9 +107,9 @@ def environment_info() -> dict[str, Any]:
 def auto_precision(small_backbone: bool = False) -> str:
     """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
     with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
-    runs bfloat16 convolutions and matrix products on its tiles; the default ``cnn`` trains 1.8x
-    faster per step there, see the README's Performance section); else ``float32`` (other CPUs
-    emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no AMX kernels).
+    runs bfloat16 convolutions and matrix products on its tiles; docs/design/precision.md); else
+    ``float32`` (other CPUs emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no
+    AMX kernels).
 
     ``small_backbone``: a backbone working below its `ModelSpec.amx_min_size`, which keeps float32
     on an AMX CPU (there bfloat16 was not faster: on small maps casting the weights every step costs
@@ -327,10 +327,8 @@ def data_parallel(count: int) -> Iterator[None]:
 @functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed blocks of up to 32 MiB (mallopt) instead of returning them
-    to the OS, so every training step does not page-fault its activations in afresh (it did: 18% of
-    the CPU went to the kernel; `benchmarks/framework_tax.py` measured 104 -> 88 ms per step for
-    the default CNN). The remedy PyTorch's CPU tuning guide gives with jemalloc or tcmalloc, for the
-    allocator already loaded. Once per process, Linux only; returns whether it applied."""
+    to the OS, so a training step does not page-fault its activations in afresh
+    (docs/design/fast-path.md). Linux only; returns whether it applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:

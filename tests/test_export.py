@@ -177,7 +177,7 @@ def test_keras_export_keeps_the_metadata_and_describes_the_input(runs, tmp_path)
     assert json.loads(export.description_path(path).read_text())["input"]["name"] == "image"
 
 
-def test_the_readme_onnxruntime_example_runs_against_an_exported_file(tmp_path, monkeypatch, capsys):
+def test_the_docs_onnxruntime_example_runs_against_an_exported_file(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path
 
@@ -186,8 +186,8 @@ def test_the_readme_onnxruntime_example_runs_against_an_exported_file(tmp_path, 
     from kerascnn import models
     from kerascnn.saving import save_model
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Using a trained model elsewhere"):]
+    page = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    section = page[page.index("## Using a trained model elsewhere"):]
     class_names_snippet, snippet = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     model = models.build("cnn", (28, 28, 1), 10, sample=(np.arange(784) % 256).astype(np.uint8).reshape(1, 28, 28, 1))

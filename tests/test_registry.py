@@ -1,4 +1,4 @@
-"""The model registry: one record per model drives building, stages, freezing, the CLI and the README."""
+"""The model registry: one record per model drives building, stages, freezing, the CLI and the docs' model table."""
 
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from kerascnn.errors import KerascnnError
 from kerascnn.models.registry import MODELS, CNNSpec, ModelSpec, register
 from kerascnn.saving import load_model, save_model
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+MODELS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "models.md"
 
 
 def toy_backbone(input_shape, imagenet):
@@ -77,5 +77,5 @@ def test_records_are_checked_when_registered():
         register(ModelSpec("cnn", "again", cnn=CNNSpec()))
 
 
-def test_the_readme_model_table_is_the_registry():
-    assert models.markdown_table() in README.read_text(), "README's model table: paste models.markdown_table()"
+def test_the_docs_model_table_is_the_registry():
+    assert models.markdown_table() in MODELS_PAGE.read_text(), "docs/models.md's table: paste models.markdown_table()"

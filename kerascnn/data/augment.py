@@ -1,15 +1,12 @@
 """Training-time augmentation: the Keras layers of each preset, and `Augmenter`, which runs them on
 a batch fast and reproducibly.
 
-Keras 3.15 on torch resamples a rotation, translation or zoom one image at a time
-(``map_coordinates``): ``basic`` (flip, translation) as Keras layers runs at 93 images/s at 224x224
-in one thread on 2 CPU cores, batched here at 1,349
-(``python benchmarks/augmentation_cost.py --batch-size 32 --no-training``). `Augmenter`
-draws those layers' parameters itself from a per-batch NumPy generator, composes them into one
-output-to-input pixel map per image (the same matrices the layers build, `affine_matrices`) and
-resamples the whole batch once: ``grid_sample`` on torch (on the GPU when there is one),
-`keras.ops.image.affine_transform` on JAX and TensorFlow (already batched there). A test checks
-that the result equals the layers' own.
+Keras on torch resamples a rotation, translation or zoom one image at a time
+(``map_coordinates``; docs/design/input-pipeline.md). `Augmenter` draws those layers' parameters
+itself from a per-batch NumPy generator, composes them into one output-to-input pixel map per image
+(the same matrices the layers build, `affine_matrices`) and resamples the whole batch once:
+``grid_sample`` on torch (on the GPU when there is one), `keras.ops.image.affine_transform` on JAX
+and TensorFlow (already batched there). A test checks that the result equals the layers' own.
 """
 
 from __future__ import annotations
@@ -132,10 +129,8 @@ class RandAugment:
     each with probability ``prob`` at ``magnitude`` out of 10, with timm's arguments (rotation 30
     degrees, shear 0.3, translation 0.45 of the size, each with a random sign, at magnitude 10;
     posterize keeps int(4 m / 10) bits; solarize above 256 m / 10; enhancements by 1.8 m / 10 + 0.1).
-    Geometric ops fill with zeros, as the other layers do (timm fills with grey 128). Keras 3.15's
-    ``RandAugment`` draws its ops once for a whole batch and computes all eleven on every image: 13
-    images/s at 224x224 on 2 CPU cores against this one's 1,321
-    (``python benchmarks/augmentation_cost.py --batch-size 32 --no-training``)."""
+    Geometric ops fill with zeros, as the other layers do (timm fills with grey 128). Keras'
+    ``RandAugment`` draws its ops once per batch instead (docs/design/input-pipeline.md)."""
 
     OPS = ("auto_contrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
            "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")

@@ -11,10 +11,8 @@
 
 The key hashes the file list (path, size, modification time of each file), the decoding size,
 `DECODER_VERSION` and Pillow's version: a changed file, list or size is a new entry. The first pass
-decodes in threads writing straight into the cache: Pillow releases the GIL while it decodes and
-resizes, and on 2 CPU cores 2 threads decoded 856 JPEGs/s at 224 against 423 in one thread and 203
-in 2 spawned processes, whose pixels are pickled back
-(``python benchmarks/pipeline_throughput.py --decoders 1200``). A file that fails to decode is
+decodes in threads writing straight into the cache (Pillow releases the GIL while it decodes and
+resizes; docs/design/input-pipeline.md). A file that fails to decode is
 marked unreadable in the entry and left out of every batch, with one warning
 (`kerascnn.data.pipeline.Batches`). One process writes an entry while others wanting it wait on a
 lock file and then read it.

@@ -110,10 +110,9 @@ class Batches(keras.utils.PyDataset):
     def for_fit(self) -> Any:
         """What ``model.fit`` should iterate (training and validation batches): ``self``, except on
         the torch backend for batches prepared on the training thread (one worker, as for in-memory
-        splits): a torch ``DataLoader`` of the same batches as tensors, which Keras passes through.
-        Keras' PyDataset adapter converts every batch again through its tree utilities: 0.25 ms a
-        step on 2 CPU cores, where plain PyTorch's whole step of the default ``cnn`` takes 3.3 ms on
-        an H100. Handing out the last batch ends the epoch (`on_epoch_end`), as Keras' adapter does.
+        splits): a torch ``DataLoader`` of the same batches as tensors, which Keras passes through
+        without converting each batch again (docs/design/fast-path.md). Handing out the last batch
+        ends the epoch (`on_epoch_end`), as Keras' adapter does.
         On a GPU an in-memory split without host-side augmentation lives on the device (`on_device`);
         other batches come in pinned memory, so their copy to the device does not wait."""
         if keras.backend.backend() != "torch" or self.workers > 1 or self.use_multiprocessing:

@@ -1,5 +1,5 @@
 """The model registry: one `ModelSpec` per model name, read by building, preprocessing, stage
-names and freezing, weights, the command line's choices and help, and the README's model table.
+names and freezing, weights, the command line's choices and help, and the docs' model table.
 
 Adding a backbone is one `register` call with its builder and stage mapping.
 """
@@ -96,18 +96,12 @@ def torchvision_resnet(name: str) -> BackboneBuilder:
 RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 
 
-# The smallest working size at which a ResNet trains clearly faster in bfloat16 on an AMX CPU
-# (kerascnn's step in bfloat16 against float32, 2 cores, benchmarks/framework_tax.py for ResNet-18,
-# benchmarks/precision_by_size.py for ResNet-50):
-# ResNet-18 1.14-1.17x at 32x32, 0.91x at 48, 0.77x at 64, 0.44x at 224; ResNet-50 1.03x at 32, 0.89x
-# at 48, 0.82x at 64. Backbones of depthwise convolutions need larger maps (their `amx_min_size` below).
+# The smallest working size at which a ResNet trains in bfloat16 on an AMX CPU; backbones of depthwise
+# convolutions need larger maps (their `amx_min_size` below). Measurements: docs/design/precision.md.
 AMX_MIN_BACKBONE_SIZE = 48
 
 # Every batch norm in our models, Keras applications included, moves its statistics at PyTorch's
-# momentum (0.1, i.e. Keras' 0.9), as the PyTorch studies we replace do: they catch up within a few
-# dozen steps, so short runs on small sets validate in inference mode correctly. Keras' 0.99 (0.999
-# in MobileNets) lags: MobileNetV3-Small from scratch on the digits at 64x64 (10 steps an epoch)
-# validated at chance until early stopping ended the run (10.0% test); at 0.9, 97.0% (README).
+# momentum (0.1, i.e. Keras' 0.9) rather than Keras' 0.99 (docs/design/batch-norm.md).
 BN_MOMENTUM = 0.9
 
 
@@ -209,7 +203,7 @@ def get(name: str) -> ModelSpec:
 
 
 def markdown_table() -> str:
-    """The README's model table: name, what it is, ImageNet weights, stages."""
+    """The model table of docs/models.md: name, what it is, ImageNet weights, stages."""
     lines = ["| name | what | ImageNet weights | stages (`--unfreeze` names) |", "| --- | --- | --- | --- |"]
     for spec in MODELS.values():
         if spec.cnn is not None:
@@ -243,7 +237,7 @@ def _application(name: str, class_name: str, description: str, preprocess: str, 
 
 for _spec in (
     # The default: two VGG-style blocks with batch norm, light dropout (0.1) in the blocks, label
-    # smoothing 0.1: the main job's recipe (see README).
+    # smoothing 0.1: the main job's recipe (docs/design/main-job-recipe.md).
     ModelSpec("cnn", "the configurable CNN: 2 VGG blocks 32/64 (two 3x3 convs, batch norm, max-pool, dropout "
               "0.1), FC 128; every architecture option applies", cnn=CNNSpec(dropout=0.1), label_smoothing=0.1),
     ModelSpec("cnn3", "3 conv (32/64/128) + ReLU + max-pool + dropout, FC 128",
@@ -260,9 +254,7 @@ for _spec in (
     _application("resnet50", "ResNet50", "ResNet-50 from keras.applications (its conv2_..conv5_ are layer1..layer4)",
                  "caffe", RESNET_STAGES, keras_resnet_stage),
     # amx_min_size: AMX does not speed up depthwise convolutions, so these need larger maps than the
-    # ResNets before bfloat16 pays (bfloat16/float32 step, 2 cores, benchmarks/precision_by_size.py):
-    # MobileNetV2 1.07x at 48, 0.99x at 64, 0.92x at 96, 0.53x at 224; MobileNetV3-Large 1.03x at 96,
-    # 0.95x at 128 (Small: by analogy); EfficientNet-B0 1.07x at 64, 0.98x at 96, 0.87x at 128.
+    # ResNets before bfloat16 pays (docs/results/precision_by_size.json; MobileNetV3-Small by analogy).
     _application("mobilenet_v2", "MobileNetV2", "MobileNetV2 from keras.applications, torchvision's stage names",
                  "tf", features(19), mobilenet_v2_stage, amx_min_size=96),
     _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications", "inside",

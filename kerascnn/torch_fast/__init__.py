@@ -6,7 +6,7 @@ For the layers our models use, `TorchProgram` (``program``, one converter per la
 ``converters``) runs the very same variables through ``torch.nn.functional``; `install` (``steps``)
 gives a compiled Keras model train/test/predict functions built on it once it has checked that it
 understands this Keras, so ``model.fit`` with its callbacks, the optimizer (`LeanAdam`, ``adam``), its
-schedule and the saved ``model.keras`` stay Keras' own. `docs/` tells the story; the tests check
+schedule and the saved ``model.keras`` stay Keras' own (docs/design/fast-path.md); the tests check
 losses, gradients, weights and batch-norm statistics against Keras' own ``train_step``.
 """
 

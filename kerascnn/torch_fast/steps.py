@@ -80,12 +80,8 @@ class FastSteps:
 
     On CUDA, with a plain Adam or AdamW (`LeanAdam`), no Keras layer left in the program and
     without ``jit``, the training step of the first batch shape to have run `GRAPH_AFTER` times is
-    captured as a CUDA graph and replayed for every later batch of that shape: one launch instead of
-    about two hundred, which is what a small network's step costs on a fast GPU (the issue measured 3.3
-    ms for plain PyTorch's eager step of the default ``cnn``). Other shapes (an epoch's last, smaller
-    batch; a later ``fit`` at another batch size) run eagerly. The graph keeps the memory of one
-    step's activations for itself, beside what eager steps and evaluation use. A step that cannot be
-    captured runs eagerly, with a warning.
+    captured as a CUDA graph and replayed for every later batch of that shape; other shapes run
+    eagerly, and so does a step that cannot be captured, with a warning (docs/design/fast-path.md).
     """
 
     SYNC_EVERY = {"cuda": 25}  # by device type; 1 elsewhere
