@@ -103,31 +103,34 @@ def resolve_target(model: keras.Model, layer: str | None = None, model_name: str
 
 
 def split(model: keras.Model, target: Target) -> tuple[Callable, Callable]:
-    """``features(images) -> A`` (the target's activations) and ``head(A) -> logits``: the model
-    cut at the target, which every path from the input to the logits must pass through."""
+    """``features(images) -> A`` (the target's activations) and ``head(A) -> logits``, both in
+    inference mode: the model cut at the target, which every path from the input to the logits must
+    pass through."""
     logits = logits_model(model).outputs[0]
+    top = _top_layers(model)
+    before = rest = None
     try:
-        top = _top_layers(model)
         if target.inside is None:
             layer = model.get_layer(target.layer)
             # a nested model's own .output is in its graph; in this one, it is what the next layer takes
             activations = top[top.index(layer) + 1].input if isinstance(layer, keras.Model) else layer.output
-            return keras.Model(model.input, activations), keras.Model(activations, logits)
-        nested = model.get_layer(target.inside)
-        position = top.index(nested)
-        inner = nested.get_layer(target.layer).output
-        before = keras.Model(model.input, top[position - 1].output) if position else None
-        inner_features = keras.Model(nested.input, inner)
-        rest = None if inner is nested.outputs[0] else keras.Model(inner, nested.outputs[0])
-        after = keras.Model(top[position + 1].input, logits)
+            to_target, after = keras.Model(model.input, activations), keras.Model(activations, logits)
+        else:
+            nested = model.get_layer(target.inside)
+            position = top.index(nested)
+            inner = nested.get_layer(target.layer).output
+            before = keras.Model(model.input, top[position - 1].output) if position else None
+            to_target = keras.Model(nested.input, inner)
+            rest = None if inner is nested.outputs[0] else keras.Model(inner, nested.outputs[0])
+            after = keras.Model(top[position + 1].input, logits)
     except ValueError as exc:  # a layer some path goes around (inside a residual block)
         raise _cannot_cut(target, exc) from None
 
-    def features(x: object, training: bool = False) -> object:
-        return inner_features(before(x, training=training) if before is not None else x, training=training)
+    def features(x: object) -> object:  # training=False: batch norms use, and keep, their moving statistics
+        return to_target(before(x, training=False) if before is not None else x, training=False)
 
-    def head(a: object, training: bool = False) -> object:
-        return after(rest(a, training=training) if rest is not None else a, training=training)
+    def head(a: object) -> object:
+        return after(rest(a, training=False) if rest is not None else a, training=False)
 
     shape = model.input_shape[1:]
     if all(shape):  # older Keras builds a model cut inside a block and fails only when it is called

@@ -79,14 +79,15 @@ np.save(sys.argv[2], model.predict(np.load(sys.argv[3]), verbose=0))
 """
 
 
+@pytest.mark.slow  # a second Python process
 def test_a_calibrated_model_file_gives_calibrated_probabilities_in_plain_keras(tmp_path):
     keras.utils.set_random_seed(0)
     model = models.build("cnn", (8, 8, 1), 4)
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1)).astype("float32")
-    logits = keras.ops.convert_to_numpy(calibration.logits_model(model)(images))
+    logits = keras.ops.convert_to_numpy(calibration.logits_model(model)(images, training=False))
     calibrated = calibration.with_temperature(model, 2.0)
     assert calibration.temperature_of(calibrated) == pytest.approx(2.0) and calibration.temperature_of(model) is None
-    before_t = keras.ops.convert_to_numpy(calibration.logits_model(calibrated)(images))
+    before_t = keras.ops.convert_to_numpy(calibration.logits_model(calibrated)(images, training=False))
     np.testing.assert_allclose(before_t, logits, atol=1e-5)
     calibrated.save(tmp_path / "m.keras")
     np.save(tmp_path / "x.npy", images)
@@ -123,7 +124,7 @@ def test_a_calibrated_run_reports_before_and_after_and_its_model_predicts_calibr
     model, _ = kerascnn.load_model(run)
     assert calibration.temperature_of(model) == pytest.approx(metrics["temperature"])
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)).astype("float32")
-    logits = keras.ops.convert_to_numpy(calibration.logits_model(model)(images))
+    logits = keras.ops.convert_to_numpy(calibration.logits_model(model)(images, training=False))
     calibrated = calibration.softmax(logits / metrics["temperature"])
     np.testing.assert_allclose(load_classifier(run).proba(images), calibrated, atol=1e-5)
     if keras.backend.backend() == "torch" and all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript")):

@@ -29,7 +29,9 @@ def test_maps_are_scaled_to_the_image_and_follow_the_class():
     keras.utils.set_random_seed(0)
     model = models.build("cnn", (28, 28, 1), 10)
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1))
+    before = model.predict(images, verbose=0)
     result = explain.grad_cam(model, images, model_name="cnn")
+    np.testing.assert_array_equal(model.predict(images, verbose=0), before)  # batch norms' statistics untouched
     assert result.maps.shape == (3, 28, 28) and result.maps.min() >= 0 and result.maps.max() <= 1 + 1e-6
     np.testing.assert_allclose(result.probabilities, model.predict(images, verbose=0), atol=1e-5)
     assert np.array_equal(result.classes, result.probabilities.argmax(axis=1))
