@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerascnn.calibration import logits_model
+from kerascnn.calibration import logits_model, softmax
 from kerascnn.errors import KerascnnError
 
 log = logging.getLogger("kerascnn")
@@ -202,7 +202,12 @@ def grad_cam(model: keras.Model, images: np.ndarray, *, classes: np.ndarray | li
     """Grad-CAM maps of ``images`` (n, h, w, c; raw pixels, as the model takes them) for ``classes``
     (default: each image's predicted class) at ``layer`` (`resolve_target`)."""
     target = resolve_target(model, layer, model_name)
-    features, head = split(model, target)
+    return _explain(*split(model, target), target, images, classes, batch_size)
+
+
+def _explain(features: Callable, head: Callable, target: Target, images: np.ndarray,
+             classes: np.ndarray | list[int] | None, batch_size: int = 32) -> Explanation:
+    """`grad_cam` with the model already cut at ``target``."""
     images = np.asarray(images, np.float32)
     maps, chosen, probabilities = [], [], []
     for start in range(0, len(images), batch_size):
@@ -219,8 +224,7 @@ def grad_cam(model: keras.Model, images: np.ndarray, *, classes: np.ndarray | li
         resized = keras.ops.image.resize(cam[..., None], images.shape[1:3], interpolation="bilinear")
         maps.append(scale(keras.ops.convert_to_numpy(resized)[..., 0]))
         chosen.append(wanted)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities.append(shifted / shifted.sum(axis=1, keepdims=True))
+        probabilities.append(softmax(logits))
     return Explanation(np.concatenate(maps), np.concatenate(chosen), np.concatenate(probabilities), target)
 
 
@@ -255,10 +259,11 @@ def explain_files(model_path: str, inputs: list[str], out: Path, *, class_name: 
     if not images:
         raise KerascnnError("none of the images could be read")
     out.mkdir(parents=True, exist_ok=True)
+    features, head = split(model, target)
+    wanted = None if class_name is None else [names.index(class_name)]
     written = []
     for path, image in zip(kept, images):  # one at a time: images may differ in size where the model takes any
-        wanted = None if class_name is None else [names.index(class_name)]
-        result = grad_cam(model, image[None], classes=wanted, layer=target.name, model_name=metadata.get("model"))
+        result = _explain(features, head, target, image[None], wanted)
         label = names[int(result.classes[0])]
         file = out / f"{Path(path).stem}_cam_{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}.png"
         if file.resolve() in inputs:
