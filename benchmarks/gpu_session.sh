@@ -58,7 +58,7 @@ fi
 cat "$OUT/stages.txt"
 # The fast path computes what Keras' own step computes, and the batches kept on the device are the
 # pipeline's, on this device (tolerances were set on CPU).
-stage tests 80 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_step.py -m "not slow" "${TESTS[@]}" \
+stage tests 80 $PY -m pytest -q -x -p no:cacheprovider tests/test_torch_program.py tests/test_torch_steps.py tests/test_torch_fit.py -m "not slow" "${TESTS[@]}" \
     tests/test_training.py::test_what_fit_iterates_holds_the_batches_of_each_epoch \
     tests/test_training.py::test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches
 # kerascnn against plain PyTorch, side by side (cnn batch 128; resnet18 at 224, batch 64).

@@ -30,7 +30,7 @@ def _escape(text: str) -> str:
 
 def _default(action: argparse.Action, defaults: dict) -> str:
     default = action.default
-    if default is argparse.SUPPRESS:  # experiments.run: the default lives in RunConfig
+    if default is argparse.SUPPRESS:  # a run option: the default lives in RunConfig
         default = defaults.get(action.dest)
     if default is None or default is dataclasses.MISSING or default == []:
         return ""
@@ -44,9 +44,9 @@ def options(module_name: str) -> str:
     module = importlib.import_module(module_name)
     parser = module.parser()
     formatter = parser._get_formatter()
-    defaults = {}
-    if hasattr(module, "DEFAULTS"):
-        defaults = {k: v for k, v in module.DEFAULTS.items() if v is not dataclasses.MISSING}
+    from kerascnn.config import RunConfig  # the defaults of options generated from it (argparse.SUPPRESS)
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
     out = []
     for group in parser._action_groups:
         actions = [a for a in group._group_actions if not isinstance(a, argparse._HelpAction)]

@@ -50,16 +50,6 @@ def select_backend(name: str | None) -> str:
     return backend
 
 
-def int_list(text: str) -> list[int]:
-    """``"32,64"`` -> [32, 64]; ``"none"`` or ``""`` -> []."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is at each message (not as it was when logging was set up)."""
 

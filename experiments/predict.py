@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from experiments.cli import Parser, add_common_options, main
-from kerascnn.config import TTAS
+from kerascnn.config import options
 from kerascnn.errors import KerascnnError
 
 
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="OUT", help="also write id,label rows (id = file name without extension)")
     p.add_argument("--invert", action="store_true",
                    help="invert pixels: dark-on-light photos fed to a light-on-dark model such as Fashion-MNIST's")
-    p.add_argument("--tta", choices=TTAS, default="none",
+    p.add_argument("--tta", choices=options()["tta"].choices, default="none",
                    help="test-time augmentation: flip averages each image's probabilities with its mirror's")
     p.add_argument("--batch-size", type=int, default=64, help="images per prediction batch (default: 64)")
     add_common_options(p)

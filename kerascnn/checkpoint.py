@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -27,13 +27,15 @@ FOLDER = "checkpoint"
 @dataclass
 class State:
     """Progress of a run at the end of epoch ``epoch`` (1-based): the best epoch so far by the
-    monitored value (0 and inf: none yet) and whether training is over (the last epoch, or early
-    stopping); a resumed run that is over only evaluates and reports."""
+    monitored value (0 and inf: none yet), whether training is over (the last epoch, or early
+    stopping; a resumed run that is over only evaluates and reports) and the counters of the phase's
+    resumable callbacks by name (`kerascnn.training.Resumable`: early stopping, plateau)."""
 
     epoch: int
     best_epoch: int = 0
     best_value: float = float("inf")
     training_done: bool = False
+    callbacks: dict[str, dict] = field(default_factory=dict)
 
 
 def _weights(folder: Path, epoch: int) -> Path:
@@ -125,16 +127,19 @@ def remove(run_dir: str | Path) -> None:
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Writes the checkpoint at the end of every epoch with a finite loss (a diverged epoch is not
-    worth resuming from); ``best`` is the run's `kerascnn.training.BestEpoch` (it runs first, and an
-    epoch it has just saved as the best is copied from its file), ``last_epoch`` the run's final epoch."""
+    worth resuming from): ``best`` is the run's `kerascnn.training.BestEpoch` (it runs first; an
+    epoch it has just saved as the best is copied from its file), ``counters`` the phase's resumable
+    callbacks by name, ``last_epoch`` the run's final epoch."""
 
-    def __init__(self, run_dir: str | Path, best, last_epoch: int) -> None:
+    def __init__(self, run_dir: str | Path, best, counters: dict, last_epoch: int) -> None:
         super().__init__()
-        self.run_dir, self.best, self.last_epoch = Path(run_dir), best, last_epoch
+        self.run_dir, self.best, self.counters, self.last_epoch = Path(run_dir), best, counters, last_epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if not np.isfinite((logs or {}).get("loss", 0.0)):
             return
         done = epoch + 1 == self.last_epoch or bool(self.model.stop_training)
-        saved = self.best.path if self.best.epoch == epoch + 1 and self.best.path is not None else None
-        save(self.run_dir, self.model, State(epoch + 1, self.best.epoch, self.best.value, done), saved)
+        best = self.best.state_dict()
+        state = State(epoch + 1, best["epoch"], best["value"], done,
+                      {name: callback.state_dict() for name, callback in self.counters.items()})
+        save(self.run_dir, self.model, state, self.best.saved_file(epoch + 1))

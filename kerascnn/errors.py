@@ -2,12 +2,17 @@
 
 
 class KerascnnError(Exception):
-    """A user-facing error: its message is one line that names the problem and the fix."""
+    """A user-facing error: its message is one line that names the problem and the fix; ``option`` is
+    the `kerascnn.config.RunConfig` option it is about, if any (a study points to that option's line)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> KerascnnError:
-    """Error for an unknown registry name, listing the valid ones."""
-    return KerascnnError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+    """Error for an unknown registry name (of option ``kind``: model, dataset), listing the valid ones."""
+    return KerascnnError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}", option=kind)
 
 
 class Terminated(KeyboardInterrupt):

@@ -97,7 +97,7 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
             fast.sync_every = 1  # the recorder reads each batch's loss (on CUDA: not every 25th)
         recorder = _Recorder(steps)
         model.fit(batches.for_fit(), epochs=math.ceil(steps / len(batches)), shuffle=False, verbose=0,
-                  callbacks=[recorder, training.StopWhenAsked(), training.EpochOrder(batches)])
+                  callbacks=[recorder, training.StopWhenAsked(), training.EpochSeeds(batches, config.seed)])
     losses = np.array(recorder.losses)
     if len(losses) < 2 or not np.isfinite(losses).any():
         raise KerascnnError("the loss was not finite from the first steps; lower --start-lr")

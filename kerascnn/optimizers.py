@@ -50,19 +50,25 @@ class _ScaledBackbone:
 class DiscriminativeAdam(_ScaledBackbone, keras.optimizers.Adam):
     """Adam with the backbone's learning rate scaled by ``backbone_lr_scale``."""
 
+    option = "adam"
+
 
 @keras.saving.register_keras_serializable(package="kerascnn")
 class DiscriminativeAdamW(_ScaledBackbone, keras.optimizers.AdamW):
     """AdamW with the backbone's learning rate scaled by ``backbone_lr_scale``."""
+
+    option = "adamw"
 
 
 @keras.saving.register_keras_serializable(package="kerascnn")
 class DiscriminativeSGD(_ScaledBackbone, keras.optimizers.SGD):
     """SGD with the backbone's learning rate scaled by ``backbone_lr_scale``."""
 
+    option = "sgd"
 
-OPTIMIZERS = {
-    "adam": (keras.optimizers.Adam, DiscriminativeAdam),
-    "adamw": (keras.optimizers.AdamW, DiscriminativeAdamW),
-    "sgd": (keras.optimizers.SGD, DiscriminativeSGD),
-}
+
+def optimizer_classes(name: str) -> tuple[type, type]:
+    """The Keras optimizer of ``--optimizer name`` and its discriminative subclass (the subclass whose
+    ``option`` is ``name``; `kerascnn.config.RunConfig.optimizer` lists the names)."""
+    scaled = {cls.option: cls for cls in _ScaledBackbone.__subclasses__()}[name]
+    return scaled.__bases__[1], scaled

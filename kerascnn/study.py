@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascnn import rundir
-from kerascnn.config import RunConfig
+from kerascnn import config, rundir
 from kerascnn.errors import KerascnnError, request_stop
 from kerascnn.reports import markdown_text, percent
 
@@ -42,15 +41,21 @@ else:  # pragma: no cover
 
 log = logging.getLogger("kerascnn")
 BUNDLED = Path(__file__).resolve().parents[1] / "experiments" / "studies"
-# axes that tune a strategy rather than make another one: a group of configurations that differ only
-# in these is one strategy, and its setting with the best validation accuracy is chosen
-HYPER_PARAMETERS = ("lr", "batch_size", "weight_decay", "momentum", "nesterov", "label_smoothing", "dropout",
-                    "head_dropout", "epochs", "lr_schedule", "lr_step", "lr_gamma", "patience", "optimizer",
-                    "backbone_lr_scale", "finetune_lr", "augment", "rotate", "translate", "flip",
-                    "erase", "mixup", "cutmix")
 REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
-NOT_IN_STUDIES = ("out", "runs_dir", "architecture", "environment", "seed")  # the study sets these
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in NOT_IN_STUDIES)
+NOT_IN_STUDIES = ("out", "runs_dir", "seed")  # the study sets these
+
+
+def run_fields() -> tuple[str, ...]:
+    """The settings a study file may give: every `RunConfig` option the study does not set itself."""
+    return tuple(name for name in config.options() if name not in NOT_IN_STUDIES)
+
+
+def is_hyper_parameter(name: str) -> bool:
+    """Whether axis ``name`` tunes a strategy rather than makes another one (`kerascnn.config.Option.hyper`):
+    configurations that differ only in these are one strategy, whose best setting on validation is chosen."""
+    return name in config.hyper_parameters()
+
+
 SUMMARY = ("accuracy", "macro_f1", "weighted_f1")
 STUDY_FILES = ("study.json", "study.md", "comparison.png", "study.toml")
 
@@ -78,7 +83,7 @@ class PlannedRun:
     def group(self) -> str:
         """Its strategy: the configuration less its hyper-parameter axes."""
         values = [f"{k}={_text(v)}" for k, v in self.setting.items()
-                  if k not in REPEAT_AXES and k not in HYPER_PARAMETERS]
+                  if k not in REPEAT_AXES and not is_hyper_parameter(k)]
         return self.config + (f" [{', '.join(values)}]" if values else "")
 
     @property
@@ -167,7 +172,7 @@ def load_study(source: str, check: bool = True) -> Study:
         settings = {k: v for k, v in {**shared, **own}.items() if v != "default"}
         seeds = settings.pop("seeds", [0])
         for key in [*settings, *grid]:
-            if key not in RUN_FIELDS:
+            if key not in run_fields():
                 hint = "use seeds = [...]" if key == "seed" else "keys are experiments.run's long option names"
                 raise KerascnnError(f"{where(key, index if key in own or key in table.get('grid', {}) else None)}: "
                                     f"unknown setting {key!r}; {hint}")
@@ -269,17 +274,16 @@ def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
     if run.upstream:
         options["weights"] = "none"  # the dependency's model does not exist yet
     try:
-        resolve_config(RunConfig(**options))
+        resolve_config(config.RunConfig(**options))
     except KerascnnError as exc:
-        named = [k for k in options if f"--{k.replace('_', '-')}" in str(exc) or repr(options[k]) in str(exc)
-                 or (isinstance(options[k], str) and options[k] and f"{options[k]!r}" in str(exc))]
-        raise KerascnnError(f"{where(named[0] if named else 'name', run.table)}: run {run.name}: {exc}") from None
+        raise KerascnnError(f"{where(exc.option or 'name', run.table)}: run {run.name}: {exc}",
+                            option=exc.option) from None
     except (TypeError, ValueError) as exc:
         raise KerascnnError(f"{where('name', run.table)}: run {run.name}: a setting has the wrong type "
                             f"({exc})") from None
 
 
-def run_config(run: PlannedRun, study_dir: Path) -> RunConfig:
+def run_config(run: PlannedRun, study_dir: Path) -> config.RunConfig:
     """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file; the
     default decoded-image cache becomes ``disk``, so that runs share it)."""
     options = dict(run.options)
@@ -287,9 +291,9 @@ def run_config(run: PlannedRun, study_dir: Path) -> RunConfig:
         options["weights"] = str(study_dir / run.upstream_run / "model.keras")
     if options.get("cache", "auto") == "auto":
         options["cache"] = "disk"  # the study's runs decode each image-file split once and share it
-    config = RunConfig(**options, out=str(study_dir / run.name))
-    config.environment = {"study": str(study_dir), "study_config": run.config}
-    return config
+    settings = config.RunConfig(**options, out=str(study_dir / run.name))
+    settings.environment = {"study": str(study_dir), "study_config": run.config}
+    return settings
 
 
 def prepare_folder(study: Study, out: Path) -> None:
@@ -339,7 +343,7 @@ def execute_run(options: dict[str, Any], folder: str, resume: bool) -> str:
             signal.signal(signum, request_stop)
     if resume:
         return str(resume_run(folder))
-    return str(start_run(RunConfig(**options)))
+    return str(start_run(config.RunConfig(**options)))
 
 
 def _worker_init(threads: int, gpus: Any) -> None:
@@ -531,7 +535,7 @@ def estimated_seconds(study: Study, out: Path) -> dict[str, float | None]:
         if state_of(run, out) == "finished":
             continue
         per_epoch = measured.get(run.configuration) or measured.get(run.config)
-        epochs = run.options.get("epochs") or RunConfig(run.options["dataset"], run.options["model"]).epochs
+        epochs = run.options.get("epochs") or config.RunConfig(run.options["dataset"], run.options["model"]).epochs
         left = max(0, epochs - len(histories[run.name].get("epoch", [])))
         estimates[run.name] = float(np.mean(per_epoch)) * left if per_epoch else None
     return estimates

@@ -23,7 +23,7 @@ from kerascnn.data.pipeline import Batches
 from kerascnn.distribute import replicas
 from kerascnn.errors import KerascnnError, stop_requested
 from kerascnn.models import set_trainable
-from kerascnn.optimizers import OPTIMIZERS
+from kerascnn.optimizers import optimizer_classes
 
 if TYPE_CHECKING:
     from kerascnn.torch_fast import FastSteps
@@ -90,7 +90,7 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int, phase: Phase | None 
     norms; with ``backbone_lr_scale`` != 1, the discriminative variant. ``lr`` replaces the
     schedule of `learning_rate` (the LR range test's)."""
     lr = learning_rate(config, steps_per_epoch, phase) if lr is None else lr
-    plain, scaled = OPTIMIZERS[config.optimizer]
+    plain, scaled = optimizer_classes(config.optimizer)
     kwargs: dict = {"weight_decay": config.weight_decay or None}
     if config.optimizer == "sgd":
         kwargs.update(momentum=config.momentum, nesterov=config.nesterov)
@@ -224,15 +224,16 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
     logs: dict[str, list[float]] = {}
     best.set_model(model)
     done, over = 0, False
+    state = checkpoint.State(0)
     if resume:
         state = checkpoint.load_state(run_dir)
         done, over = state.epoch, state.training_done
         logs = history_until(Path(run_dir) / "history.csv", done)
         if state.best_epoch:
             checkpoint.restore_weights(run_dir, model, state.best_epoch)
-            best.value, best.epoch, best.weights = state.best_value, state.best_epoch, model.get_weights()
             # an epoch that ended after the checkpoint may have replaced best.weights.h5: the checkpoint's counts
-            checkpoint.copy_file(checkpoint.weights_file(run_dir, state.best_epoch), best.path)
+            best.load_state_dict({"value": state.best_value, "epoch": state.best_epoch},
+                                 checkpoint.weights_file(run_dir, state.best_epoch))
         checkpoint.restore_weights(run_dir, model, done)
     stages, start, earlier, fast_path = {}, time.perf_counter(), sum(logs.get("seconds", [])), {}
     for i, phase in enumerate(plan):
@@ -244,8 +245,14 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
         if phase.start < done:  # resuming inside the phase the checkpoint was taken in
             checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
-        own = [StopWhenAsked(), EpochOrder(train), *_callbacks(config, best, run_dir, i > 0 or done > 0, warmup_only)]
-        own += [checkpoint.EpochCheckpoint(run_dir, best, config.epochs), EpochStatus(run_dir)] if run_dir else []
+        counters = _counters(config, best.monitor, warmup_only)
+        if phase.start < done:  # the counters of the phase the checkpoint was taken in
+            for name, callback in counters.items():
+                callback.load_state_dict(state.callbacks.get(name, {}))
+        own = [StopWhenAsked(), EpochSeeds(train, config.seed),
+               *_callbacks(best, counters, run_dir, append=i > 0 or done > 0)]
+        own += [checkpoint.EpochCheckpoint(run_dir, best, counters, config.epochs), EpochStatus(run_dir)] \
+            if run_dir else []
         # shuffle=False: the batches are shuffled already, seeded by the epoch (Keras would also
         # reorder a PyDataset's batches with Python's `random`, whose state a resumed run does not restore)
         history = model.fit(train.for_fit(), validation_data=None if val is None else val.for_fit(), shuffle=False,
@@ -281,6 +288,46 @@ def progress_verbosity(verbose: int | str) -> int | str:
     return verbose
 
 
+class Resumable:
+    """A callback whose counters a checkpoint keeps (`state_dict`) and a resumed run gives back
+    (`load_state_dict`, applied when training begins, after the callback's own reset), as Lightning's
+    callbacks do: a resumed run stops, and lowers its learning rate, when the whole run would."""
+
+    STATE: tuple[str, ...] = ()
+    _loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in self.STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loaded = {name: state[name] for name in self.STATE if name in state}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        for name, value in (self._loaded or {}).items():
+            setattr(self, name, value)
+        self._loaded = None
+
+
+class EarlyStopping(Resumable, keras.callbacks.EarlyStopping):
+    """Keras' early stopping, resumable: its epochs without improvement and best value."""
+
+    STATE = ("wait", "stopped_epoch", "best", "best_epoch")
+
+
+class ReduceLROnPlateau(Resumable, keras.callbacks.ReduceLROnPlateau):
+    """Keras' plateau LR reduction, resumable (the reduced LR itself is the optimizer's, in its state)."""
+
+    STATE = ("wait", "cooldown_counter", "best")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value of a counter (numpy and backend scalars become Python numbers)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return float(keras.ops.convert_to_numpy(value))
+
+
 class BestEpoch(keras.callbacks.Callback):
     """The best epoch of the whole run (every phase) by ``monitor``, lowest wins and a NaN or infinite
     value never does: its weights are kept in memory (and saved to ``path``) and `restore` puts them
@@ -298,6 +345,20 @@ class BestEpoch(keras.callbacks.Callback):
         self.value, self.epoch, self.weights = float(value), epoch + 1, self.model.get_weights()
         if self.path is not None:  # replaced whole: an interruption never leaves half a file
             checkpoint.write_whole(self.path, self.model.save_weights, checkpoint.weights_size(self.model))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any], weights_file: Path) -> None:
+        """Take a checkpoint's best epoch, whose weights the model holds now and ``weights_file`` keeps
+        (copied to ``path``)."""
+        self.value, self.epoch, self.weights = float(state["value"]), int(state["epoch"]), self.model.get_weights()
+        if self.path is not None:
+            checkpoint.copy_file(weights_file, self.path)
+
+    def saved_file(self, epoch: int) -> Path | None:
+        """The file holding epoch ``epoch``'s weights if it is the best so far (then a checkpoint copies it)."""
+        return self.path if epoch == self.epoch else None
 
     def restore(self) -> None:
         """Give the model the best epoch's weights (nothing to do when no epoch had a finite value)."""
@@ -320,16 +381,23 @@ class StopWhenAsked(keras.callbacks.Callback):
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = _check
 
 
-class EpochOrder(keras.callbacks.Callback):
-    """Sets the training batches to the epoch about to run, so their order and flips depend on the
-    seed and the epoch alone (Keras also advances a PyDataset once at the start of every ``fit``)."""
+class EpochSeeds(keras.callbacks.Callback):
+    """Starts each epoch from the run's seed and the epoch alone: the training batches' order and
+    flips, and every random draw of the epoch (dropout masks: the backend's and NumPy's generators,
+    and the model's seed generators). So a run resumed at an epoch trains it as the whole run did.
+    (Keras also advances a PyDataset once at the start of every ``fit``.)"""
 
-    def __init__(self, batches: Batches) -> None:
+    def __init__(self, batches: Batches, seed: int) -> None:
         super().__init__()
-        self.batches = batches
+        self.batches, self.seed = batches, seed
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.start_at(epoch)
+        epoch_seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0] % 2**31)
+        keras.utils.set_random_seed(epoch_seed)
+        weights = {id(w) for w in self.model.weights}
+        for i, state in enumerate(v for v in self.model.variables if id(v) not in weights):  # seed generators
+            state.assign(np.array([epoch_seed + i, 0], keras.backend.standardize_dtype(state.dtype)))
 
 
 class EpochStatus(keras.callbacks.Callback):
@@ -351,14 +419,21 @@ class EpochCSVLogger(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch + 1, logs)
 
 
-def _callbacks(config: RunConfig, best: BestEpoch, run_dir: str | Path | None, append: bool,
-               warmup_only: bool) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [EpochLog(), keras.callbacks.TerminateOnNaN(), best]
+def _counters(config: RunConfig, monitor: str, warmup_only: bool) -> dict[str, Resumable]:
+    """The callbacks of one phase whose counters a checkpoint keeps, by the name it keeps them under."""
+    counters: dict[str, Resumable] = {}
     if config.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(best.monitor, factor=config.lr_gamma,
-                                                           patience=max(1, config.patience // 2), verbose=1))
+        counters["plateau"] = ReduceLROnPlateau(monitor, factor=config.lr_gamma,
+                                                patience=max(1, config.patience // 2), verbose=1)
     if config.patience and not warmup_only:  # stops only; BestEpoch restores over the whole run
-        callbacks.append(keras.callbacks.EarlyStopping(best.monitor, patience=config.patience, verbose=1))
+        counters["early_stopping"] = EarlyStopping(monitor, patience=config.patience, verbose=1)
+    return counters
+
+
+def _callbacks(best: BestEpoch, counters: dict[str, Resumable], run_dir: str | Path | None,
+               append: bool) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [EpochLog(), keras.callbacks.TerminateOnNaN(), best,
+                                                 *counters.values()]
     if run_dir is not None:
         callbacks.append(EpochCSVLogger(str(Path(run_dir) / "history.csv"), append=append))
     return callbacks

@@ -1,6 +1,7 @@
 import pytest
 
-from kerascnn.config import RunConfig, parse_split
+from kerascnn.config import RunConfig
+from kerascnn.data.splits import parse_split
 from kerascnn.errors import KerascnnError
 
 
@@ -78,3 +79,56 @@ def test_the_default_lr_is_lower_when_several_pretrained_backbone_stages_train(m
     from kerascnn.config import RunConfig
 
     assert RunConfig("digits", model, **options).resolve().lr == lr
+
+
+def test_an_option_is_one_field_which_the_command_line_validation_and_studies_follow(tmp_path, monkeypatch):
+    """Adding an option is adding one `RunConfig` field: a toy option appears in --help, is parsed and
+    checked by its rules, and a study file can set it as an axis that tunes a strategy."""
+    import dataclasses
+
+    from experiments import run as run_cli
+    from kerascnn import config, study
+
+    @dataclasses.dataclass
+    class ToyConfig(config.RunConfig):
+        toy_gain: float = config.option(1.0, "a toy gain of the loss", "training", low=0, high=10, hyper=True)
+
+    monkeypatch.setattr(config, "RunConfig", ToyConfig)
+    parser = run_cli.parser()
+    assert "--toy-gain TOY_GAIN a toy gain of the loss (default: 1.0)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["digits", "cnn", "--toy-gain", "2.5"])
+    args.argv = []
+    assert run_cli.config_from_args(args).toy_gain == 2.5
+    with pytest.raises(KerascnnError, match=r"--toy-gain must be in \[0, 10\], got 20") as info:
+        ToyConfig("digits", "cnn", toy_gain=20.0).validate()
+    assert info.value.option == "toy_gain"
+    path = tmp_path / "toy.toml"
+    path.write_text('dataset = "digits"\nmodel = "cnn"\nepochs = 1\ngrid.toy_gain = [0.5, 2.0]\n'
+                    '[[config]]\nname = "a"\n')
+    runs = study.load_study(str(path), check=False).runs
+    assert [r.options["toy_gain"] for r in runs] == [0.5, 2.0]
+    assert {r.group for r in runs} == {"a"}  # a hyper-parameter: one strategy, its best setting chosen
+    path.write_text(path.read_text().replace("[0.5, 2.0]", "[0.5, 20.0]"))
+    with pytest.raises(KerascnnError, match=r"toy.toml line 4: run a-toy_gain-20.0-seed0: --toy-gain must be in"):
+        study.load_study(str(path))
+
+
+def test_every_scratch_cnn_option_is_a_cnn_spec_field_and_every_optimizer_has_its_classes():
+    from kerascnn import config
+    from kerascnn.models import CNN_OPTIONS
+    from kerascnn.optimizers import optimizer_classes
+
+    assert set(CNN_OPTIONS) == {name for name, rules in config.options().items() if rules.applies == "cnn"}
+    for name in config.options()["optimizer"].choices:
+        plain, scaled = optimizer_classes(name)
+        assert issubclass(scaled, plain) and plain.__name__.lower() == name
+
+
+def test_experiments_run_holds_no_option_text():
+    """The command line's options come from the schema: run.py states no help or choices of its own."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[1] / "experiments" / "run.py").read_text()
+    assert set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", source)) == {"--resume", "--list-stages"}
+    assert "choices=" not in source.replace("choices=rules.choices", "")

@@ -78,7 +78,7 @@ def check_parity(run_dir, fmt):
     return path
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "savedmodel", "keras"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "savedmodel", "keras"])  # slow: 12 s
 def test_scratch_cnn_exports_with_parity(runs, fmt):
     run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     path = check_parity(run_dir, fmt)
@@ -93,6 +93,7 @@ def test_resnet18_exports_with_parity(runs, colour_folder, fmt):
     check_parity(run_dir, fmt)
 
 
+@pytest.mark.slow  # an ONNX export: 5 s
 def test_mixed_precision_models_export_as_float32(runs, tmp_path):
     from kerascnn import models
     from kerascnn.saving import save_model
@@ -131,6 +132,7 @@ def run_cli(module, argv):
     return main(module.body, module.parser(), argv)
 
 
+@pytest.mark.slow  # an ONNX export: 5 s
 def test_predict_reads_an_onnx_file_like_the_keras_model(runs, tmp_path, capsys):
     run_dir = trained(runs, "digits", "cnn", epochs=2, precision="float32")
     onnx_file = export_or_skip(run_dir, "onnx", tmp_path / "digits.onnx")
@@ -177,6 +179,7 @@ def test_keras_export_keeps_the_metadata_and_describes_the_input(runs, tmp_path)
     assert json.loads(export.description_path(path).read_text())["input"]["name"] == "image"
 
 
+@pytest.mark.slow  # an ONNX export: 5 s
 def test_the_docs_onnxruntime_example_runs_against_an_exported_file(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path

@@ -4,7 +4,7 @@ import pytest
 
 from kerascnn import models
 from kerascnn.errors import KerascnnError
-from kerascnn.models.registry import BN_MOMENTUM
+from kerascnn.models.batch_norm import BN_MOMENTUM
 from kerascnn.saving import all_layers
 
 
@@ -94,7 +94,7 @@ def test_unknown_model_lists_valid_names():
 
 @pytest.mark.parametrize("name", models.model_names())
 def test_every_batch_norm_moves_at_pytorch_momentum(name):
-    """Keras applications' 0.99/0.999 left short runs validating at chance (registry.BN_MOMENTUM)."""
+    """Keras applications' 0.99/0.999 left short runs validating at chance (batch_norm.BN_MOMENTUM)."""
     spec = models.get(name)
     scratch = spec.cnn is not None
     model = models.build(name, (32, 32, 1 if scratch else 3), 4, **({} if scratch else {"image_size": 32}))

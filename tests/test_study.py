@@ -18,6 +18,7 @@ from experiments import compare as compare_cli
 from experiments import study as study_cli
 from experiments.cli import main
 from kerascnn import study as studies
+from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -318,7 +319,7 @@ def test_bundled_studies_parse(name):
     plan = studies.load_study(name, check=False)
     assert plan.runs and plan.name == name
     for run in plan.runs:
-        studies.RunConfig(**{**run.options, "weights": "none" if run.upstream else run.options.get("weights")}
+        RunConfig(**{**run.options, "weights": "none" if run.upstream else run.options.get("weights")}
                           ).validate()
     if name == "deep_weeds":
         assert {r.setting["fold"] for r in plan.runs} == {0, 1, 2, 3, 4}

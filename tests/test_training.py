@@ -130,7 +130,7 @@ def test_fit_on_a_gpu_takes_the_split_to_the_device_when_an_eighth_of_its_free_m
 
 def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
     """Through ``model.fit`` as `training.fit` calls it (two epochs, the order set by
-    `training.EpochOrder` and not reshuffled by Keras), the DataLoader of `Batches.for_fit` trains
+    `training.EpochSeeds` and not reshuffled by Keras), the DataLoader of `Batches.for_fit` trains
     to the same weights as the PyDataset, as do the batches a GPU gets (`Batches.on_device`)."""
     pixels = np.random.default_rng(0).integers(0, 256, (24, 8, 8, 1), dtype=np.uint8)
     split = data.Split(np.arange(24) % 3, images=pixels)
@@ -145,7 +145,7 @@ def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
         model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)
         training.compile_model(model, RunConfig("t", "cnn", epochs=2, weights="none"), steps_per_epoch=3)
         batches = Batches(split, (8, 8, 1), 3, 8, shuffle=True, seed=1)
-        model.fit(feed(batches), epochs=2, shuffle=False, verbose=0, callbacks=[training.EpochOrder(batches)])
+        model.fit(feed(batches), epochs=2, shuffle=False, verbose=0, callbacks=[training.EpochSeeds(batches, 0)])
         trained.append(model.get_weights())
     for other in trained[1:]:
         for a, b in zip(trained[0], other):
@@ -222,9 +222,13 @@ def test_the_saved_model_holds_the_best_validation_epoch_of_the_whole_run(mode, 
     config = RunConfig("digits", "cnn", lr_schedule="constant", verbose=0, **options)
     model = models.build("cnn", ds.image_shape, ds.num_classes)
     result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilFrom(spoiled)])
-    assert result.stopped_early == (epochs is None) and result.epochs_run == (epochs or result.epochs_run)
-    val_loss, epochs = result.history["val_loss"], result.epochs_run
+    val_loss = result.history["val_loss"]
     assert result.best_epoch == int(np.argmin(val_loss)) + 1 <= spoiled
+    assert result.stopped_early == (epochs is None)
+    if epochs is None:  # stopped `patience` epochs after the best, before its last epoch
+        epochs = result.best_epoch + config.patience
+        assert epochs < config.epochs
+    assert result.epochs_run == epochs
     save_model(model, tmp_path / "model.keras", {})
     saved, _ = load_model(tmp_path / "model.keras")
     val = training.eval_batches(ds, "val", 256)
@@ -298,7 +302,7 @@ def test_the_checkpoint_of_a_best_epoch_is_the_best_epoch_s_file_and_other_epoch
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)
     best = training.BestEpoch("val_loss", tmp_path / "best.weights.h5")
-    saver = checkpoint.EpochCheckpoint(tmp_path, best, last_epoch=3)
+    saver = checkpoint.EpochCheckpoint(tmp_path, best, {}, last_epoch=3)
     calls, save_weights = [], keras.Model.save_weights
     monkeypatch.setattr(keras.Model, "save_weights", lambda self, path, **kw: calls.append(path) or save_weights(
         self, path, **kw))

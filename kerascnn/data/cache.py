@@ -1,6 +1,6 @@
 """Decoded-image cache: image-file splits decoded once, at the working size, then read as arrays.
 
-``--cache`` (`kerascnn.config.CACHE_MODES`) chooses where the decoded pixels live:
+``--cache`` (`kerascnn.config.RunConfig.cache`) chooses where the decoded pixels live:
 
 - ``ram``: a NumPy array in this process;
 - ``disk``: a memory-mapped ``.npy`` file under ``$KERASCNN_CACHE`` (default ``~/.cache/kerascnn``),

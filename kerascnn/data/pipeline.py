@@ -76,7 +76,7 @@ class Batches(keras.utils.PyDataset):
 
     def start_at(self, epoch: int) -> None:
         """Serve epoch ``epoch`` (0-based) next: its order and augmentations depend on the seed and the epoch
-        alone, so a resumed run sees the batches it would have seen (`kerascnn.training.EpochOrder`
+        alone, so a resumed run sees the batches it would have seen (`kerascnn.training.EpochSeeds`
         calls this as each epoch begins)."""
         self._epoch = epoch
         if self.shuffle:

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kerascnn.config import parse_split
 from kerascnn.data import animals10, deep_weeds, fer2013
 from kerascnn.data.animals10 import load_animals10
 from kerascnn.data.dataset import Dataset, Split
 from kerascnn.data.fer2013 import load_fer2013
 from kerascnn.data.leakage import remove_duplicates
 from kerascnn.data.sources import Source, load_csv, load_digits, load_fashion_mnist, load_folder
-from kerascnn.data.splits import carve_validation, check_splits, stratified_split
+from kerascnn.data.splits import carve_validation, check_splits, parse_split, stratified_split
 from kerascnn.data.tfds import load_tfds
 from kerascnn.errors import KerascnnError, unknown_name
 

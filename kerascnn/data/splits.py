@@ -84,3 +84,27 @@ def check_splits(train: np.ndarray, val: np.ndarray, test: np.ndarray, class_nam
         if missing:
             warnings.append(f"no {split} images of class(es) {', '.join(class_names[i] for i in missing)}")
     return warnings
+
+
+def parse_split(text: str) -> tuple[str, tuple[float, float, float]]:
+    """Parse ``--split``: per-class counts ``"300,75,75"`` or fractions ``"0.7,0.15,0.15"``.
+
+    Returns ``("counts", (train, val, test))`` or ``("fractions", (train, val, test))``.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    hint = "use per-class counts like 300,75,75 or fractions like 0.7,0.15,0.15"
+    if len(parts) != 3:
+        raise KerascnnError(f"--split needs three values train,val,test, got {text!r}; {hint}", option="split")
+    try:
+        if all(p.isdigit() for p in parts):
+            counts = tuple(float(int(p)) for p in parts)
+            if counts[0] < 1 or counts[2] < 1:
+                raise ValueError
+            return "counts", counts  # type: ignore[return-value]
+        fractions = tuple(float(p) for p in parts)
+    except ValueError:
+        raise KerascnnError(f"--split {text!r} is not valid; {hint}", option="split") from None
+    if any(f < 0 for f in fractions) or fractions[0] <= 0 or fractions[2] <= 0 or sum(fractions) > 1 + 1e-6:
+        raise KerascnnError(f"--split fractions must be >= 0 with train, test > 0 and sum <= 1, got {text!r}",
+                            option="split")
+    return "fractions", fractions  # type: ignore[return-value]

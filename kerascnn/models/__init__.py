@@ -5,15 +5,24 @@ The registry imports no Keras; the names that need it are imported when first us
 line can list the models and still choose the backend afterwards.
 """
 
-from kerascnn.models.registry import MODELS, CNNSpec, ModelSpec, get, markdown_table, model_names, register
+from kerascnn.models.registry import (
+    CNN_OPTIONS,
+    MODELS,
+    CNNSpec,
+    ModelSpec,
+    get,
+    markdown_table,
+    model_names,
+    register,
+)
 
 _LAZY = {
-    "CNN_OPTIONS": "building", "architecture": "building", "build": "building", "check": "building",
+    "architecture": "building", "build": "building", "check": "building",
     "dtype_policy": "building", "channel_stats": "preprocessing", "load_weights": "weights",
     "set_trainable": "freezing", "stage_params": "freezing", "trainable_params": "freezing",
 }
 
-__all__ = ["MODELS", "CNNSpec", "ModelSpec", "get", "markdown_table", "model_names", "register", *_LAZY]
+__all__ = ["CNN_OPTIONS", "MODELS", "CNNSpec", "ModelSpec", "get", "markdown_table", "model_names", "register", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 
 from kerascnn.errors import KerascnnError
-from kerascnn.models.registry import BN_MOMENTUM, ModelSpec
+from kerascnn.models.batch_norm import BN_MOMENTUM
+from kerascnn.models.registry import ModelSpec
 from kerascnn.models.resnet import port_torchvision_resnet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

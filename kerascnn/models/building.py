@@ -13,20 +13,16 @@ import keras
 import numpy as np
 from keras import layers
 
-from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 from kerascnn.models.backbones import build_backbone, imagenet_preprocessing
 from kerascnn.models.cnn import build_cnn
 from kerascnn.models.preprocessing import adapt_input, channel_stats
-from kerascnn.models.registry import MODELS, CNNSpec, ModelSpec, get
+from kerascnn.models.registry import CNN_OPTIONS, MODELS, ModelSpec, get
 from kerascnn.models.stages import choose_stages
 from kerascnn.models.weights import load_weights, weights_file
 
 log = logging.getLogger("kerascnn")
 MIN_BACKBONE_SIZE = 32
-# the architecture options of scratch CNNs: the CNNSpec fields a RunConfig sets (head_dropout is shared)
-CNN_OPTIONS = tuple(f.name for f in dataclasses.fields(CNNSpec)
-                    if f.name in {g.name for g in dataclasses.fields(RunConfig)} and f.name != "head_dropout")
 
 
 @contextlib.contextmanager

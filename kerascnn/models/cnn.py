@@ -6,8 +6,9 @@ import keras
 from keras import layers
 
 from kerascnn.errors import KerascnnError
+from kerascnn.models.batch_norm import BN_MOMENTUM
 from kerascnn.models.preprocessing import adapt_input
-from kerascnn.models.registry import BN_MOMENTUM, CNNSpec
+from kerascnn.models.registry import CNNSpec
 
 
 def _activation(name: str, label: str) -> layers.Layer:

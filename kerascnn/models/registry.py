@@ -71,6 +71,12 @@ class CNNSpec:
         return dataclasses.replace(self, **changes)
 
 
+# the CNNSpec fields a run's options set (`kerascnn.config.Option.applies` "cnn"): all but the head's
+# dropout, which every model takes, and the preset-only head batch norm and global pooling
+CNN_OPTIONS = tuple(f.name for f in dataclasses.fields(CNNSpec)
+                    if f.name not in ("head_dropout", "head_batch_norm", "global_pool"))
+
+
 def keras_application(class_name: str) -> BackboneBuilder:
     """A builder of ``keras.applications.<class_name>`` without its top, ImageNet weights if asked."""
 
@@ -99,11 +105,6 @@ RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 # The smallest working size at which a ResNet trains in bfloat16 on an AMX CPU; backbones of depthwise
 # convolutions need larger maps (their `amx_min_size` below). Measurements: docs/design/precision.md.
 AMX_MIN_BACKBONE_SIZE = 48
-
-# Every batch norm in our models, Keras applications included, moves its statistics at PyTorch's
-# momentum (0.1, i.e. Keras' 0.9) rather than Keras' 0.99 (docs/design/batch-norm.md).
-BN_MOMENTUM = 0.9
-
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -12,11 +12,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from kerascnn.models.registry import BN_MOMENTUM
+from kerascnn.models.batch_norm import BN_EPSILON, BN_MOMENTUM
 
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
-BN = {"epsilon": 1e-5, "momentum": BN_MOMENTUM}
+BN = {"epsilon": BN_EPSILON, "momentum": BN_MOMENTUM}
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, conv: str, bn: str, relu: bool):

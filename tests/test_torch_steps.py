@@ -1,9 +1,7 @@
-"""The fast torch path (`kerascnn.torch_fast`) computes what Keras' own steps compute."""
+"""The fast torch steps (`kerascnn.torch_fast.FastSteps`) train as Keras' own ``train_step`` does: eager,
+captured, in mixed precision, with each schedule."""
 
 from __future__ import annotations
-
-import warnings
-from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -13,240 +11,23 @@ if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
 import torch  # noqa: E402
+from torch_fast_support import (  # noqa: E402
+    CASES,
+    DEVICE,
+    GREY_SAMPLE,
+    LOSS_RTOL,
+    STEPS,
+    as_numpy,
+    build,
+    images,
+    tensor,
+    twin,
+)
 
-from kerascnn import keras_compat, models, training  # noqa: E402
+from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
-from kerascnn.saving import all_layers, load_model, save_model  # noqa: E402
-from kerascnn.torch_fast import FastSteps, TorchProgram, dropout, relayout, schedule_value  # noqa: E402
-
-# Where Keras puts the weights: the GPU when there is one (benchmarks/gpu_session.sh runs this file
-# there); the tolerances below are float32's, so cuDNN's default TF32 convolutions are off.
-DEVICE = torch.device(keras_compat.torch_device_name())
-torch.backends.cudnn.allow_tf32 = False
-torch.backends.cuda.matmul.allow_tf32 = False  # off by default, but some containers turn it on
-
-STEPS = 6
-# Losses after STEPS Adam steps agree to this (float32 rounding through six updates, measured ~1e-6).
-LOSS_RTOL = 1e-4
-
-
-@pytest.fixture(params=["nchw", "channels_last"])
-def channels_last(request, monkeypatch) -> bool:
-    """Both memory layouts of feature maps on whatever device runs the tests: the fast steps use
-    channels-last on CUDA and NCHW elsewhere (`FastSteps.CHANNELS_LAST`), so a CPU checks the GPU's."""
-    monkeypatch.setitem(FastSteps.CHANNELS_LAST, DEVICE.type, request.param == "channels_last")
-    return request.param == "channels_last"
-
-
-GREY_SAMPLE = np.array([45, 155], np.uint8).reshape(2, 1, 1, 1)  # normalisation statistics: mean 100, variance 3025
-
-
-def tensor(a: np.ndarray) -> torch.Tensor:
-    """``a`` on `DEVICE`."""
-    return torch.from_numpy(a).to(DEVICE)
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-
-
-def build(name: str, size: int, channels: int, **options) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return models.build(name, (size, size, channels), 4, **options)
-
-
-def twin(model: keras.Model) -> keras.Model:
-    """A second model with the same architecture and weights."""
-    other = keras.Model.from_config(model.get_config())
-    other.set_weights(model.get_weights())
-    return other
-
-
-def assert_runs_as_torch_ops_like_keras(model: keras.Model, x: torch.Tensor, channels_last: bool = False) -> None:
-    """The program runs ``model`` with no Keras layer and computes its forward (float32 rounding)."""
-    program = TorchProgram(model, channels_last=channels_last)
-    assert program.keras_layers == []
-    np.testing.assert_allclose(as_numpy(program(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
-
-
-CASES = {  # name, size, channels, build options
-    "cnn": ("cnn", 16, 1, {"sample": GREY_SAMPLE}),
-    "cnn_variant": ("cnn", 16, 1, {"sample": GREY_SAMPLE, "convs_per_block": [1, 2], "norm_after_pool": True}),
-    "resnet18": ("resnet18", 32, 3, {"image_size": 32}),
-    "mobilenet_v2": ("mobilenet_v2", 32, 3, {"image_size": 32}),
-    "resnet18_grey_resized": ("resnet18", 28, 1, {"image_size": 32}),  # the offline transfer study's input
-    # MobileNetV3's hard sigmoid is bare operations (x + 3.0, x * (1 / 6)); EfficientNet has squeeze-excite
-    # reshapes and per-sample dropout (noise_shape)
-    "mobilenet_v3_small": ("mobilenet_v3_small", 32, 3, {"image_size": 32}),
-    "efficientnet_b0": ("efficientnet_b0", 32, 3, {"image_size": 32}),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_program_runs_our_models_without_keras_layers_and_matches_their_forward(case, channels_last):
-    name, size, channels, options = CASES[case]
-    model = build(name, size, channels, **options)
-    program = TorchProgram(model, channels_last=channels_last)
-    assert program.keras_layers == [] and program.softmax_output
-    x = tensor(images(8, size, channels))
-    expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
-    np.testing.assert_allclose(as_numpy(program(x)), expected, atol=1e-5)
-
-
-def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does(channels_last):
-    model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
-    reference = twin(model)
-    x = tensor(images(16, 16, 1)).float()
-    ours = TorchProgram(model, channels_last=channels_last)(x, training=True)
-    theirs = reference(x, training=True)
-    np.testing.assert_allclose(as_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-5)
-    for a, b in zip(model.non_trainable_weights, reference.non_trainable_weights):  # moving mean and variance
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", models.model_names())
-def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
-    scratch = models.get(name).cnn is not None
-    model = build(name, 32, 1 if scratch else 3, **({"sample": GREY_SAMPLE} if scratch else {"image_size": 32}))
-    x = tensor(images(4, 32, 1 if scratch else 3))
-    expected = keras.ops.convert_to_numpy(model(x.float(), training=False))
-    program = TorchProgram(model)
-    assert program.keras_layers == []
-    np.testing.assert_allclose(as_numpy(program(x)), expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("case", ["mobilenet_v3_small", "efficientnet_b0"])
-def test_program_in_training_mode_matches_keras_with_dropout_off(case, channels_last):
-    name, size, channels, options = CASES[case]
-    model = build(name, size, channels, **options)
-    for layer in all_layers(model):  # with dropout on, each would draw its own masks
-        if isinstance(layer, keras.layers.Dropout):
-            layer.rate = 0.0
-    x = tensor(images(8, size, channels))
-    expected = keras.ops.convert_to_numpy(twin(model)(x.float(), training=True))
-    # batch statistics over 8 images amplify rounding: in channels-last memory EfficientNet-B0's output
-    # is 1.0e-5 from float64 arithmetic, Keras' own 6.7e-6 (1.5e-5 apart; 6.6e-6 in NCHW on Keras 3.15,
-    # 1.14e-5 on keras-nightly 3.16, whose own float32 arithmetic moved)
-    np.testing.assert_allclose(as_numpy(TorchProgram(model, channels_last=channels_last)(x, training=True)), expected,
-                               atol=3e-5)
-
-
-def test_program_runs_bare_arithmetic_in_either_order_and_layout(channels_last):
-    inputs = keras.Input((6, 6, 2))
-    maps = keras.layers.Conv2D(3, 3, padding="same")(inputs)  # NCHW inside the program
-    pooled = keras.layers.GlobalAveragePooling2D()(maps)  # (n, 3)
-    x = (3.0 - maps) / 2.0 * maps + 1  # constants before and after, tensor by tensor
-    x = x * keras.layers.Reshape((1, 1, 3))(keras.layers.Dense(3)(pooled))  # NCHW by NHWC, broadcast
-    x = keras.layers.Reshape((6, 6 * 3))(x)  # NHWC order matters
-    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(keras.layers.Flatten()(x)))
-    model = keras.Model(inputs, outputs)
-    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 6, 2)).float() / 255, channels_last)
-
-
-def test_bare_arithmetic_keeps_the_mixed_precision_dtype_keras_computes_in():
-    with models.dtype_policy("mixed_bfloat16"):
-        inputs = keras.Input((4, 4, 2))
-        maps = keras.layers.Conv2D(3, 3, padding="same")(inputs)  # bfloat16 activations
-        x = keras.layers.ReLU(6.0)(maps + 3.0) * (1.0 / 6.0)  # MobileNetV3's hard sigmoid
-        model = keras.Model(inputs, keras.layers.Activation("linear")(maps * x))
-    program = TorchProgram(model)
-    assert program.keras_layers == []
-    x = tensor(images(2, 4, 2)).float() / 255
-    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        ours = program(x)
-    theirs = model(x)
-    assert ours.dtype == theirs.dtype == torch.bfloat16  # no silent float32 upcast of the constants
-    np.testing.assert_allclose(as_numpy(ours.float()), as_numpy(theirs.float()), rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.parametrize("noise_shape, constant_over", [
-    ((None, 1, 1, 1), (1, 2, 3)),  # whole samples (EfficientNet's)
-    ((None, 1, 1, 4), (1, 2)),  # whole channels of each sample
-    ((1, 4), (0, 1, 2)),  # shorter than the input: Keras broadcasts it from the last axis
-])
-def test_dropout_with_a_noise_shape_drops_whole_slices_in_keras_layout(noise_shape, constant_over, channels_last):
-    inputs = keras.Input((5, 5, 1))
-    maps = keras.layers.Conv2D(4, 1, use_bias=False, kernel_initializer="ones")(inputs)  # NCHW inside
-    dropped = keras.layers.Dropout(0.5, noise_shape=noise_shape)(maps)
-    model = keras.Model(inputs, keras.layers.Activation("linear")(dropped))
-    program = TorchProgram(model, channels_last=channels_last)
-    assert program.keras_layers == []
-    torch.manual_seed(0)
-    out = as_numpy(program(torch.ones(64, 5, 5, 1, device=DEVICE), training=True))  # NHWC, as Keras returns it
-    assert set(np.unique(out)) == {0.0, 2.0}  # kept values scaled by 1 / (1 - rate)
-    assert (out.min(axis=constant_over) == out.max(axis=constant_over)).all()  # one draw per slice
-    if noise_shape[0] is None:  # 64 draws or more
-        assert 0.3 < (out == 0).mean() < 0.7
-    np.testing.assert_array_equal(as_numpy(program(torch.ones(2, 5, 5, 1, device=DEVICE))), 1.0)  # inference: identity
-
-
-def test_dropout_scales_kept_values_at_full_precision_and_drops_all_at_rate_one():
-    x = torch.randn(4096).to(torch.bfloat16)
-    rate = 0.0125  # EfficientNet's smallest per-sample rate: 1 / (1 - rate) is not a bfloat16 number
-    for noise_shape in (None, (4096,)):
-        out = dropout(x, rate, noise_shape)
-        kept = out != 0
-        assert out.dtype == torch.bfloat16 and 0.9 < kept.float().mean() < 1.0
-        torch.testing.assert_close(out[kept], (x.float() * (1 / (1 - rate))).to(torch.bfloat16)[kept], rtol=0, atol=0)
-    assert not dropout(x, 1.0).any()
-
-
-def test_rescaling_by_one_constant_per_channel_runs_in_the_program():
-    inputs = keras.Input((4, 4, 3))  # EfficientNet's ImageNet input: Rescaling([1 / sqrt(std) ...])
-    x = keras.layers.Rescaling([0.5, 2.0, -1.0], offset=0.25)(inputs)
-    x = keras.layers.Conv2D(3, 1, name="conv")(x)  # NCHW from here on
-    x = keras.layers.Rescaling(0.5, offset=[1.0, 0.0, -1.0])(x)
-    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(2)(keras.layers.Flatten()(x)))
-    model = keras.Model(inputs, outputs)
-    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 4, 3)).float() / 255)
-
-
-def test_program_runs_layers_and_operations_it_lacks_through_keras():
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = keras.ops.maximum(x, 0.5)  # an operation with a constant, which takes no `training`
-    # ranks 4 and 2, which broadcast in NHWC: (8, 4) against (n, 8, 8, 4) needs a batch of 1 or 8
-    x = x + keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
-    x = keras.layers.SpatialDropout2D(0.0)(x)  # a layer that does take `training`
-    x = keras.layers.UpSampling2D()(x)  # not in the program's table
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Activation("softmax")(keras.layers.Dense(3)(x))
-    model = keras.Model(inputs, outputs)
-    program = TorchProgram(model)
-    assert [name.split("_")[0] for name in program.keras_layers] == ["maximum", "add", "spatial", "up"]
-    x = tensor(images(8, 8, 3)).float()
-    for mode in (False, True):
-        np.testing.assert_allclose(as_numpy(program(x, training=mode)),
-                                   keras.ops.convert_to_numpy(model(x, training=mode)), atol=1e-6)
-    cnn = build("cnn", 16, 1, sample=GREY_SAMPLE)
-    for m in (model, cnn):
-        m.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
-    with pytest.MonkeyPatch.context() as patch:  # Keras layers copy constants and read seeds on the host
-        patch.setitem(FastSteps.GRAPHS, DEVICE.type, TracedGraph)
-        steps = FastSteps(model)
-        assert steps._adam is not None and steps._graph_class is None
-        assert FastSteps(cnn)._graph_class is TracedGraph
-
-
-def test_concatenate_runs_in_the_program_on_feature_maps_and_on_flat_features():
-    inputs = keras.Input((6, 6, 1))
-    maps = keras.layers.Concatenate()([inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs)])
-    flat = keras.layers.GlobalAveragePooling2D()(maps)
-    both = keras.layers.Concatenate()([flat, keras.layers.Dense(4)(flat)])
-    model = keras.Model(inputs, keras.layers.Activation("softmax")(keras.layers.Dense(3)(both)))
-    assert_runs_as_torch_ops_like_keras(model, tensor(images(2, 6, 1)).float())
-
-
-def test_relayout_keeps_values_and_the_parameter_object():
-    p = torch.nn.Parameter(torch.randn(3, 3, 4, 5))
-    before, identity = p.detach().clone(), id(p)
-    relayout(p, (3, 2, 0, 1))
-    assert id(p) == identity and p.permute(3, 2, 0, 1).is_contiguous()
-    torch.testing.assert_close(p.detach(), before, rtol=0, atol=0)
+from kerascnn.saving import all_layers  # noqa: E402
+from kerascnn.torch_fast import FastSteps, TorchProgram, schedule_value  # noqa: E402
 
 
 def train_losses(model: keras.Model, config: RunConfig, batches: list, new_fit_at: int | None = None
@@ -290,43 +71,6 @@ def test_fast_steps_train_as_keras_train_step(optimizer, weighted, channels_last
     for a, b in zip(ours.weights, theirs.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
     assert int(ours.optimizer.iterations.numpy()) == int(theirs.optimizer.iterations.numpy()) == STEPS
-
-
-class TracedGraph:
-    """`CudaGraph`'s semantics on any device: ``make_fx`` records the step's tensor operations while
-    it runs it once (so, unlike a CUDA graph, the capture is that step), and `replay` runs the record
-    again on the same tensors with every host number the step read frozen into it, as a CUDA graph
-    keeps its kernels' arguments. A step that reads a changing number on the host replays it stale.
-    What a capture forbids fails here too: reading a value back to the host (``make_fx`` refuses
-    ``.item()``) and making a tensor from host data (a copy from pageable memory on CUDA); unlike a
-    failed CUDA capture, such a step has run (in part) by then, so the `captured` fixture fails the
-    test on the fallback's warning rather than let the step run twice."""
-
-    runs_on_capture = True
-
-    def __init__(self, step: Callable[[], None], stream: None) -> None:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        self.module = make_fx(step)()
-        made = [n.name for n in self.module.graph.nodes if n.target is torch.ops.aten.lift_fresh_copy.default]
-        if made:
-            raise RuntimeError(f"the step makes tensors from host data: {made}")
-
-    def replay(self) -> None:
-        with torch.no_grad():  # the record holds the backward pass as operations of its own
-            self.module()
-
-
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Training steps captured after one warm-up step of their batch shape: CUDA graphs on CUDA,
-    `TracedGraph` elsewhere; a capture that fails (and falls back to eager steps) fails the test."""
-    if DEVICE.type != "cuda":
-        monkeypatch.setitem(FastSteps.GRAPHS, DEVICE.type, TracedGraph)
-    monkeypatch.setattr(FastSteps, "GRAPH_AFTER", 1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="kerascnn: the training step runs eagerly")
-        yield
 
 
 @pytest.mark.parametrize("optimizer,weighted", [("adamw", True), ("adam", False)])
@@ -571,7 +315,8 @@ def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
-@pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"])
+@pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small",
+                                  pytest.param("efficientnet_b0", marks=pytest.mark.slow)])  # slow: 4 s
 def test_channels_last_program_computes_the_nchw_program_forward_and_gradients(case):
     """CUDA's layout (channels-last feature maps) against NCHW, in training mode: outputs, batch-norm
     statistics and every gradient. In float64, so that no rounding hides a layout mistake: in float32
@@ -600,39 +345,3 @@ def test_channels_last_program_computes_the_nchw_program_forward_and_gradients(c
         np.testing.assert_allclose(as_numpy(g_last), as_numpy(g_nchw), rtol=1e-8, atol=1e-10 * scale, err_msg=v.path)
     for a, b in zip(nchw.non_trainable_weights, last.non_trainable_weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-12, err_msg=a.path)
-
-
-@pytest.mark.slow
-def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
-    model = build("resnet18", 32, 3, image_size=32)
-    x, y = images(16, 32, 3), np.eye(4, dtype="float32")[np.arange(16) % 4]
-    training.compile_model(model, RunConfig("bench", "resnet18", weights="none", epochs=2), steps_per_epoch=2)
-    assert training.uses_fast_path(model)
-    history = model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0)
-    assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    reference = twin(model)
-    reference.compile(loss=keras.losses.CategoricalCrossentropy(), metrics=[keras.metrics.CategoricalAccuracy(
-        name="accuracy")])
-    got, expected = model.evaluate(x, y, verbose=0, return_dict=True), reference.evaluate(x, y, verbose=0,
-                                                                                           return_dict=True)
-    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-4)
-    assert got["accuracy"] == pytest.approx(expected["accuracy"])
-    proba = model.predict(x, verbose=0)
-    np.testing.assert_allclose(proba, reference.predict(x, verbose=0), atol=1e-5)
-    save_model(model, tmp_path / "model.keras", {"class_names": list("abcd")})
-    loaded, _ = load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), proba, atol=1e-5)
-
-
-def test_no_jit_keeps_keras_own_steps():
-    model = build("cnn", 16, 1, sample=GREY_SAMPLE)
-    training.compile_model(model, RunConfig("bench", "cnn", jit=False), steps_per_epoch=1)
-    assert not training.uses_fast_path(model)
-
-
-def test_cpu_training_keeps_freed_memory_on_linux():
-    import sys
-
-    from kerascnn.distribute import keep_freed_memory
-
-    assert keep_freed_memory() is sys.platform.startswith("linux")
