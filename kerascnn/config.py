@@ -54,6 +54,7 @@ class Option:
     positional: bool = False
 
     def text(self) -> str:
+        """The help text (a ``help`` function is called now)."""
         return self.help() if callable(self.help) else self.help
 
 
@@ -74,6 +75,11 @@ def int_list(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _verbosity(text: str) -> int | str:
+    """``--verbose``: ``auto`` or a number."""
+    return text if text == "auto" else int(text)
 
 
 def _by_model(value: Callable[[registry.ModelSpec], object], otherwise: object) -> str:
@@ -197,7 +203,7 @@ class RunConfig:
                            what="the alpha of a Beta distribution (0: off)", metavar="ALPHA", hyper=True)
     class_weight: str = option("none", "weight the loss by inverse class frequency", TRAINING,
                                choices=("none", "balanced"))
-    seed: int = option(0, "seed of splits, initialisation, shuffling and augmentation", TRAINING)
+    seed: int = option(0, "seed of splits, initialisation, shuffling and augmentation", TRAINING, low=0)
     split_seed: int | None = option(None, "seed of the train/val/test split alone (default: --seed)", TRAINING, low=0)
     workers: int = option(0, "input pipeline threads (default: 0 = automatic)", TRAINING, low=0)
     cache: str = option("auto", "decoded-image cache of image-file datasets: ram, disk (a memory map in "
@@ -228,8 +234,8 @@ class RunConfig:
                             choices=("none", "temperature"))
     top_k: int | None = option(None, "k of the top-k accuracy reported, below the number of classes (default: 5 where "
                                "there are more classes; 2 and 3 are always reported)", OUTPUT, low=1)
-    verbose: int | str = option("auto", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", OUTPUT,
-                                choices=(0, 1, 2), parse=int)
+    verbose: int | str = option("auto", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch (auto: the "
+                                "bar on a terminal, else 2)", OUTPUT, choices=("auto", 0, 1, 2), parse=_verbosity)
     # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
     architecture: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -244,9 +250,9 @@ class RunConfig:
         """Raise `KerascnnError` (naming its option) for the first invalid value; return self. Each
         option is checked against its `Option` rules, then the rules between options."""
         for name, rules in options(type(self)).items():
-            value = getattr(self, name)
-            if value is not None and value != _default(type(self), name):
-                check_value(name, value, rules, _field_types(type(self))[name])
+            value, annotation = getattr(self, name), _field_types(type(self))[name]
+            if value is not None or type(None) not in typing.get_args(annotation):
+                check_value(name, value, rules, annotation)
         if self.weights is not None and not self.weights.strip():
             raise KerascnnError("--weights is empty; give none, imagenet or a weights file (.keras, .weights.h5, .pth)",
                                 option="weights")
@@ -342,10 +348,6 @@ def hyper_parameters(config_class: type | None = None) -> tuple[str, ...]:
 @functools.cache
 def _field_types(config_class: type) -> dict[str, Any]:
     return typing.get_type_hints(config_class)
-
-
-def _default(config_class: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
 
 
 def value_type(annotation: Any) -> Any:

@@ -397,7 +397,7 @@ class EpochSeeds(keras.callbacks.Callback):
         keras.utils.set_random_seed(epoch_seed)
         weights = {id(w) for w in self.model.weights}
         for i, state in enumerate(v for v in self.model.variables if id(v) not in weights):  # seed generators
-            state.assign(np.array([epoch_seed + i, 0], keras.backend.standardize_dtype(state.dtype)))
+            state.assign(np.array([(epoch_seed + i) % 2**31, 0], keras.backend.standardize_dtype(state.dtype)))
 
 
 class EpochStatus(keras.callbacks.Callback):

@@ -35,7 +35,7 @@ def trained_run(tmp_path_factory):
     root = write_folder(tmp_path_factory.mktemp("data") / "colours", per_class=10)
     (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path_factory.mktemp("runs") / "run1"
-    code = run([f"folder:{root}", "cnn", "--epochs", "3", "--image-size", "16", "--batch-size", "8",
+    code = run([f"folder:{root}", "cnn", "--epochs", "6", "--image-size", "16", "--batch-size", "8",
                 "--out", str(out), "--verbose", "0", "--augment", "basic", "--lr", "0.01"])
     assert code == 0
     return out
@@ -50,7 +50,7 @@ def test_run_folder_has_every_file(trained_run):
     assert metrics["class_names"] == ["blue", "green", "red"]
     assert metrics["accuracy"] >= 2 / 3  # colour classes are easy; chance is 1/3
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["epochs"] == 3 and config["environment"]["backend"] in ("torch", "jax", "tensorflow")
+    assert config["epochs"] == 6 and config["environment"]["backend"] in ("torch", "jax", "tensorflow")
     assert config["environment"]["command"].startswith("python -m experiments.run folder:")
     assert config["architecture"]["filters"] == [32, 64]
     assert config["precision"] == distribute.auto_precision()  # --precision auto, resolved before it is saved

@@ -58,6 +58,8 @@ def write(tmp_path, text, name="s.toml"):
     (TINY + "[[config]]\nname = 'p'\ngrid.fold = [0, 1]\n[[config]]\nname = 'a'\nweights = '@p'\n",
      "run a-seed0 has no run of p to fine-tune from with its seed and fold=0"),
     (TINY + "[[config]]\nname = 'a'\nmodel = 'resnet9'\n", "line 8: run a-seed0: unknown model 'resnet9'"),
+    (TINY + "[[config]]\nname = 'a'\nunfreeze = 'block9'\n", "line 8: run a-seed0: --unfreeze: cnn has no stage"),
+    (TINY + "[[config]]\nname = 'a'\nweights = 'gone.pth'\n", "line 8: run a-seed0: --weights 'gone.pth': no such"),
     (TINY + "[[config]]\nname = 'a'\ngrid.unfreeze = ['layer9']\n", "run a-unfreeze-layer9-seed0"),
     (TINY + "[[config]]\nname = 'a'\nlr = -1.0\n", "line 8: run a-seed0: --lr must be > 0"),
     (TINY + "[[config]]\nname = 'a'\nepochs = 'many'\n", "line 8: run a-seed0: --epochs must be an integer"),

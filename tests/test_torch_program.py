@@ -50,7 +50,9 @@ def test_program_in_training_mode_updates_batch_norm_statistics_as_keras_does(ch
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", models.model_names())
+# EfficientNet-B0 (2 s) in the slow tier: its operations are in CASES, which the fast tier runs
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "efficientnet_b0" else n
+                                  for n in models.model_names()])
 def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
     scratch = models.get(name).cnn is not None
     model = build(name, 32, 1 if scratch else 3, **({"sample": GREY_SAMPLE} if scratch else {"image_size": 32}))
@@ -61,7 +63,7 @@ def test_every_registered_model_runs_in_the_program_as_keras_runs_it(name):
     np.testing.assert_allclose(as_numpy(program(x)), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["mobilenet_v3_small", "efficientnet_b0"])
+@pytest.mark.parametrize("case", ["mobilenet_v3_small", pytest.param("efficientnet_b0", marks=pytest.mark.slow)])
 def test_program_in_training_mode_matches_keras_with_dropout_off(case, channels_last):
     name, size, channels, options = CASES[case]
     model = build(name, size, channels, **options)

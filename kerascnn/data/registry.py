@@ -69,7 +69,7 @@ def check(name: str, fold: int = 0, data_dir: str | None = None) -> None:
     folds = FOLDS.get(name, 1)
     if not (isinstance(fold, int) and 0 <= fold < folds):
         which = f"0..{folds - 1} for {name}" if folds > 1 else f"0: {name} has one split (folds: {', '.join(FOLDS)})"
-        raise KerascnnError(f"--fold must be {which}, got {fold}")
+        raise KerascnnError(f"--fold must be {which}, got {fold}", option="fold")
     if name in LOCAL:
         LOCAL[name](data_dir)
 

@@ -46,7 +46,7 @@ def check(name: str, weights: str = "none", unfreeze: str | None = None, **optio
         choose_stages(unfreeze, spec.stage_names(options.get("filters")), name)
     weights = weights or "none"
     if weights == "imagenet" and not spec.pretrained:
-        raise KerascnnError(f"{name} has no ImageNet weights; use --weights none or --weights PATH")
+        raise KerascnnError(f"{name} has no ImageNet weights; use --weights none or --weights PATH", option="weights")
     if weights not in ("imagenet", "none"):
         weights_file(weights)
     given = [k for k, v in options.items() if v is not None]
@@ -56,7 +56,7 @@ def check(name: str, weights: str = "none", unfreeze: str | None = None, **optio
     if spec.cnn is None and given:
         cnns = ", ".join(n for n, s in MODELS.items() if s.cnn is not None)
         raise KerascnnError(f"--{given[0].replace('_', '-')} shapes scratch CNNs ({cnns}), not {name}; "
-                            "leave it out (backbones take --head-dropout)")
+                            "leave it out (backbones take --head-dropout)", option=given[0])
     if spec.cnn is not None:
         spec.cnn.replace(**options).block_convs()
 
@@ -118,7 +118,8 @@ def build(
 def _with_head(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int, size: int, imagenet: bool,
                head_dropout: float | None) -> keras.Model:
     if size < MIN_BACKBONE_SIZE:
-        raise KerascnnError(f"{spec.name} needs --image-size of at least {MIN_BACKBONE_SIZE}, got {size}")
+        raise KerascnnError(f"{spec.name} needs --image-size of at least {MIN_BACKBONE_SIZE}, got {size}",
+                            option="image_size")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = adapt_input(inputs, image_size=size, channels=3, **imagenet_preprocessing(spec.preprocess))
     x = build_backbone(spec, (size, size, 3), imagenet)(x)

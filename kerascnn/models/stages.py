@@ -25,7 +25,7 @@ def choose_stages(unfreeze: str, stages: list[str], model_name: str) -> list[str
         name = HEAD_ALIASES.get(item.lower(), item)
         if name not in stages:
             raise KerascnnError(f"--unfreeze: {model_name} has no stage {item!r}; its stages: "
-                                f"{', '.join(stages)} (or none, all)")
+                                f"{', '.join(stages)} (or none, all)", option="unfreeze")
         chosen.append(name)
     return [s for s in stages if s in chosen and s != HEAD]
 

@@ -47,7 +47,7 @@ def weights_file(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise KerascnnError(f"--weights {str(path)!r}: no such file; give imagenet, none, or a .pth, "
-                            ".weights.h5 or model.keras file")
+                            ".weights.h5 or model.keras file", option="weights")
     return path
 
 
@@ -63,12 +63,14 @@ def load_weights(model: keras.Model, path: str | Path) -> dict[str, Any]:
         try:
             source = keras.saving.load_model(path, compile=False)
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
-            raise KerascnnError(f"--weights {path}: not a loadable .keras model ({exc})") from None
+            raise KerascnnError(f"--weights {path}: not a loadable .keras model ({exc})", option="weights") from None
         result = copy_matching(source, model)
         if not result["layers_loaded"]:
-            raise KerascnnError(f"--weights {path}: no layer of that {source.name} model fits {model.name}")
+            raise KerascnnError(f"--weights {path}: no layer of that {source.name} model fits {model.name}",
+                                option="weights")
         return report | result
-    raise KerascnnError(f"--weights {path}: unknown kind of file; give a .pth, .weights.h5 or model.keras")
+    raise KerascnnError(f"--weights {path}: unknown kind of file; give a .pth, .weights.h5 or model.keras",
+                        option="weights")
 
 
 def _load_torchvision(model: keras.Model, path: Path) -> dict[str, Any]:
@@ -76,15 +78,16 @@ def _load_torchvision(model: keras.Model, path: Path) -> dict[str, Any]:
 
     ported = [name for name, spec in MODELS.items() if spec.torchvision_url]
     if model.name not in ported:
-        raise KerascnnError(f"--weights {path}: torchvision .pth checkpoints port to {' and '.join(ported)} only")
+        raise KerascnnError(f"--weights {path}: torchvision .pth checkpoints port to {' and '.join(ported)} only",
+                            option="weights")
     try:
         state = read_state_dict(path)
     except UnreadableState as exc:
-        raise KerascnnError(f"--weights {exc}; give a state dict saved by torch.save") from None
+        raise KerascnnError(f"--weights {exc}; give a state dict saved by torch.save", option="weights") from None
     try:
         used = port_torchvision_resnet(state, model.get_layer("backbone"))
     except ValueError as exc:
-        raise KerascnnError(f"--weights {path}: {exc}") from None
+        raise KerascnnError(f"--weights {path}: {exc}", option="weights") from None
     head = model.get_layer("head_logits")
     fc_shapes = [tuple(state[k].shape) if k in state else None for k in ("fc.weight", "fc.bias")]
     if fc_shapes == [tuple(head.kernel.shape[::-1]), tuple(head.bias.shape)]:
@@ -97,7 +100,7 @@ def _load_h5(model: keras.Model, path: Path) -> dict[str, Any]:
     import h5py
 
     if not h5py.is_hdf5(path):
-        raise KerascnnError(f"--weights {path}: not an HDF5 file; give a .weights.h5 saved by Keras")
+        raise KerascnnError(f"--weights {path}: not an HDF5 file; give a .weights.h5 saved by Keras", option="weights")
     try:
         model.load_weights(path)
         return {"layers_loaded": len(_weighted_layers(model)), "layers_new": []}
@@ -114,4 +117,4 @@ def _load_h5(model: keras.Model, path: Path) -> dict[str, Any]:
                     "layers_new": [n for n in _weighted_layers(model) if not n.startswith("backbone/")]}
         except ValueError:
             pass
-    raise KerascnnError(f"--weights {path}: its weights fit neither {model.name} nor its backbone")
+    raise KerascnnError(f"--weights {path}: its weights fit neither {model.name} nor its backbone", option="weights")
