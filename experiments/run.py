@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import shlex
 import sys
-import typing
 
 from experiments.cli import Parser, add_common_options, main
 from kerascnn import config as schema
@@ -28,7 +27,7 @@ def add_run_options(parser: argparse.ArgumentParser, config_class: type | None =
     `kerascnn.config.Option` fields: help, choices, type and group. An option left out is absent from
     the parsed namespace, so that the dataclass applies its default."""
     config_class = config_class or schema.RunConfig
-    hints = typing.get_type_hints(config_class)
+    hints = schema.field_types(config_class)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(config_class):
         rules = field.metadata.get("option")
@@ -38,7 +37,8 @@ def add_run_options(parser: argparse.ArgumentParser, config_class: type | None =
         if rules.positional:
             parser.add_argument(field.name, nargs="?", help=help_text)
             continue
-        group = groups.get(rules.group) or groups.setdefault(rules.group, parser.add_argument_group(rules.group))
+        if rules.group not in groups:
+            groups[rules.group] = parser.add_argument_group(rules.group)
         kind = schema.value_type(hints[field.name])
         kwargs: dict = {"metavar": rules.metavar}
         if kind is bool:
@@ -50,7 +50,7 @@ def add_run_options(parser: argparse.ArgumentParser, config_class: type | None =
         if field.default not in (None, dataclasses.MISSING) and "default:" not in help_text \
                 and "preset" not in help_text:
             help_text = f"{help_text} (default: {field.default})"
-        group.add_argument(schema.flag(field.name), dest=field.name, default=argparse.SUPPRESS,
+        groups[rules.group].add_argument(schema.flag(field.name), dest=field.name, default=argparse.SUPPRESS,
                            help=help_text.replace("%", "%%"), **kwargs)
 
 

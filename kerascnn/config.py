@@ -250,7 +250,7 @@ class RunConfig:
         """Raise `KerascnnError` (naming its option) for the first invalid value; return self. Each
         option is checked against its `Option` rules, then the rules between options."""
         for name, rules in options(type(self)).items():
-            value, annotation = getattr(self, name), _field_types(type(self))[name]
+            value, annotation = getattr(self, name), field_types(type(self))[name]
             if value is not None or type(None) not in typing.get_args(annotation):
                 check_value(name, value, rules, annotation)
         if self.weights is not None and not self.weights.strip():
@@ -346,7 +346,8 @@ def hyper_parameters(config_class: type | None = None) -> tuple[str, ...]:
 
 
 @functools.cache
-def _field_types(config_class: type) -> dict[str, Any]:
+def field_types(config_class: type) -> dict[str, Any]:
+    """The type annotation of each field of ``config_class``, resolved (`typing.get_type_hints`)."""
     return typing.get_type_hints(config_class)
 
 

@@ -156,6 +156,7 @@ def load_study(source: str, check: bool = True) -> Study:
     names = [t.get("name") for t in tables]
     planned: list[PlannedRun] = []
     tables_seen: dict[str, tuple[int, dict[str, Any], dict[str, list], bool]] = {}
+    allowed = run_fields()
     for index, table in enumerate(tables):
         name = table.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -172,7 +173,7 @@ def load_study(source: str, check: bool = True) -> Study:
         settings = {k: v for k, v in {**shared, **own}.items() if v != "default"}
         seeds = settings.pop("seeds", [0])
         for key in [*settings, *grid]:
-            if key not in run_fields():
+            if key not in allowed:
                 hint = "use seeds = [...]" if key == "seed" else "keys are experiments.run's long option names"
                 raise KerascnnError(f"{where(key, index if key in own or key in table.get('grid', {}) else None)}: "
                                     f"unknown setting {key!r}; {hint}")

@@ -242,11 +242,10 @@ def fit(model: keras.Model, dataset: Dataset, config: RunConfig, run_dir: str | 
             continue
         verdict = compile_model(model, config, len(train), phase)
         fast_path = fast_path if fast_path and not fast_path["used"] else verdict  # a fallback in any phase shows
-        if phase.start < done:  # resuming inside the phase the checkpoint was taken in
-            checkpoint.restore_optimizer(run_dir, model, done)
         warmup_only = len(plan) > 1 and i == 0
         counters = _counters(config, best.monitor, warmup_only)
-        if phase.start < done:  # the counters of the phase the checkpoint was taken in
+        if phase.start < done:  # resuming inside the phase the checkpoint was taken in: its optimizer and counters
+            checkpoint.restore_optimizer(run_dir, model, done)
             for name, callback in counters.items():
                 callback.load_state_dict(state.callbacks.get(name, {}))
         own = [StopWhenAsked(), EpochSeeds(train, config.seed),
