@@ -24,6 +24,7 @@ from kerascnn import models, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.data.augment import RandAugment, augmentation  # noqa: E402
 from kerascnn.distribute import device_names  # noqa: E402
+from kerascnn.resolution import resolve  # noqa: E402
 
 
 def pipeline_rate(images: np.ndarray, augment, repeats: int = 5) -> float:
@@ -50,7 +51,8 @@ def step_rate(x: np.ndarray, y: np.ndarray, batch: int, in_model: bool) -> float
     if in_model:
         layers = keras.layers.Pipeline(augmentation("basic").layers)  # Keras' own resampling
         model = keras.Sequential([keras.Input((size, size, 3)), layers, model])
-    training.compile_model(model, RunConfig("bench", "resnet18", weights="none", label_smoothing=0.0), len(x) // batch)
+    config = resolve(RunConfig("bench", "resnet18", weights="none", label_smoothing=0.0)).training
+    training.compile_model(model, config, len(x) // batch)
     model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, verbose=0)  # warm-up
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch, verbose=0)

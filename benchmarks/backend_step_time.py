@@ -31,13 +31,15 @@ def measure(steps: int, batch_size: int, jit: bool | None) -> dict:
     from kerascnn.data import Split
     from kerascnn.data.pipeline import Batches
     from kerascnn.distribute import device_names
+    from kerascnn.resolution import resolve
 
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 10, steps * batch_size), images=rng.integers(0, 256, (steps * batch_size, 28, 28, 1),
                                                                                 dtype=np.uint8))
     batches = Batches(split, (28, 28, 1), 10, batch_size, shuffle=True)
     model = models.build("cnn", (28, 28, 1), 10)
-    training.compile_model(model, RunConfig("bench", "cnn", batch_size=batch_size, jit=jit, label_smoothing=0.0), steps)
+    config = resolve(RunConfig("bench", "cnn", batch_size=batch_size, jit=jit, label_smoothing=0.0)).training
+    training.compile_model(model, config, steps)
     model.fit(batches, epochs=1, verbose=0)  # warm-up: tracing, compilation, allocator
     start = time.perf_counter()
     model.fit(batches, epochs=1, verbose=0)

@@ -41,10 +41,12 @@ def measure(name: str, repeats: int) -> dict:
 
     from kerascnn import checkpoint, models, training
     from kerascnn.config import RunConfig
+    from kerascnn.resolution import resolve
 
     shape, batch = CASES[name]
     model = models.build(name, shape, 10, image_size=shape[0], weights="none")
-    training.compile_model(model, RunConfig("bench", name, weights="none", label_smoothing=0.0), 100)
+    config = resolve(RunConfig("bench", name, weights="none", label_smoothing=0.0)).training
+    training.compile_model(model, config, 100)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, *shape)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 10, batch), 10)

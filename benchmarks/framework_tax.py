@@ -152,6 +152,7 @@ class KerascnnPath:
         from kerascnn.config import RunConfig
         from kerascnn.data import Split
         from kerascnn.data.pipeline import Batches
+        from kerascnn.resolution import resolve
         from kerascnn.torch_fast import FastSteps
 
         kwargs = {}
@@ -159,8 +160,8 @@ class KerascnnPath:
             kwargs["sample"] = images
         else:
             kwargs["image_size"] = images.shape[1]
-        config = RunConfig("bench", model, batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
-                           weights="none", label_smoothing=0.0, epochs=1000, precision=precision)
+        config = resolve(RunConfig("bench", model, batch_size=batch, lr=LR, weight_decay=WEIGHT_DECAY, jit=jit,
+                                   weights="none", label_smoothing=0.0, epochs=1000, precision=precision)).training
         # the table of graph classes empty while this model's fast steps are made: none is captured
         with mock.patch.dict(FastSteps.GRAPHS, clear=not captured), models.dtype_policy(precision):
             self.model = models.build(model, images.shape[1:], classes, **kwargs)  # as runner.train builds

@@ -36,6 +36,7 @@ from kerascnn.data.cache import decode_into, decode_splits  # noqa: E402
 from kerascnn.data.images import read_image  # noqa: E402
 from kerascnn.data.pipeline import Batches  # noqa: E402
 from kerascnn.distribute import device_names  # noqa: E402
+from kerascnn.resolution import resolve  # noqa: E402
 
 
 def write_photos(root: Path, n: int, classes: int = 10) -> None:
@@ -102,7 +103,8 @@ def epoch_rate(batches: Batches, epochs: int = 1) -> float:
 def step_rate(model_name: str, size: int, batch: int, steps: int, classes: int) -> float:
     """Images/s of the model's training step on in-memory data (no input pipeline)."""
     model = models.build(model_name, (size, size, 3), classes, image_size=size, weights="none")
-    training.compile_model(model, RunConfig("x", model_name, weights="none", label_smoothing=0.0), steps)
+    config = resolve(RunConfig("x", model_name, weights="none", label_smoothing=0.0)).training
+    training.compile_model(model, config, steps)
     x = np.random.default_rng(0).integers(0, 255, (batch * steps, size, size, 3)).astype("uint8")
     y = np.eye(classes, dtype="float32")[np.arange(batch * steps) % classes]
     model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)

@@ -35,9 +35,9 @@ def parser() -> argparse.ArgumentParser:
 
 def body(args: argparse.Namespace) -> int:
     from kerascnn.explain import explain_files
-    from kerascnn.saving import resolve_model_path
+    from kerascnn.saving import model_file_of
 
-    out = Path(args.out).expanduser() if args.out else resolve_model_path(args.model).parent / "cam"
+    out = Path(args.out).expanduser() if args.out else model_file_of(args.model).parent / "cam"
     written, skipped = explain_files(args.model, args.images, out, class_name=args.class_name, layer=args.layer)
     for path in written:
         print(path)

@@ -41,7 +41,7 @@ def body(args: argparse.Namespace) -> int:
     out = rundir.new_path(args.out, config.runs_dir, "lr_find", args.dataset, args.model)
     result = lr_find.range_test(config, steps=args.steps, start=args.start_lr, end=args.end_lr)
     out.mkdir(parents=True, exist_ok=True)
-    lr_find.write(result, out, config)
+    lr_find.write(result, out)
     print(f"suggested lr: {result.suggestion:.3g} (a tenth of the LR with the lowest smoothed loss)\n{out}")
     return 0
 

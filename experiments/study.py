@@ -3,7 +3,7 @@ a comparison of training strategies, as one study folder of ordinary run folders
 study.json and comparison.png.
 
 Running the same command again skips finished runs and resumes interrupted ones from their last
-finished epoch. NAME is a bundled study (experiments/studies/NAME.toml), e.g. transfer_digits.
+finished epoch. NAME is a bundled study (kerascnn/study/bundled/NAME.toml), e.g. transfer_digits.
 
 Examples:
   python -m experiments.study transfer_digits

@@ -236,15 +236,13 @@ class RunConfig:
                                "there are more classes; 2 and 3 are always reported)", OUTPUT, low=1)
     verbose: int | str = option("auto", "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch (auto: the "
                                 "bar on a terminal, else 2)", OUTPUT, choices=("auto", 0, 1, 2), parse=_verbosity)
-    # filled in by the runner: the model's resolved architecture; backend, device, versions, command line
+    # filled in by `kerascnn.resolution.resolve`: the resolved architecture; backend, device, versions, command line
     architecture: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.convs_per_block, int):  # a config.json written before counts per block
             self.convs_per_block = [self.convs_per_block]
-        if self.lr_schedule is None:
-            self.lr_schedule = "step" if self.lr_step else "onecycle"
 
     def validate(self) -> RunConfig:
         """Raise `KerascnnError` (naming its option) for the first invalid value; return self. Each
@@ -283,24 +281,10 @@ class RunConfig:
                                     option="unfreeze_at")
         return self
 
-    def resolve(self) -> RunConfig:
-        """Fill the defaults that depend on the model (its `kerascnn.models.ModelSpec`): ``weights``
-        (imagenet for a pretrained model, else none), ``unfreeze`` (none for pretrained weights, all
-        when training from scratch or with ``unfreeze_at``), ``label_smoothing`` (the model's) and
-        ``lr`` (`DEEP_FINETUNE_LR` when two or more stages of a pretrained backbone train from the
-        first epoch, else `DEFAULT_LR`). Settings already given are kept, so resolving twice changes nothing;
-        returns self."""
-        spec = registry.get(self.model)
-        if self.label_smoothing is None:
-            self.label_smoothing = spec.label_smoothing
-        if self.weights is None:
-            self.weights = "imagenet" if spec.pretrained else "none"
-        if self.unfreeze is None:
-            self.unfreeze = "all" if self.weights == "none" or self.unfreeze_at else "none"
-        if self.lr is None:
-            fine_tuned = self.weights != "none" and self.backbone_stages_trained_at_start(spec) >= 2
-            self.lr = DEEP_FINETUNE_LR if fine_tuned else DEFAULT_LR
-        return self
+    def uses_fast_path(self, backend: str) -> bool:
+        """Whether ``backend`` trains with kerascnn's fast steps (`kerascnn.torch_fast`): torch unless
+        ``--no-jit``."""
+        return backend == "torch" and self.jit is not False
 
     def backbone_stages_trained_at_start(self, spec: registry.ModelSpec) -> int:
         """How many of a backbone's stages train from the first epoch (0 for scratch CNN presets,

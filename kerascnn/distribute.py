@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment_info() -> dict[str, Any]:
-    """Backend, device, package versions and command line, for ``config.json``."""
+def _description() -> dict[str, Any]:
+    """Backend, device, package versions and command line, as ``config.json`` records them."""
     import keras
 
     backend = keras.backend.backend()
@@ -104,38 +104,57 @@ def environment_info() -> dict[str, Any]:
     }
 
 
-def auto_precision(small_backbone: bool = False) -> str:
-    """``--precision auto``: ``mixed_bfloat16`` where the backend's first device is a GPU (or TPU)
-    with bfloat16 arithmetic, or on torch a CPU with AMX (Intel Sapphire Rapids and later: oneDNN
-    runs bfloat16 convolutions and matrix products on its tiles; docs/design/precision.md); else
-    ``float32`` (other CPUs emulate bfloat16 or run it at float32 speed, and XLA's CPU backend has no
-    AMX kernels).
-
-    ``small_backbone``: a backbone working below its `ModelSpec.amx_min_size`, which keeps float32
-    on an AMX CPU (there bfloat16 was not faster: on small maps casting the weights every step costs
-    more than it saves, and AMX does not speed up depthwise convolutions)."""
-    import keras
-
-    backend = keras.backend.backend()
+def _bfloat16_accelerator(backend: str) -> bool:
+    """Whether the backend's first device is a GPU (compute capability 8, Ampere, on; older ones only
+    emulate bfloat16) or a TPU."""
     if backend == "torch":
         import torch
 
-        if torch.cuda.is_available():  # compute capability 8 (Ampere) on; older GPUs only emulate bfloat16
-            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        else:
-            bf16 = cpu_has_amx() and not small_backbone
-    elif backend == "jax":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if backend == "jax":
         import jax
 
         device = jax.devices()[0]
-        bf16 = device.platform == "tpu" or (device.platform == "gpu" and _compute_capability(device) >= 8)
-    else:
-        import tensorflow as tf
+        return device.platform == "tpu" or (device.platform == "gpu" and _compute_capability(device) >= 8)
+    import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
-        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
-        bf16 = bool(gpus) and details.get("compute_capability", (0, 0)) >= (8, 0)
-    return "mixed_bfloat16" if bf16 else "float32"
+    gpus = tf.config.list_physical_devices("GPU")
+    details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+    return bool(gpus) and details.get("compute_capability", (0, 0)) >= (8, 0)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The machine facts a run's defaults depend on (`kerascnn.resolution.resolve`), and the
+    description of it that ``config.json`` records."""
+
+    backend: str
+    devices: int  # the backend's accelerators, else its CPUs (several only when emulated)
+    bfloat16: bool  # the first device computes bfloat16 natively (a GPU from Ampere on, a TPU)
+    amx: bool  # torch on a CPU whose AMX tiles run bfloat16 convolutions (docs/design/precision.md)
+    description: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def current(cls) -> Environment:
+        """The machine this process runs on, for the current Keras backend."""
+        import keras
+
+        backend = keras.backend.backend()
+        amx = False
+        if backend == "torch":
+            import torch
+
+            amx = not torch.cuda.is_available() and cpu_has_amx()
+        return cls(backend, len(device_names()), _bfloat16_accelerator(backend), amx, _description())
+
+
+def auto_precision(small_backbone: bool = False, environment: Environment | None = None) -> str:
+    """``--precision auto`` on ``environment`` (default: this machine): ``mixed_bfloat16`` where the
+    first device computes bfloat16 natively, or on torch a CPU with AMX unless ``small_backbone``
+    (a backbone below its `ModelSpec.amx_min_size`, where casting costs more than AMX saves); else
+    ``float32`` (docs/design/precision.md)."""
+    environment = environment or Environment.current()
+    return "mixed_bfloat16" if environment.bfloat16 or (environment.amx and not small_backbone) else "float32"
 
 
 def enable_compilation_cache() -> Path | None:
@@ -236,16 +255,14 @@ def peak_memory() -> dict[str, Any]:
     return {"peak_memory_mb": round(peak), "memory": "process"}
 
 
-def resolve_count(devices: str) -> int:
-    """``--devices N|all`` (checked by `RunConfig.validate`) as a number of devices of this machine."""
-    import keras
-
-    available = len(device_names())
-    count = available if str(devices).lower() == "all" else int(devices)
-    if keras.backend.backend() == "torch" and count > 1:
-        raise KerascnnError(TORCH_MESSAGE)
-    if count > available:
-        raise KerascnnError(f"--devices {count}: this machine has {available} device(s) for this backend")
+def _device_count(devices: str, environment: Environment) -> int:
+    """``--devices N|all`` (checked by `RunConfig.validate`) as a number of ``environment``'s devices."""
+    count = environment.devices if str(devices).lower() == "all" else int(devices)
+    if environment.backend == "torch" and count > 1:
+        raise KerascnnError(TORCH_MESSAGE, option="devices")
+    if count > environment.devices:
+        raise KerascnnError(f"--devices {count}: this machine has {environment.devices} device(s) for this backend",
+                            option="devices")
     return count
 
 
@@ -281,9 +298,11 @@ class Plan:
                 f"x {self.count}; {self.rule}")
 
 
-def plan(devices: str, batch_size: int, lr: float, lr_scaling: str = "linear") -> Plan:
-    """The device count, effective batch and learning rate of ``--devices``/``--lr-scaling``."""
-    count = resolve_count(devices)
+def plan(devices: str, batch_size: int, lr: float, lr_scaling: str = "linear",
+         environment: Environment | None = None) -> Plan:
+    """The device count, effective batch and learning rate of ``--devices``/``--lr-scaling`` on
+    ``environment`` (default: this machine)."""
+    count = _device_count(devices, environment or Environment.current())
     if count == 1:
         return Plan(1, batch_size, lr, "")
     if lr_scaling == "linear":

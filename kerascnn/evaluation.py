@@ -3,28 +3,18 @@ weighted precision/recall/F1 (F1 with bootstrap intervals), per-class scores, co
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
+from kerascnn.stats import wilson_interval
+
 
 def predict_proba(model: keras.Model, batches: keras.utils.PyDataset) -> np.ndarray:
     """Class probabilities (n, classes) for every image of an unshuffled pipeline."""
     return np.asarray(model.predict(batches, verbose=0), dtype=np.float64)
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``correct / total``, clipped so that it holds the
-    estimate (at 0% and 100% rounding would put a bound a hair inside it)."""
-    if total == 0:
-        return 0.0, 0.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def bootstrap_f1_intervals(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, resamples: int = 2000,

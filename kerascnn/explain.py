@@ -75,7 +75,7 @@ def stages(model: keras.Model, model_name: str | None) -> dict[str, Target]:
     return ordered
 
 
-def resolve_target(model: keras.Model, layer: str | None = None, model_name: str | None = None) -> Target:
+def target_of(model: keras.Model, layer: str | None = None, model_name: str | None = None) -> Target:
     """The target named ``layer`` (a stage, or a layer of the model or of its backbone with a feature
     map); None: the last stage (a CNN's last block, a ResNet's ``layer4``). An unknown name lists the
     valid ones."""
@@ -200,8 +200,8 @@ class Explanation:
 def grad_cam(model: keras.Model, images: np.ndarray, *, classes: np.ndarray | list[int] | None = None,
              layer: str | None = None, model_name: str | None = None, batch_size: int = 32) -> Explanation:
     """Grad-CAM maps of ``images`` (n, h, w, c; raw pixels, as the model takes them) for ``classes``
-    (default: each image's predicted class) at ``layer`` (`resolve_target`)."""
-    target = resolve_target(model, layer, model_name)
+    (default: each image's predicted class) at ``layer`` (`target_of`)."""
+    target = target_of(model, layer, model_name)
     return _explain(*split(model, target), target, images, classes, batch_size)
 
 
@@ -252,7 +252,7 @@ def explain_files(model_path: str, inputs: list[str], out: Path, *, class_name: 
     names = class_names(metadata, model.output_shape[-1])
     if class_name is not None and class_name not in names:
         raise KerascnnError(f"--class {class_name!r}: the model's classes are {', '.join(names)}")
-    target = resolve_target(model, layer, metadata.get("model"))  # a bad --layer fails before any file is read
+    target = target_of(model, layer, metadata.get("model"))  # a bad --layer fails before any file is read
     paths = expand_inputs(inputs)
     inputs = {Path(p).resolve() for p in paths}  # never written over
     images, kept, skipped = prepare(paths, tuple(model.input_shape[1:]))

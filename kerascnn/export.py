@@ -33,7 +33,7 @@ import numpy as np
 from kerascnn.config import EXPORT_FORMATS as FORMATS
 from kerascnn.errors import KerascnnError
 from kerascnn.rundir import check_free, write_json
-from kerascnn.saving import all_layers, class_names, float32_model, load_model, resolve_model_path, save_model
+from kerascnn.saving import all_layers, class_names, float32_model, load_model, model_file_of, save_model
 
 SUFFIXES = {"onnx": ".onnx", "savedmodel": ".savedmodel", "keras": ".keras"}
 # (format, backend) -> the packages the export needs beyond the backend; missing pairs cannot export
@@ -77,7 +77,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     """Export the model of ``source`` (a ``.keras`` file or a run folder) as ``format`` to ``out``
     (default: `default_path`) and describe it in `description_path`; return the exported path.
     Nothing is written unless the export can happen, and nothing existing is overwritten."""
-    model_path = resolve_model_path(source)
+    model_path = model_file_of(source)
     check_format(format)
     path = Path(out).expanduser() if out else default_path(model_path, format)
     for target in (path, description_path(path)):

@@ -21,11 +21,13 @@ DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minim
 
 @dataclass
 class RangeTest:
-    """The LR of each step, the smoothed loss after it, and the suggested LR."""
+    """The LR of each step, the smoothed loss after it, the suggested LR, and the resolved config
+    it was measured with."""
 
     learning_rates: list[float]
     losses: list[float]
     suggestion: float
+    config: RunConfig
 
     def to_dict(self) -> dict[str, object]:
         return {"learning_rates": self.learning_rates, "losses": self.losses, "suggestion": self.suggestion,
@@ -84,7 +86,7 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
         raise KerascnnError(f"--steps must be >= 10, got {steps}")
     if not 0 < start < end:
         raise KerascnnError(f"--start-lr and --end-lr need 0 < start < end, got {start} and {end}")
-    config = runner.resolve_config(config)
+    config = runner.check_and_resolve(config).training
     keras.utils.set_random_seed(config.seed)
     dataset = runner.load_dataset(config)
     with models.dtype_policy(config.precision):
@@ -102,11 +104,12 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
     if len(losses) < 2 or not np.isfinite(losses).any():
         raise KerascnnError("the loss was not finite from the first steps; lower --start-lr")
     best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
-    return RangeTest(recorder.learning_rates, [float(v) for v in losses], recorder.learning_rates[best] / 10)
+    return RangeTest(recorder.learning_rates, [float(v) for v in losses], recorder.learning_rates[best] / 10, config)
 
 
-def write(result: RangeTest, out: Path, config: RunConfig) -> None:
+def write(result: RangeTest, out: Path) -> None:
     """``lr_find.json`` and ``lr_find.png`` (loss against LR, the suggestion marked) in ``out``."""
+    config = result.config
     import matplotlib
 
     matplotlib.use("Agg")

@@ -45,7 +45,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         f"Command: {markdown_text(env.get('command', ''))}  ",
         f"Started {env.get('started', '?')} on {env.get('device', '?')}, backend {env.get('backend', '?')}, "
         f"Keras {env.get('versions', {}).get('keras', '?')}.",
-        f"Training step: {fast_path_note(env.get('fast_path'))}.",
+        f"Training step: {fast_path_note(metrics.get('fast_path'))}.",
         "",
         "## Test results",
         "",
@@ -85,7 +85,7 @@ def write_report(run_dir: str | Path, config: RunConfig, dataset: dict[str, Any]
         "",
         "| setting | value |",
         "| --- | --- |",
-        f"| model | {config.model}, working at {config.image_size}×{config.image_size} pixels |",
+        f"| model | {config.model}, working at {metrics['image_size']}×{metrics['image_size']} pixels |",
         f"| weights | {markdown_text(_weights_text(metrics.get('weights', {})))} |",
         f"| trained stages | {', '.join(metrics.get('unfrozen_stages', [])) or '-'}"
         f"{f' (head alone until epoch {config.unfreeze_at})' if config.unfreeze_at else ''} |",

@@ -29,6 +29,7 @@ from kerascnn.config import RunConfig
 from kerascnn.data.cache import decode_splits
 from kerascnn.data.dataset import Dataset
 from kerascnn.errors import KerascnnError
+from kerascnn.resolution import ResolvedRun, cnn_options, resolve
 from kerascnn.saving import save_model
 
 log = logging.getLogger("kerascnn")
@@ -48,29 +49,25 @@ def load_dataset(config: RunConfig) -> Dataset:
     return dataset
 
 
-def cnn_options(config: RunConfig) -> dict[str, Any]:
-    """The scratch-CNN architecture options of ``config`` (None: not given, the preset's value)."""
-    return {name: getattr(config, name) for name in models.CNN_OPTIONS}
+def working_size(config: RunConfig, dataset: Dataset) -> int:
+    """The image size ``config``'s model works at on ``dataset`` (``image_size`` None: the data's own)."""
+    return models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
 
 
 def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
-    """``config``'s model for ``dataset``, its working image size recorded in ``config.image_size``."""
-    config.image_size = models.get(config.model).working_size(config.image_size, dataset.image_shape[0])
-    return models.build(config.model, dataset.image_shape, dataset.num_classes, image_size=config.image_size,
-                        weights=config.weights, sample=lambda: dataset.statistics_sample(config.seed),
-                        head_dropout=config.head_dropout, **cnn_options(config))
+    """The model of a resolved ``config`` for ``dataset``."""
+    return models.build(config.model, dataset.image_shape, dataset.num_classes,
+                        image_size=working_size(config, dataset), weights=config.weights,
+                        sample=lambda: dataset.statistics_sample(config.seed), head_dropout=config.head_dropout,
+                        **cnn_options(config))
 
 
-def resolve_config(config: RunConfig) -> RunConfig:
-    """Validate ``config`` against the data and model registries (before anything is created) and
-    fill its model- and device-dependent defaults: weights, unfreeze, label smoothing, precision."""
+def check_and_resolve(config: RunConfig) -> ResolvedRun:
+    """`resolve` ``config`` once its data is known to exist (`kerascnn.data.check`): every check a
+    run makes before anything is created."""
     config.validate()
     data.check(config.dataset, config.fold, config.data_dir)
-    config.resolve()
-    models.check(config.model, config.weights, config.unfreeze, **cnn_options(config))
-    if config.precision == "auto":
-        config.precision = models.get(config.model).auto_precision(config.image_size)
-    return config
+    return resolve(config)
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
@@ -82,7 +79,7 @@ def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
         "model": config.model,
         "weights": config.weights,
         "input_shape": list(dataset.image_shape),
-        "image_size": config.image_size,  # the working size (a backbone resizes its input to it)
+        "image_size": working_size(config, dataset),  # the working size (a backbone resizes its input to it)
         "backend": keras.backend.backend(),
     }
 
@@ -148,11 +145,12 @@ def fit_temperature(model: keras.Model, dataset: Dataset, config: RunConfig) -> 
     return temperature
 
 
-def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effective: RunConfig,
-               result: training.TrainResult, devices: distribute.Plan, run_dir: Path) -> dict[str, Any]:
+def report_run(model: keras.Model, dataset: Dataset, resolved: ResolvedRun, result: training.TrainResult,
+               run_dir: Path) -> dict[str, Any]:
     """Evaluate a trained run and write its ``metrics.json``, figures and ``report.md``; return the metrics."""
+    config, devices = resolved.config, resolved.devices
     summary = dataset.summary()
-    metrics = evaluate_run(model, dataset, effective, run_dir)
+    metrics = evaluate_run(model, dataset, resolved.training, run_dir)
     marks = [(result.unfrozen_at, f"unfreeze {config.unfreeze}")] if result.unfrozen_at else []
     plots.plot_curves(result.history, run_dir / "curves.png", marks=marks)
     metrics.update({
@@ -170,6 +168,8 @@ def report_run(model: keras.Model, dataset: Dataset, config: RunConfig, effectiv
         "skipped_file_names": skipped,
         "devices": {"count": devices.count, "effective_batch_size": devices.batch_size, "effective_lr": devices.lr},
         "precision": config.precision,
+        "image_size": working_size(config, dataset),
+        "fast_path": result.fast_path,
         **distribute.peak_memory(),
         "dataset": summary,
         "leakage": dataset.leakage,
@@ -187,10 +187,10 @@ def run(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None = No
     ``history.csv``, ``checkpoint/``, ``metrics.json``, ``curves.png``, ``confusion_matrix.png``,
     ``calibration.png``, ``mistakes.png``, ``mistakes_cam.png`` and ``report.md``.
     """
-    resolve_config(config)
+    resolved = check_and_resolve(config)
     if config.out:
         rundir.check_free(config.out, "--out")
-    return _execute(config, callbacks, None)
+    return _execute(resolved, callbacks, None)
 
 
 def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None = None) -> Path:
@@ -209,8 +209,8 @@ def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None
         config = RunConfig.load(run_dir / "config.json")
     except (ValueError, TypeError) as exc:
         raise KerascnnError(f"--resume {run_dir}: config.json is not readable ({exc})") from None
-    config.out = str(run_dir)
-    return _execute(resolve_config(recorded_architecture(config)), callbacks, run_dir)
+    config = dataclasses.replace(config, out=str(run_dir))
+    return _execute(check_and_resolve(recorded_architecture(config)), callbacks, run_dir)
 
 
 def recorded_architecture(config: RunConfig) -> RunConfig:
@@ -227,12 +227,13 @@ def recorded_architecture(config: RunConfig) -> RunConfig:
     return dataclasses.replace(config, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
 
 
-def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None, resume_dir: Path | None) -> Path:
+def _execute(resolved: ResolvedRun, callbacks: list[keras.callbacks.Callback] | None, resume_dir: Path | None
+             ) -> Path:
     """Load, build, train (from ``resume_dir``'s checkpoint if given), evaluate, report."""
+    config, devices = resolved.config, resolved.devices
     keras.utils.set_random_seed(config.seed)
     distribute.enable_compilation_cache()
     distribute.reset_peak_memory()  # this run's peak, not the process's (a study runs many in one)
-    devices = distribute.plan(config.devices, config.batch_size, config.lr, config.lr_scaling)
     log.info("loading %s", config.dataset)
     dataset = load_dataset(config)
     summary = dataset.summary()
@@ -251,23 +252,18 @@ def _execute(config: RunConfig, callbacks: list[keras.callbacks.Callback] | None
             model = build_model(config, dataset)
             if resume_dir is None:
                 run_dir = rundir.create(config.out, config.runs_dir, config.dataset, config.model)
-                config.architecture = models.architecture(config.model, config.head_dropout, **cnn_options(config))
-                config.environment = {**distribute.environment_info(), **config.environment}
-                config.save(run_dir / "config.json")
+                resolved.save(run_dir / "config.json")
             else:
                 run_dir = resume_dir
             rundir.mark(run_dir, "running", pid=os.getpid())
             log.info("run folder %s; training %s (%s parameters) for up to %d epochs on %s", run_dir, config.model,
                      f"{model.count_params():,}", config.epochs, devices.describe(config.batch_size))
-            effective = dataclasses.replace(config, batch_size=devices.batch_size, lr=devices.lr)
-            result = training.fit(model, dataset, effective, run_dir, callbacks, resume=resume_dir is not None)
-            if result.fast_path:  # which training step ran is known once the model is compiled
-                config.environment["fast_path"] = result.fast_path
-                config.save(run_dir / "config.json")
+            result = training.fit(model, dataset, resolved.training, run_dir, callbacks,
+                                  resume=resume_dir is not None)
             if config.calibrate == "temperature":
-                model = calibration.with_temperature(model, fit_temperature(model, dataset, effective))
+                model = calibration.with_temperature(model, fit_temperature(model, dataset, resolved.training))
             save_model(model, run_dir / "model.keras", model_metadata(config, dataset))
-        metrics = report_run(model, dataset, config, effective, result, devices, run_dir)
+        metrics = report_run(model, dataset, resolved, result, run_dir)
         rundir.mark(run_dir, "finished")
     except BaseException as exc:
         if run_dir is not None:

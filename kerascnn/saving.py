@@ -44,7 +44,7 @@ def class_names(metadata: dict[str, Any], count: int) -> list[str]:
     return list(metadata.get("class_names") or [str(i) for i in range(count)])
 
 
-def resolve_model_path(path: str | Path) -> Path:
+def model_file_of(path: str | Path) -> Path:
     """``path`` itself if it is a file, ``path/model.keras`` if it is a run folder."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -56,7 +56,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> tuple[keras.Model, dict[str, Any]]:
     """Load a ``.keras`` file (or a run folder's) uncompiled, on any backend, with its metadata."""
-    path = resolve_model_path(path)
+    path = model_file_of(path)
     try:
         metadata = read_metadata(path)
         model = keras.saving.load_model(path, compile=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 import sys
@@ -49,19 +48,18 @@ class Phase:
 def phases(config: RunConfig) -> list[Phase]:
     """One phase, or with ``unfreeze_at`` the head alone first, then the ``unfreeze`` stages with
     ``finetune_lr`` (default ``lr / 10``)."""
-    config = resolved(config)
+    require_decided(config)
     if not config.unfreeze_at:
         return [Phase(0, config.epochs, config.unfreeze, config.lr)]
     at, finetune = config.unfreeze_at, config.finetune_lr or config.lr / 10
     return [Phase(0, at, "none", config.lr), Phase(at, config.epochs, config.unfreeze, finetune)]
 
 
-def resolved(config: RunConfig) -> RunConfig:
-    """``config`` with its model-dependent defaults filled by `RunConfig.resolve` (the one place
-    they are decided), the caller's object left as it is: a config made by hand in Python trains
-    as the same config would from the command line."""
-    return config if None not in (config.unfreeze, config.label_smoothing, config.lr) else (
-        dataclasses.replace(config).resolve())
+def require_decided(config: RunConfig) -> None:
+    """Raise `KerascnnError` unless ``config`` has its defaults decided (`kerascnn.resolution.resolve`):
+    training never decides them itself."""
+    if None in (config.weights, config.unfreeze, config.lr, config.label_smoothing, config.lr_schedule):
+        raise KerascnnError("training takes a resolved config: pass kerascnn.resolution.resolve(config).training")
 
 
 def learning_rate(config: RunConfig, steps_per_epoch: int, phase: Phase | None = None
@@ -112,10 +110,11 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int, p
     ``jit`` True, compiled by ``torch.compile``) unless ``jit`` is False, which keeps Keras' own.
     On JAX and TensorFlow ``jit`` is Keras' ``jit_compile`` (None: Keras' "auto").
     """
-    fast = keras.backend.backend() == "torch" and config.jit is not False
+    require_decided(config)
+    fast = config.uses_fast_path(keras.backend.backend())
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, phase, lr),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=resolved(config).label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False if fast else "auto" if config.jit is None else config.jit,
     )
@@ -442,6 +441,6 @@ def _check_finite(losses: list[float], config: RunConfig) -> None:
     if any(not math.isfinite(v) for v in losses):
         raise KerascnnError(
             f"training diverged: the loss became NaN or infinite in epoch {len(losses)}; "
-            f"try a lower --lr (now {resolved(config).lr:g})"
+            f"try a lower --lr (now {config.lr:g})"
             + (" or --optimizer sgd" if config.optimizer != "sgd" else "")
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from run_configs import decided
 
 from experiments.cli import select_backend
 from kerascnn import data, models, training
@@ -136,6 +137,8 @@ def test_auto_precision_is_bfloat16_only_on_gpus_with_bfloat16_arithmetic(native
     from kerascnn import distribute
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a GPU")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     assert distribute.auto_precision() == ("mixed_bfloat16" if native else "float32")
 
@@ -144,7 +147,8 @@ def test_auto_precision_is_bfloat16_only_on_gpus_with_bfloat16_arithmetic(native
 def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypatch):
     import torch
 
-    from kerascnn import distribute, runner
+    from kerascnn import distribute
+    from kerascnn.resolution import resolve
 
     monkeypatch.setattr(distribute, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -153,8 +157,7 @@ def test_auto_precision_keeps_small_backbones_in_float32_on_an_amx_cpu(monkeypat
     resnet = models.get("resnet18")
     assert resnet.auto_precision(resnet.amx_min_size - 1) == "float32"
     assert resnet.auto_precision(resnet.amx_min_size) == "mixed_bfloat16"
-    resolved = {(model, size): runner.resolve_config(RunConfig("digits", model, weights="none",
-                                                               image_size=size)).precision
+    resolved = {(model, size): resolve(RunConfig("digits", model, weights="none", image_size=size)).config.precision
                 for model, size in (("cnn", None), ("resnet18", 32), ("resnet18", 64), ("resnet18", None),
                                     ("mobilenet_v2", 64), ("mobilenet_v2", 96), ("efficientnet_b0", 96))}
     assert resolved == {("cnn", None): "mixed_bfloat16", ("resnet18", 32): "float32",
@@ -169,12 +172,12 @@ def test_a_saved_backbone_predicts_in_the_precision_its_working_size_trains_in(m
     import torch
 
     from kerascnn import distribute, prediction, runner
+    from kerascnn.resolution import resolve
 
     monkeypatch.setattr(distribute, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    config = runner.resolve_config(RunConfig("digits", "resnet18", weights="none", image_size=32))
+    config = resolve(RunConfig("digits", "resnet18", weights="none", image_size=32)).config
     dataset = runner.load_dataset(config)
-    runner.build_model(config, dataset)  # records the working size in config.image_size
     metadata = runner.model_metadata(config, dataset)
     assert metadata["image_size"] == 32 and prediction._auto_precision(metadata) == config.precision == "float32"
     assert prediction._auto_precision({**metadata, "image_size": 64}) == "mixed_bfloat16"
@@ -218,8 +221,8 @@ def test_mixed_precision_trains_with_float32_softmax_and_loss(policy, tmp_path):
     ds = data.load("digits", split="40,10,10")
     with models.dtype_policy(policy):
         model = models.build("cnn", ds.image_shape, 10, batch_norm=False)
-        config = RunConfig("digits", "cnn", epochs=3, batch_size=32, lr_schedule="constant", lr=0.002, verbose=0,
-                           precision=policy, patience=0)
+        config = decided("digits", "cnn", epochs=3, batch_size=32, lr_schedule="constant", lr=0.002, verbose=0,
+                         precision=policy, patience=0)
         result = training.fit(model, ds, config)
     assert keras.config.dtype_policy().name == "float32"  # restored
     assert model.get_layer("block1_conv1").compute_dtype == policy.split("_")[1]
@@ -242,7 +245,7 @@ def test_jit_flag_reaches_compile(jit):
     steps compiled by ``torch.compile`` (about 30 s of compilation on 2 CPU cores)."""
     ds = data.load("digits", split="20,5,5")
     model = models.build("cnn3", ds.image_shape, 10)
-    config = RunConfig("digits", "cnn3", epochs=1, jit=jit, verbose=0, patience=0)
+    config = decided("digits", "cnn3", epochs=1, jit=jit, verbose=0, patience=0)
     result = training.fit(model, ds, config)
     assert np.isfinite(result.history["loss"]).all()
     if BACKEND == "torch":

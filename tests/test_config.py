@@ -48,25 +48,27 @@ def test_a_single_convs_per_block_from_an_older_config_reads_as_a_list():
 
 
 def test_lr_step_implies_step_schedule(tmp_path):
-    config = RunConfig("digits", "cnn", lr_step=5)
+    from kerascnn.resolution import resolve
+
+    config = resolve(RunConfig("digits", "cnn", lr_step=5)).config
     assert config.lr_schedule == "step"
-    assert RunConfig("digits", "cnn").lr_schedule == "onecycle"
+    assert resolve(RunConfig("digits", "cnn")).config.lr_schedule == "onecycle"
     config.save(tmp_path / "c.json")
     assert RunConfig.load(tmp_path / "c.json") == config
 
 
 @pytest.mark.parametrize("model, label_smoothing", [("cnn", 0.1), ("cnn3", 0.0), ("resnet18", 0.0)])
 def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(model, label_smoothing):
-    from kerascnn.runner import resolve_config
+    from kerascnn.resolution import resolve
 
-    assert resolve_config(RunConfig("digits", model, weights="none")).label_smoothing == label_smoothing
-    assert resolve_config(RunConfig("digits", model, weights="none", label_smoothing=0.0)).label_smoothing == 0.0
+    assert resolve(RunConfig("digits", model, weights="none")).config.label_smoothing == label_smoothing
+    assert resolve(RunConfig("digits", model, weights="none", label_smoothing=0.0)).config.label_smoothing == 0.0
 
 
 @pytest.mark.parametrize("model, options, lr", [
     ("cnn", {}, 3e-3),  # scratch CNN presets keep their LR
     ("resnet18", {"weights": "none"}, 3e-3),  # from scratch: no pretrained features to keep
-    ("resnet18", {"weights": "run/model.keras", "unfreeze": "all"}, 3e-4),  # fine-tuning another run's model
+    ("resnet18", {"weights": "model.keras", "unfreeze": "all"}, 3e-4),  # fine-tuning another run's model
     ("resnet18", {}, 3e-3),  # ImageNet weights, head only
     ("resnet18", {"unfreeze": "layer4"}, 3e-3),
     ("resnet18", {"unfreeze": "layer3,layer4"}, 3e-4),
@@ -75,10 +77,38 @@ def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(mode
     ("mobilenet_v2", {"unfreeze": "all"}, 3e-4),
     ("resnet18", {"unfreeze": "all", "lr": 1e-2}, 1e-2),  # given: kept
 ])
-def test_the_default_lr_is_lower_when_several_pretrained_backbone_stages_train(model, options, lr):
-    from kerascnn.config import RunConfig
+def test_the_default_lr_is_lower_when_several_pretrained_backbone_stages_train(model, options, lr, tmp_path,
+                                                                               monkeypatch):
+    from kerascnn.resolution import resolve
 
-    assert RunConfig("digits", model, **options).resolve().lr == lr
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.keras").touch()  # the rule reads the name; the file is only checked to exist
+    assert resolve(RunConfig("digits", model, **options)).config.lr == lr
+
+
+def test_resolving_decides_every_default_once_and_leaves_the_given_config_alone():
+    """`resolve` is the one place defaults are decided: the caller's config is unchanged, the result
+    holds no open default, and resolving it again changes nothing."""
+    import dataclasses
+
+    from kerascnn import distribute
+    from kerascnn.resolution import resolve
+
+    given = RunConfig("digits", "resnet18", unfreeze="layer3,layer4", lr_step=2)
+    before = dataclasses.replace(given)
+    machine = distribute.Environment("torch", 1, bfloat16=False, amx=False, description={"device": "cpu"})
+    resolved = resolve(given, machine)
+    assert given == before
+    decided = resolved.config
+    assert (decided.weights, decided.unfreeze, decided.lr, decided.lr_schedule) == (
+        "imagenet", "layer3,layer4", 3e-4, "step")
+    assert (decided.label_smoothing, decided.image_size, decided.precision) == (0.0, 224, "float32")
+    assert decided.architecture["backbone"] == "resnet18" and decided.environment == {"device": "cpu"}
+    assert resolved.devices.count == 1 and resolved.training is decided and resolved.fast_path
+    assert resolve(decided, machine) == resolved
+    on_a_gpu = dataclasses.replace(machine, bfloat16=True)
+    assert resolve(given, on_a_gpu).config.precision == "mixed_bfloat16"
+    assert not resolve(dataclasses.replace(given, jit=False), machine).fast_path
 
 
 def test_an_option_is_one_field_which_the_command_line_validation_and_studies_follow(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kerascnn import evaluation
+from kerascnn import evaluation, stats
 
 
 def one_hot_proba(pred, n, confidence):
@@ -35,15 +35,15 @@ def test_a_class_never_predicted_scores_zero_precision():
 
 
 def test_wilson_interval():
-    lo, hi = evaluation.wilson_interval(50, 100)
+    lo, hi = stats.wilson_interval(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
-    assert evaluation.wilson_interval(0, 0) == (0.0, 0.0)
+    assert stats.wilson_interval(0, 0) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("total", [1, 7, 269, 10000])
 def test_wilson_interval_holds_the_estimate_at_0_and_100_percent(total):
-    assert evaluation.wilson_interval(total, total)[1] == 1.0  # rounding gave 0.9999999999999999 at 269
-    assert evaluation.wilson_interval(0, total)[0] == 0.0
+    assert stats.wilson_interval(total, total)[1] == 1.0  # rounding gave 0.9999999999999999 at 269
+    assert stats.wilson_interval(0, total)[0] == 0.0
 
 
 def test_most_confident_mistakes_come_first():

@@ -14,13 +14,13 @@ from kerascnn.saving import save_model
 
 def test_the_default_target_is_the_last_stage_and_an_unknown_layer_lists_the_valid_ones():
     cnn = models.build("cnn", (28, 28, 1), 10)
-    assert explain.resolve_target(cnn, model_name="cnn") == explain.Target("block2", "block2_dropout")
+    assert explain.target_of(cnn, model_name="cnn") == explain.Target("block2", "block2_dropout")
     resnet = models.build("resnet18", (64, 64, 3), 5, image_size=64)
-    assert explain.resolve_target(resnet, model_name="resnet18") == explain.Target("layer4", "backbone")
-    assert explain.resolve_target(resnet, "layer3", "resnet18") == explain.Target("layer3", "layer3_1_out",
+    assert explain.target_of(resnet, model_name="resnet18") == explain.Target("layer4", "backbone")
+    assert explain.target_of(resnet, "layer3", "resnet18") == explain.Target("layer3", "layer3_1_out",
                                                                                   "backbone")
     with pytest.raises(KerascnnError, match=r"--layer nope: cnn has no such layer .*valid: block1, block2"):
-        explain.resolve_target(cnn, "nope", "cnn")
+        explain.target_of(cnn, "nope", "cnn")
     with pytest.raises(KerascnnError, match="cannot be cut at layer3_0_conv1"):
         explain.grad_cam(resnet, np.zeros((1, 64, 64, 3)), layer="layer3_0_conv1", model_name="resnet18")
 

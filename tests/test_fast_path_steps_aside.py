@@ -14,6 +14,8 @@ import pytest
 if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
+from run_configs import decided  # noqa: E402
+
 import kerascnn  # noqa: E402
 from kerascnn import keras_compat, models, torch_fast, training  # noqa: E402
 from kerascnn.config import RunConfig  # noqa: E402
@@ -61,7 +63,7 @@ def _compiled(config: RunConfig) -> tuple[keras.Model, dict]:
 def test_the_fast_path_installs_on_this_keras_and_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model, verdict = _compiled(RunConfig("t", "cnn", weights="none"))
+        model, verdict = _compiled(decided("t", "cnn", weights="none"))
     assert verdict == {"used": True, "reason": None, "keras": keras.version()} and training.uses_fast_path(model)
 
 
@@ -69,7 +71,7 @@ def test_the_fast_path_installs_on_this_keras_and_says_so():
 def test_a_keras_the_fast_path_does_not_understand_gets_keras_own_step_and_one_warning(case, monkeypatch):
     why = CASES[case](monkeypatch)
     with pytest.warns(UserWarning, match=f"Keras' own step.*Keras {keras.version()}.*{why}"):
-        model, verdict = _compiled(RunConfig("t", "cnn", weights="none"))
+        model, verdict = _compiled(decided("t", "cnn", weights="none"))
     assert not training.uses_fast_path(model) and not verdict["used"] and why in verdict["reason"]
 
 
@@ -89,7 +91,7 @@ def test_a_run_on_such_a_keras_finishes_on_keras_own_step_and_records_why(case, 
     why = CASES[case](monkeypatch)
     with pytest.warns(UserWarning, match="Keras' own step"):
         out = kerascnn.run(RunConfig("digits", "cnn", epochs=1, out=str(tmp_path / "run"), verbose=0))
-    recorded = json.loads((out / "config.json").read_text())["environment"]["fast_path"]
+    recorded = json.loads((out / "metrics.json").read_text())["fast_path"]
     assert not recorded["used"] and why in recorded["reason"] and recorded["keras"] == keras.version()
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     assert f"Training step: Keras' own ({recorded['reason']})" in (out / "report.md").read_text()

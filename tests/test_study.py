@@ -17,6 +17,7 @@ import pytest
 from experiments import compare as compare_cli
 from experiments import study as study_cli
 from experiments.cli import main
+from kerascnn import stats
 from kerascnn import study as studies
 from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
@@ -268,21 +269,21 @@ def test_a_study_whose_runs_trained_in_different_precisions_says_so():
 
 
 def test_holm_adjustment():
-    assert studies.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert studies.holm([0.5]) == [0.5] and studies.holm([]) == []
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5]) == [0.5] and stats.holm([]) == []
 
 
 def test_t_interval_and_paired_tests(tmp_path):
-    from scipy import stats
+    from scipy import stats as reference
 
-    low, high = studies.t_interval([0.90, 0.92, 0.94])
+    low, high = stats.t_interval([0.90, 0.92, 0.94])
     assert (low + high) / 2 == pytest.approx(0.92) and high - low == pytest.approx(
-        2 * stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3))
+        2 * reference.t.ppf(0.975, 2) * 0.02 / np.sqrt(3))
     row = lambda run, acc, fp="x": {"run": run, "accuracy": acc, "test_set": {"fingerprint": fp}}  # noqa: E731
     a = {(0,): row("a0", 0.90), (1,): row("a1", 0.91), (2,): row("a2", 0.92)}
     b = {(0,): row("b0", 0.80), (1,): row("b1", 0.815), (2,): row("b2", 0.818)}
     paired = studies.paired_test(a, b, tmp_path)
-    assert paired["p"] == pytest.approx(stats.ttest_rel([0.90, 0.91, 0.92], [0.80, 0.815, 0.818]).pvalue)
+    assert paired["p"] == pytest.approx(reference.ttest_rel([0.90, 0.91, 0.92], [0.80, 0.815, 0.818]).pvalue)
     assert paired["difference"] == pytest.approx(np.mean([0.1, 0.095, 0.102]))
     assert studies.paired_test(a, {(0,): row("c", 0.5, fp="other")}, tmp_path) is None  # another test set
     shifted = {k: row(r["run"], r["accuracy"] - 0.05) for k, r in a.items()}
@@ -295,7 +296,7 @@ def test_t_interval_and_paired_tests(tmp_path):
         np.savez_compressed(tmp_path / name / "test_predictions.npz", labels=labels, predicted=predicted,
                             index=np.arange(100))
     mcnemar = studies.paired_test({(0,): row("m", 0.95)}, {(0,): row("n", 0.80)}, tmp_path)
-    assert "McNemar" in mcnemar["test"] and mcnemar["p"] == pytest.approx(stats.binomtest(15, 15, 0.5).pvalue)
+    assert "McNemar" in mcnemar["test"] and mcnemar["p"] == pytest.approx(reference.binomtest(15, 15, 0.5).pvalue)
 
 
 @pytest.mark.slow

@@ -10,10 +10,10 @@ if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
 
+from run_configs import decided  # noqa: E402
 from torch_fast_support import GREY_SAMPLE, build, images, twin  # noqa: E402
 
 from kerascnn import training  # noqa: E402
-from kerascnn.config import RunConfig  # noqa: E402
 from kerascnn.saving import load_model, save_model  # noqa: E402
 
 
@@ -21,7 +21,7 @@ from kerascnn.saving import load_model, save_model  # noqa: E402
 def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
     model = build("resnet18", 32, 3, image_size=32)
     x, y = images(16, 32, 3), np.eye(4, dtype="float32")[np.arange(16) % 4]
-    training.compile_model(model, RunConfig("bench", "resnet18", weights="none", epochs=2), steps_per_epoch=2)
+    training.compile_model(model, decided("bench", "resnet18", weights="none", epochs=2), steps_per_epoch=2)
     assert training.uses_fast_path(model)
     history = model.fit(x, y, batch_size=8, epochs=2, validation_data=(x, y), verbose=0)
     assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -41,7 +41,7 @@ def test_fit_evaluate_predict_and_save_through_the_fast_path(tmp_path):
 
 def test_no_jit_keeps_keras_own_steps():
     model = build("cnn", 16, 1, sample=GREY_SAMPLE)
-    training.compile_model(model, RunConfig("bench", "cnn", jit=False), steps_per_epoch=1)
+    training.compile_model(model, decided("bench", "cnn", jit=False), steps_per_epoch=1)
     assert not training.uses_fast_path(model)
 
 

@@ -11,6 +11,7 @@ if keras.backend.backend() != "torch":
     pytest.skip("the fast path is the torch backend's", allow_module_level=True)
 
 import torch  # noqa: E402
+from run_configs import decided  # noqa: E402
 from torch_fast_support import (  # noqa: E402
     CASES,
     DEVICE,
@@ -62,7 +63,7 @@ def test_fast_steps_train_as_keras_train_step(optimizer, weighted, channels_last
     ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)  # no random masks
     theirs = twin(ours)
     batches = batches_of(16, 1, weighted)
-    config = RunConfig("bench", "cnn", optimizer=optimizer, lr=1e-3, label_smoothing=0.1, weights="none")
+    config = decided("bench", "cnn", optimizer=optimizer, lr=1e-3, label_smoothing=0.1, weights="none")
     fast = train_losses(ours, config, batches)
     assert training.fast_steps(ours).program.channels_last is channels_last
     keras_losses = train_losses(theirs, RunConfig(**{**config.to_dict(), "jit": False}), batches)
@@ -83,7 +84,7 @@ def test_captured_steps_train_as_keras_train_step(optimizer, weighted, channels_
     theirs = twin(ours)
     batches = batches_of(16, 1, weighted, steps=7)
     batches[3] = tuple(a[:5] for a in batches[3])
-    config = RunConfig("bench", "cnn", optimizer=optimizer, lr=1e-3, weight_decay=1.0, label_smoothing=0.1,
+    config = decided("bench", "cnn", optimizer=optimizer, lr=1e-3, weight_decay=1.0, label_smoothing=0.1,
                        weights="none")  # a decay of 1e-3 a step, which a stale learning rate would miss
     fast = train_losses(ours, config, batches, new_fit_at=5)
     steps = training.fast_steps(ours)
@@ -99,7 +100,7 @@ def test_a_captured_step_draws_new_dropout_masks_at_each_replay(captured):
     """Dropout in a replayed step is not the mask of the capture: the same batch, replayed with the
     weights put back each time, gives a different loss."""
     model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.5, head_dropout=0.5)
-    training.compile_model(model, RunConfig("bench", "cnn", lr=1e-3, weights="none"), steps_per_epoch=4)
+    training.compile_model(model, decided("bench", "cnn", lr=1e-3, weights="none"), steps_per_epoch=4)
     model.make_train_function()
     batch = tuple(tensor(a) for a in batches_of(16, 1, False, steps=1)[0])
     start = [w.numpy() for w in model.weights]
@@ -124,7 +125,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch)
     ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
     theirs = twin(ours)
     batches = batches_of(16, 1, False, steps=4)
-    config = RunConfig("bench", "cnn", lr=1e-3, weights="none")
+    config = decided("bench", "cnn", lr=1e-3, weights="none")
     with pytest.warns(UserWarning, match="runs eagerly.*RuntimeError: operation not permitted when stream is "
                                          "capturing\\)"):
         fast = train_losses(ours, config, batches)
@@ -140,7 +141,7 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_with_a_warning(monkeypatch)
 def test_schedule_value_is_the_keras_schedule(schedule):
     """The host-side learning rate of every schedule kerascnn builds equals Keras' own value at
     every step: warm-up, decay, the clamp after it and the staircase's boundaries."""
-    config = RunConfig("bench", "cnn", lr=3e-3, epochs=4, lr_schedule="step" if schedule == "exponential" else schedule,
+    config = decided("bench", "cnn", lr=3e-3, epochs=4, lr_schedule="step" if schedule == "exponential" else schedule,
                        lr_step=1, lr_gamma=0.5)
     keras_schedule = training.learning_rate(config, steps_per_epoch=10)
     if schedule == "exponential":
@@ -167,7 +168,7 @@ def test_adam_takes_a_tensor_learning_rate_as_a_number():
     updated = []
     for on_gpu in (False, True):
         model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
-        config = RunConfig("bench", "cnn", lr=1e-2, lr_schedule="constant", weights="none")
+        config = decided("bench", "cnn", lr=1e-2, lr_schedule="constant", weights="none")
         training.compile_model(model, config, steps_per_epoch=2)
         adam = model.train_function.__self__._adam
         adam.cpu = not on_gpu  # what learning_rate() hands on an accelerator
@@ -182,7 +183,7 @@ def test_adam_takes_a_tensor_learning_rate_as_a_number():
 
 def test_a_recompile_without_the_fast_steps_leaves_keras_own():
     model = build("cnn", 16, 1, sample=GREY_SAMPLE)
-    config = RunConfig("bench", "cnn", weights="none")
+    config = decided("bench", "cnn", weights="none")
     training.compile_model(model, config, steps_per_epoch=2)
     assert training.uses_fast_path(model)
     training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": False}), steps_per_epoch=2)
@@ -197,7 +198,7 @@ def test_logs_read_back_every_few_steps_start_afresh_after_a_reset(monkeypatch):
     new epoch, an evaluation) reports that step's loss, not the last epoch's."""
     monkeypatch.setitem(FastSteps.SYNC_EVERY, "cpu", 25)
     model = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
-    training.compile_model(model, RunConfig("bench", "cnn", weights="none"), steps_per_epoch=4)
+    training.compile_model(model, decided("bench", "cnn", weights="none"), steps_per_epoch=4)
     assert training.fast_steps(model).sync_every == 25
     model.make_train_function()
     batches = [tuple(tensor(a) for a in batch) for batch in batches_of(16, 1, False, steps=4)]
@@ -218,7 +219,7 @@ def test_a_fit_after_the_step_count_was_restored_uses_its_learning_rate(graphed,
     ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
     theirs = twin(ours)
     x, y = images(16, 16, 1), np.eye(4, dtype="float32")[np.arange(16) % 4]
-    config = RunConfig("bench", "cnn", lr=1e-2, epochs=20, label_smoothing=0.0, weights="none")
+    config = decided("bench", "cnn", lr=1e-2, epochs=20, label_smoothing=0.0, weights="none")
     for model, jit in ((ours, None), (theirs, False)):
         training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=2)
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -251,7 +252,7 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy, channel
         ours = build("cnn", 16, 1, sample=GREY_SAMPLE, dropout=0.0, head_dropout=0.0)
         theirs = twin(ours)
         before = [w.numpy().copy() for w in ours.trainable_weights]
-        config = RunConfig("bench", "cnn", optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none",
+        config = decided("bench", "cnn", optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none",
                            precision=policy)
         batches = batches_of(16, 1, weighted=True, n=16)
         fast = train_losses(ours, config, batches)
@@ -286,7 +287,7 @@ def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
     with models.dtype_policy("float64"):
         exact = build(name, size, channels, **options)
     exact.set_weights([w.astype("float64") for w in ours.get_weights()])
-    config = RunConfig("bench", name, optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none")
+    config = decided("bench", name, optimizer="adamw", lr=1e-3, label_smoothing=0.1, weights="none")
     for model, jit in ((ours, None), (theirs, False), (exact, False)):
         training.compile_model(model, RunConfig(**{**config.to_dict(), "jit": jit}), steps_per_epoch=1)
     x, y, w = (tensor(a) for a in batches_of(size, channels, True, steps=1, n=16)[0])

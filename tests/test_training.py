@@ -4,10 +4,10 @@ import os
 import keras
 import numpy as np
 import pytest
+from run_configs import decided
 from sklearn.utils.class_weight import compute_class_weight
 
 from kerascnn import data, keras_compat, models, training
-from kerascnn.config import RunConfig
 from kerascnn.data.augment import LabelMixing, augmentation
 from kerascnn.data.pipeline import Batches
 from kerascnn.errors import KerascnnError
@@ -18,7 +18,7 @@ def lr_at(schedule, step):
 
 
 def test_step_schedule_decays_every_lr_step_epochs():
-    schedule = training.learning_rate(RunConfig("digits", "cnn", lr=0.1, lr_step=5, lr_gamma=0.1, epochs=20), 10)
+    schedule = training.learning_rate(decided("digits", "cnn", lr=0.1, lr_step=5, lr_gamma=0.1, epochs=20), 10)
     assert lr_at(schedule, 0) == pytest.approx(0.1)
     assert lr_at(schedule, 49) == pytest.approx(0.1)
     assert lr_at(schedule, 50) == pytest.approx(0.01)
@@ -26,17 +26,17 @@ def test_step_schedule_decays_every_lr_step_epochs():
 
 
 def test_onecycle_warms_up_to_the_peak_then_anneals():
-    schedule = training.learning_rate(RunConfig("digits", "cnn", lr=0.01, epochs=10), 100)
+    schedule = training.learning_rate(decided("digits", "cnn", lr=0.01, epochs=10), 100)
     assert lr_at(schedule, 0) == pytest.approx(0.01 / 25)
     assert lr_at(schedule, 300) == pytest.approx(0.01, rel=1e-3)
     assert lr_at(schedule, 999) < 1e-5
 
 
 def test_cosine_and_constant():
-    config = RunConfig("digits", "cnn", lr=0.02, epochs=4, lr_schedule="cosine")
+    config = decided("digits", "cnn", lr=0.02, epochs=4, lr_schedule="cosine")
     schedule = training.learning_rate(config, 10)
     assert lr_at(schedule, 0) == pytest.approx(0.02) and lr_at(schedule, 20) == pytest.approx(0.01, rel=1e-3)
-    assert training.learning_rate(RunConfig("digits", "cnn", lr=0.5, lr_schedule="constant"), 10) == 0.5
+    assert training.learning_rate(decided("digits", "cnn", lr=0.5, lr_schedule="constant"), 10) == 0.5
 
 
 def test_balanced_class_weights_match_scikit_learn():
@@ -143,7 +143,7 @@ def test_a_model_trains_the_same_on_what_fit_iterates_as_on_the_batches():
     for feed in feeds:
         keras.utils.set_random_seed(0)
         model = models.build("cnn", (8, 8, 1), 3, sample=split.images, dropout=0.0, head_dropout=0.0)
-        training.compile_model(model, RunConfig("t", "cnn", epochs=2, weights="none"), steps_per_epoch=3)
+        training.compile_model(model, decided("t", "cnn", epochs=2, weights="none"), steps_per_epoch=3)
         batches = Batches(split, (8, 8, 1), 3, 8, shuffle=True, seed=1)
         model.fit(feed(batches), epochs=2, shuffle=False, verbose=0, callbacks=[training.EpochSeeds(batches, 0)])
         trained.append(model.get_weights())
@@ -219,7 +219,7 @@ def test_the_saved_model_holds_the_best_validation_epoch_of_the_whole_run(mode, 
     options, spoiled, epochs = MODES[mode]
     keras.utils.set_random_seed(0)
     ds = data.load("digits")
-    config = RunConfig("digits", "cnn", lr_schedule="constant", verbose=0, **options)
+    config = decided("digits", "cnn", lr_schedule="constant", verbose=0, **options)
     model = models.build("cnn", ds.image_shape, ds.num_classes)
     result = training.fit(model, ds, config, run_dir=tmp_path, callbacks=[SpoilFrom(spoiled)])
     val_loss = result.history["val_loss"]
@@ -245,7 +245,7 @@ def test_the_saved_model_holds_the_best_validation_epoch_of_the_whole_run(mode, 
 
 def test_divergence_is_reported_with_a_fix():
     ds = data.load("digits")
-    config = RunConfig("digits", "cnn", epochs=2, optimizer="sgd", lr=1e12, lr_schedule="constant", verbose=0)
+    config = decided("digits", "cnn", epochs=2, optimizer="sgd", lr=1e12, lr_schedule="constant", verbose=0)
     model = models.build("cnn", ds.image_shape, ds.num_classes, batch_norm=False, dropout=0.0)
     with pytest.raises(KerascnnError, match="lower --lr") as error:
         training.fit(model, ds, config)
@@ -271,7 +271,7 @@ def test_batches_for_several_devices_pad_the_last_batch_with_zero_weights():
 @pytest.mark.slow
 def test_a_seed_makes_a_run_repeatable():
     ds = data.load("digits", split="30,5,5")
-    config = RunConfig("digits", "cnn", epochs=2, batch_size=32, augment="basic", seed=7, verbose=0)
+    config = decided("digits", "cnn", epochs=2, batch_size=32, augment="basic", seed=7, verbose=0)
 
     def train():
         keras.utils.set_random_seed(config.seed)

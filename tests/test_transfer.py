@@ -5,9 +5,9 @@ import sys
 import keras
 import numpy as np
 import pytest
+from run_configs import decided
 
 from kerascnn import data, models, training
-from kerascnn.config import RunConfig
 from kerascnn.errors import KerascnnError
 from kerascnn.models.freezing import layer_stages
 
@@ -122,13 +122,57 @@ def test_imagenet_weights_come_from_keras_cache_and_are_converted_once(tmp_path,
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
-    torch.save(random_resnet(seed=1).state_dict(), tmp_path / "models" / "resnet18-f37072fd.pth")
+    checkpoint = tmp_path / "checkpoint.pth"
+    torch.save(random_resnet(seed=1).state_dict(), checkpoint)
+    name = stand_in_checkpoint(monkeypatch, checkpoint)  # its hash, as the registry would give the real one's
+    checkpoint.rename(tmp_path / "models" / f"{name}.pth")
     first = models.build("resnet18", (32, 32, 3), 5, weights="imagenet")
-    assert (tmp_path / "models" / "resnet18-f37072fd.weights.h5").is_file()
-    (tmp_path / "models" / "resnet18-f37072fd.pth").unlink()  # the converted cache is enough now
+    assert (tmp_path / "models" / f"{name}.weights.h5").is_file()
+    (tmp_path / "models" / f"{name}.pth").unlink()  # the converted cache is enough now
     second = models.build("resnet18", (32, 32, 3), 5, weights="imagenet")
     a, b = first.get_layer("backbone").get_weights(), second.get_layer("backbone").get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def stand_in_checkpoint(monkeypatch, path) -> str:
+    """Register ``path`` as resnet18's torchvision checkpoint (its URL names its hash, its sha256 is
+    its own); return the file name stem the cache expects."""
+    import dataclasses
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = models.get("resnet18")
+    weights = dataclasses.replace(spec.weights, url=f"https://download.pytorch.org/models/resnet18-{digest[:8]}.pth",
+                                  sha256=digest)
+    monkeypatch.setitem(models.MODELS, "resnet18", dataclasses.replace(spec, weights=weights))
+    return f"resnet18-{digest[:8]}"
+
+
+def test_imagenet_checkpoints_are_checked_against_their_sha256(tmp_path, monkeypatch):
+    """Keras checks the full digest the registry gives; the prefix a torchvision file name carries
+    is checked too (as torchvision's check_hash does), so a wrong file never becomes weights."""
+    from kerascnn.models.backbones import check_hash_prefix
+
+    resnet18, resnet34 = models.get("resnet18").weights, models.get("resnet34").weights
+    assert resnet18.hash_prefix == "f37072fd" and resnet18.sha256.startswith(resnet18.hash_prefix)
+    assert resnet34.hash_prefix == "b627a593" and models.get("resnet50").weights.hash_prefix is None
+    asked = {}
+
+    def get_file(name, url, **options):
+        asked.update(options, name=name)
+        fake = tmp_path / name
+        fake.write_bytes(b"not a checkpoint")
+        return str(fake)
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", get_file)
+    with pytest.raises(KerascnnError, match="sha256 does not start with f37072fd.*delete it"):
+        models.build("resnet18", (32, 32, 3), 5, weights="imagenet")
+    assert asked["file_hash"] == resnet18.sha256 and asked["hash_algorithm"] == "sha256"
+    good = tmp_path / "good.bin"
+    good.write_bytes(b"abc")  # sha256 ba7816bf...
+    check_hash_prefix(good, "ba7816bf")
+    check_hash_prefix(good, None)
 
 
 def test_offline_imagenet_weights_fail_with_the_file_to_place(tmp_path, monkeypatch):
@@ -163,7 +207,7 @@ def digits_small():
 @pytest.mark.slow
 @pytest.mark.parametrize("bn_policy", ["train", "frozen"])
 def test_frozen_stages_do_not_change_while_unfrozen_ones_train(digits_small, bn_policy):
-    config = RunConfig("digits", "resnet18", epochs=1, batch_size=32, image_size=32, unfreeze="layer4",
+    config = decided("digits", "resnet18", epochs=1, batch_size=32, image_size=32, unfreeze="layer4",
                        bn_policy=bn_policy, lr=0.01, patience=0, verbose=0)
     model = models.build("resnet18", digits_small.image_shape, 10, image_size=32, weights="none")
     before = snapshot(model)
@@ -190,7 +234,7 @@ class TrainableCount(keras.callbacks.Callback):
 
 @pytest.mark.slow
 def test_unfreeze_at_trains_the_head_first_then_the_stages(digits_small):
-    config = RunConfig("digits", "resnet18", epochs=3, batch_size=32, image_size=32, weights="none",
+    config = decided("digits", "resnet18", epochs=3, batch_size=32, image_size=32, weights="none",
                        unfreeze="layer4", unfreeze_at=1, verbose=0)
     model = models.build("resnet18", digits_small.image_shape, 10, image_size=32, weights="none")
     counter = TrainableCount()
@@ -205,7 +249,7 @@ def test_unfreeze_at_trains_the_head_first_then_the_stages(digits_small):
 
 @pytest.mark.slow
 def test_backbone_lr_scale_zero_keeps_the_backbone_and_survives_saving(digits_small, tmp_path):
-    config = RunConfig("digits", "cnn", epochs=1, batch_size=32, optimizer="sgd", lr=0.05, backbone_lr_scale=0.0,
+    config = decided("digits", "cnn", epochs=1, batch_size=32, optimizer="sgd", lr=0.05, backbone_lr_scale=0.0,
                        weight_decay=1e-3, verbose=0, patience=0)
     model = models.build("cnn", digits_small.image_shape, 10)
     before = snapshot(model)

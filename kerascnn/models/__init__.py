@@ -10,6 +10,7 @@ from kerascnn.models.registry import (
     MODELS,
     CNNSpec,
     ModelSpec,
+    Weights,
     get,
     markdown_table,
     model_names,
@@ -22,7 +23,8 @@ _LAZY = {
     "set_trainable": "freezing", "stage_params": "freezing", "trainable_params": "freezing",
 }
 
-__all__ = ["CNN_OPTIONS", "MODELS", "CNNSpec", "ModelSpec", "get", "markdown_table", "model_names", "register", *_LAZY]
+__all__ = ["CNN_OPTIONS", "MODELS", "CNNSpec", "ModelSpec", "Weights", "get", "markdown_table", "model_names",
+           "register", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@ torchvision checkpoints ported once) and its ImageNet preprocessing. Which model
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -76,6 +77,20 @@ def flip_first_conv_to_rgb(conv: keras.layers.Conv2D) -> None:
     conv.set_weights(weights)
 
 
+def check_hash_prefix(path: str | Path, prefix: str | None) -> None:
+    """Raise `KerascnnError` unless the sha256 of the file at ``path`` starts with ``prefix`` (the
+    hash torchvision names its checkpoints by; None: nothing to check)."""
+    if prefix is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix):
+        raise KerascnnError(f"{path}: its sha256 does not start with {prefix}, as its name says; the download is "
+                            "damaged or not the checkpoint it names: delete it and run again")
+
+
 def torchvision_imagenet_weights(spec: ModelSpec, input_shape: tuple[int, int, int] = (224, 224, 3)) -> str:
     """Path of ``spec``'s ImageNet weights as a Keras ``.weights.h5``, downloading its torchvision
     checkpoint through Keras' cache and converting it once (no PyTorch needed)."""
@@ -86,10 +101,13 @@ def torchvision_imagenet_weights(spec: ModelSpec, input_shape: tuple[int, int, i
     converted = cache / (Path(url).stem + ".weights.h5")
     if converted.is_file():
         return str(converted)
+    weights = spec.weights
     try:
-        pth = keras.utils.get_file(Path(url).name, url, cache_dir=str(cache.parent), cache_subdir=cache.name)
+        pth = keras.utils.get_file(Path(url).name, url, cache_dir=str(cache.parent), cache_subdir=cache.name,
+                                   file_hash=weights.sha256, hash_algorithm="sha256")
     except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception when the download fails
         raise _download_message(spec.name, exc, str(cache)) from exc
+    check_hash_prefix(pth, weights.hash_prefix)
     model = spec.backbone(input_shape, False)
     port_torchvision_resnet(read_state_dict(pth), model)
     converted.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def stage_params(model: keras.Model) -> dict[str, int]:
     return {s: n for s, n in params.items() if n}
 
 
-def resolve_stages(model: keras.Model, unfreeze: str) -> list[str]:
+def stages_to_train(model: keras.Model, unfreeze: str) -> list[str]:
     """The stages named by ``--unfreeze`` (``none``, ``all`` or ``STAGE[,STAGE...]``), in model order."""
     return choose_stages(unfreeze, list(stage_params(model)), model.name)
 
@@ -67,7 +67,7 @@ def set_trainable(model: keras.Model, unfreeze: str = "all", bn_policy: str = "t
     ``bn_policy="frozen"`` the batch norms of unfrozen stages stay frozen too. The model must be
     compiled afresh afterwards. Returns the unfrozen and frozen stages.
     """
-    chosen = set(resolve_stages(model, unfreeze))
+    chosen = set(stages_to_train(model, unfreeze))
     model.trainable = True
     for layer, stage in layer_stages(model):
         if stage is None:

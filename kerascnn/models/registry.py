@@ -107,16 +107,46 @@ RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
 AMX_MIN_BACKBONE_SIZE = 48
 
 @dataclass(frozen=True)
+class Weights:
+    """Where a backbone's ImageNet weights come from: ``keras.applications`` (Keras downloads them)
+    or a ``torchvision`` checkpoint at ``url``, ported once; the ``preprocess``ing they expect
+    (``torch``: 0..1 then ImageNet mean/std; ``caffe``: minus the mean pixel; ``tf``: -1..1;
+    ``inside``: the Keras model does it); the checkpoint's ``sha256`` where known, checked by
+    ``keras.utils.get_file``; and the ImageNet-1k ``top1`` accuracy its source reports."""
+
+    source: str
+    preprocess: str
+    url: str | None = None
+    sha256: str | None = None
+    top1: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("keras.applications", "torchvision"):
+            raise ValueError(f"weights source must be keras.applications or torchvision, not {self.source!r}")
+        if (self.source == "torchvision") != (self.url is not None and self.url.startswith("https://")):
+            raise ValueError("torchvision weights need their checkpoint's https:// URL (and only they have one)")
+        if self.preprocess not in PREPROCESSINGS:
+            raise ValueError(f"weights preprocess must be one of {PREPROCESSINGS}, not {self.preprocess!r}")
+
+    @property
+    def hash_prefix(self) -> str | None:
+        """The start of the checkpoint's sha256 that torchvision puts in its file name
+        (``resnet18-f37072fd.pth``), checked as torchvision's ``check_hash`` does."""
+        if self.url is None:
+            return None
+        stem = self.url.rsplit("/", 1)[-1].split(".")[0]
+        prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
+        return prefix if len(prefix) >= 6 and all(c in "0123456789abcdef" for c in prefix) else None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything kerascnn knows about one model name.
 
     A scratch CNN has a ``cnn`` architecture preset; it normalises with the training set's
     statistics and its stages are its ``blockN``. A backbone has a ``backbone`` builder
-    ``(input_shape, imagenet) -> keras.Model`` (a functional model named ``backbone``), its ImageNet
-    ``preprocess``ing (``torch``: 0..1 then ImageNet mean/std; ``caffe``: minus the mean pixel;
-    ``tf``: -1..1; ``inside``: the Keras model does it), its ``stages`` in input order with
-    ``stage_of(layer_name)``, and where ImageNet weights come from: ``keras.applications``
-    (``imagenet="keras"``) or a torchvision checkpoint, ported once (``imagenet=URL``).
+    ``(input_shape, imagenet) -> keras.Model`` (a functional model named ``backbone``), its ``stages``
+    in input order with ``stage_of(layer_name)``, and its ImageNet `Weights` (None: none exist).
     ``image_size`` is the working size when ``--image-size`` is not given (None: the data's own
     size); ``file_image_size`` the size image files are decoded at then (None: ``image_size``, else
     the data's default, 64).
@@ -126,10 +156,9 @@ class ModelSpec:
     description: str
     cnn: CNNSpec | None = None
     backbone: BackboneBuilder | None = None
-    preprocess: str = "inside"
     stages: tuple[str, ...] = ()
     stage_of: Callable[[str], str | None] | None = None
-    imagenet: str | None = None  # "keras", or the URL of a torchvision checkpoint; None: no ImageNet weights
+    weights: Weights | None = None
     image_size: int | None = None
     file_image_size: int | None = None
     label_smoothing: float = 0.0  # the --label-smoothing default when training this model
@@ -141,20 +170,21 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: give exactly one of cnn= and backbone=")
         if self.backbone is not None and (not self.stages or self.stage_of is None):
             raise ValueError(f"model {self.name!r}: a backbone needs stages= and stage_of=")
-        if self.preprocess not in PREPROCESSINGS:
-            raise ValueError(f"model {self.name!r}: preprocess must be one of {PREPROCESSINGS}")
-        if self.imagenet not in (None, "keras") and not self.imagenet.startswith("https://"):
-            raise ValueError(f"model {self.name!r}: imagenet must be None, 'keras' or a torchvision checkpoint URL")
 
     @property
     def pretrained(self) -> bool:
         """Whether ImageNet weights exist (then ``--weights imagenet`` is the default)."""
-        return self.imagenet is not None
+        return self.weights is not None
+
+    @property
+    def preprocess(self) -> str:
+        """The input normalisation the backbone expects (its weights'; ``inside`` without any)."""
+        return self.weights.preprocess if self.weights is not None else "inside"
 
     @property
     def torchvision_url(self) -> str | None:
         """The torchvision checkpoint our builder's ImageNet weights are ported from, if any."""
-        return self.imagenet if self.imagenet not in (None, "keras") else None
+        return self.weights.url if self.weights is not None and self.weights.source == "torchvision" else None
 
     def stage_names(self, filters: list[int] | None = None) -> list[str]:
         """The ``--unfreeze`` names, head last; a scratch CNN has one ``blockN`` per entry of
@@ -167,13 +197,14 @@ class ModelSpec:
         """The size the model works at: ``--image-size``, else the model's own, else the input's."""
         return image_size or self.image_size or input_size
 
-    def auto_precision(self, image_size: int | None = None) -> str:
-        """What ``--precision auto`` picks on this machine for this model at ``--image-size`` (None:
-        the model's own): `distribute.auto_precision`, told whether a backbone works below its
-        `amx_min_size`."""
+    def auto_precision(self, image_size: int | None = None,
+                       environment: distribute.Environment | None = None) -> str:
+        """What ``--precision auto`` picks for this model at ``--image-size`` (None: the model's own) on
+        ``environment`` (default: this machine): `distribute.auto_precision`, told whether a backbone
+        works below its `amx_min_size`."""
         size = image_size or self.image_size
-        return distribute.auto_precision(small_backbone=self.cnn is None and size is not None
-                                         and size < self.amx_min_size)
+        return distribute.auto_precision(self.cnn is None and size is not None and size < self.amx_min_size,
+                                         environment)
 
     def decode_size(self, image_size: int | None) -> int | None:
         """The size image files are decoded at for ``--image-size`` (None: the data's default)."""
@@ -215,25 +246,28 @@ def markdown_table() -> str:
             stages = ", ".join(f"`{s}`" for s in (spec.stages[0], spec.stages[-1]))
             stages = stages.replace(", ", "..") if len(spec.stages) > 2 else stages
             stages += ", `head`"
-            weights = "-" if spec.imagenet is None else "keras.applications" if spec.imagenet == "keras" else (
+            weights = "-" if spec.weights is None else "keras.applications" if spec.torchvision_url is None else (
                 "torchvision's, ported")
         lines.append(f"| `{spec.name}` | {spec.description} | {weights} | {stages} |")
     return "\n".join(lines) + "\n"
 
 
-def _resnet(name: str, url: str) -> ModelSpec:
+def _resnet(name: str, weights: Weights) -> ModelSpec:
     return ModelSpec(name, f"{name[:6].replace('resnet', 'ResNet')}-{name[6:]}, our functional model with "
                      "torchvision's layout and layer names",
-                     backbone=torchvision_resnet(name), preprocess="torch",
-                     stages=RESNET_STAGES, stage_of=resnet_stage, imagenet=url,
+                     backbone=torchvision_resnet(name), stages=RESNET_STAGES, stage_of=resnet_stage, weights=weights,
                      image_size=224)
 
 
-def _application(name: str, class_name: str, description: str, preprocess: str, stages: tuple[str, ...],
+def _application(name: str, class_name: str, description: str, weights: Weights, stages: tuple[str, ...],
                  stage_of: Callable[[str], str | None], amx_min_size: int = AMX_MIN_BACKBONE_SIZE
                  ) -> ModelSpec:
-    return ModelSpec(name, description, backbone=keras_application(class_name), preprocess=preprocess,
-                     stages=stages, stage_of=stage_of, imagenet="keras", image_size=224, amx_min_size=amx_min_size)
+    return ModelSpec(name, description, backbone=keras_application(class_name), stages=stages, stage_of=stage_of,
+                     weights=weights, image_size=224, amx_min_size=amx_min_size)
+
+
+def _keras(preprocess: str, top1: float) -> Weights:
+    return Weights("keras.applications", preprocess, top1=top1)
 
 
 for _spec in (
@@ -250,19 +284,26 @@ for _spec in (
     ModelSpec("cnn5", "5 conv layers (32...256) with batch norm + one FC, for 256x256 colour images",
               cnn=CNNSpec(filters=(32, 64, 128, 256, 256), convs_per_block=1, dropout=0.0, dense=(),
                           head_dropout=0.5, head_batch_norm=False), file_image_size=256),
-    _resnet("resnet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
-    _resnet("resnet34", "https://download.pytorch.org/models/resnet34-b627a593.pth"),
+    # top1: torchvision's and keras.io's (or the Keras docstring's) ImageNet-1k figures, for reference
+    _resnet("resnet18", Weights("torchvision", "torch", "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                                sha256="f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec",
+                                top1=69.758)),
+    _resnet("resnet34", Weights("torchvision", "torch", "https://download.pytorch.org/models/resnet34-b627a593.pth",
+                                top1=73.314)),
     _application("resnet50", "ResNet50", "ResNet-50 from keras.applications (its conv2_..conv5_ are layer1..layer4)",
-                 "caffe", RESNET_STAGES, keras_resnet_stage),
+                 _keras("caffe", 74.9), RESNET_STAGES, keras_resnet_stage),
     # amx_min_size: AMX does not speed up depthwise convolutions, so these need larger maps than the
     # ResNets before bfloat16 pays (docs/results/precision_by_size.json; MobileNetV3-Small by analogy).
     _application("mobilenet_v2", "MobileNetV2", "MobileNetV2 from keras.applications, torchvision's stage names",
-                 "tf", features(19), mobilenet_v2_stage, amx_min_size=96),
-    _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications", "inside",
+                 _keras("tf", 71.3), features(19), mobilenet_v2_stage, amx_min_size=96),
+    _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications",
+                 _keras("inside", 68.1),
                  features(13), mobilenet_v3_stage(12), amx_min_size=128),
-    _application("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3-Large from keras.applications", "inside",
+    _application("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3-Large from keras.applications",
+                 _keras("inside", 75.6),
                  features(17), mobilenet_v3_stage(16), amx_min_size=128),
-    _application("efficientnet_b0", "EfficientNetB0", "EfficientNet-B0 from keras.applications", "inside",
+    _application("efficientnet_b0", "EfficientNetB0", "EfficientNet-B0 from keras.applications",
+                 _keras("inside", 77.1),
                  features(9), efficientnet_stage, amx_min_size=128),
 ):
     register(_spec)

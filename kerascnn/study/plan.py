@@ -1,0 +1,361 @@
+"""Planning a study: its file parsed and checked into runs (`load_study`), and the state of each
+run in a study folder (docs/studies.md)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerascnn import config, rundir
+from kerascnn.errors import KerascnnError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("kerascnn")
+
+
+BUNDLED = Path(__file__).resolve().parent / "bundled"  # package data: the study files found by name
+
+
+REPEAT_AXES = ("fold", "split_seed")  # like seeds: repeats of one configuration, paired across configurations
+
+
+NOT_IN_STUDIES = ("out", "runs_dir", "seed")  # the study sets these
+
+
+def run_fields() -> tuple[str, ...]:
+    """The settings a study file may give: every `RunConfig` option the study does not set itself."""
+    return tuple(name for name in config.options() if name not in NOT_IN_STUDIES)
+
+
+def is_hyper_parameter(name: str) -> bool:
+    """Whether axis ``name`` tunes a strategy rather than makes another one (`kerascnn.config.Option.hyper`):
+    configurations that differ only in these are one strategy, whose best setting on validation is chosen."""
+    return name in config.hyper_parameters()
+
+
+STUDY_FILES = ("study.json", "study.md", "comparison.png", "study.toml")
+
+
+@dataclass
+class PlannedRun:
+    """One run of a study: its folder name, the configuration it belongs to and its settings."""
+
+    name: str
+    config: str  # the [[config]] table's name
+    setting: dict[str, Any]  # its values on the study's axes (repeat axes included)
+    seed: int
+    options: dict[str, Any]  # RunConfig fields (weights "@NAME" until the dependency has run)
+    table: int = 0  # which [[config]] of the file
+    upstream_run: str | None = None  # the folder of the run its "@NAME" weights come from
+    dependency: bool = False  # another configuration fine-tunes from it: run first, not a row
+
+    @property
+    def configuration(self) -> str:
+        """The row it counts towards: the config's name and its non-repeat axis values."""
+        values = [f"{k}={_text(v)}" for k, v in self.setting.items() if k not in REPEAT_AXES]
+        return self.config + (f" [{', '.join(values)}]" if values else "")
+
+    @property
+    def group(self) -> str:
+        """Its strategy: the configuration less its hyper-parameter axes."""
+        values = [f"{k}={_text(v)}" for k, v in self.setting.items()
+                  if k not in REPEAT_AXES and not is_hyper_parameter(k)]
+        return self.config + (f" [{', '.join(values)}]" if values else "")
+
+    @property
+    def replicate(self) -> tuple[int, ...]:
+        """What pairs it with runs of other configurations: its seed and repeat-axis values."""
+        return (self.seed, *(self.setting.get(k, 0) for k in REPEAT_AXES))
+
+    @property
+    def upstream(self) -> str | None:
+        weights = str(self.options.get("weights") or "")
+        return weights[1:] if weights.startswith("@") else None
+
+
+@dataclass
+class Study:
+    """A parsed study file: its runs in the order they run (dependencies first)."""
+
+    name: str
+    path: Path
+    text: str
+    runs: list[PlannedRun] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def find_study_file(source: str) -> Path:
+    """``source`` itself if it is a file, else the bundled ``<source>.toml`` (`BUNDLED`)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    bundled = BUNDLED / f"{source}.toml"
+    if "/" not in source and bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.toml")))
+    raise KerascnnError(f"no study file {source!r}; give a .toml file or a bundled study: {names}")
+
+
+def _line(text: str, key: str, table: int | None) -> int:
+    """The line (1-based) where ``key`` is set, in the ``table``-th ``[[config]]`` (None: before any)."""
+    lines = text.splitlines()
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*config\s*\]\]", line)]
+    start = 0 if table is None else headers[table] if table < len(headers) else 0
+    end = (headers[0] if headers else len(lines)) if table is None else \
+        (headers[table + 1] if table + 1 < len(headers) else len(lines))
+    leaf = key.split(".")[-1]
+    for i in range(start, end):
+        if re.match(rf"\s*(grid\s*\.\s*)?[\"']?{re.escape(leaf)}[\"']?\s*=", lines[i]):
+            return i + 1
+    return _line(text, key, None) if table is not None else start + 1  # a shared setting
+
+
+def load_study(source: str, check: bool = True) -> Study:
+    """Parse and check a study file (a path or a bundled name) into its planned runs; with ``check``
+    every run's settings are checked here (`kerascnn.runner.check_and_resolve`, which also looks for
+    the data), before anything trains."""
+    path = find_study_file(source)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KerascnnError(f"{path}: {exc}") from None
+    where = lambda key, table=None: f"{path.name} line {_line(text, key, table)}"  # noqa: E731
+    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid", "share")}
+    tables = data.get("config")
+    if not isinstance(tables, list) or not tables:
+        raise KerascnnError(f"{path.name}: no [[config]] tables; a study compares at least one configuration")
+    study = Study(str(shared.pop("name", path.stem)), path, text)
+    names = [t.get("name") for t in tables]
+    planned: list[PlannedRun] = []
+    tables_seen: dict[str, tuple[int, dict[str, Any], dict[str, list], bool]] = {}
+    allowed = run_fields()
+    for index, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise KerascnnError(f"{where('name', index)}: each [[config]] needs a name of letters, digits, "
+                                f"'_', '.', '-', got {name!r}")
+        if names.count(name) > 1:
+            raise KerascnnError(f"{where('name', index)}: config name {name!r} is used twice")
+        for axes in (data.get("grid", {}), table.get("grid", {})):
+            if not isinstance(axes, dict):
+                raise KerascnnError(f"{where('grid', index)}: grid must be a table of lists (grid.lr = [...])")
+        own = {k.replace("-", "_"): v for k, v in table.items() if k not in ("name", "grid")}
+        grid = {**{k.replace("-", "_"): v for k, v in data.get("grid", {}).items()},
+                **{k.replace("-", "_"): v for k, v in table.get("grid", {}).items()}}
+        settings = {k: v for k, v in {**shared, **own}.items() if v != "default"}
+        seeds = settings.pop("seeds", [0])
+        for key in [*settings, *grid]:
+            if key not in allowed:
+                hint = "use seeds = [...]" if key == "seed" else "keys are experiments.run's long option names"
+                raise KerascnnError(f"{where(key, index if key in own or key in table.get('grid', {}) else None)}: "
+                                    f"unknown setting {key!r}; {hint}")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise KerascnnError(f"{where(key, index)}: grid.{key} must be a non-empty list, got {values!r}")
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+            raise KerascnnError(f"{where('seeds', index)}: seeds must be a non-empty list of integers >= 0")
+        settings.setdefault("split_seed", 0)
+        tables_seen[name] = (index, settings, grid, "seeds" in own)
+        planned += _expand(name, index, settings, grid, seeds, planned, where)
+    shared_dependencies = data.get("share", [])
+    if not isinstance(shared_dependencies, list) or not all(n in names for n in shared_dependencies):
+        raise KerascnnError(f"{where('share')}: share must list config names (share = [\"pretrain\"]); "
+                            f"configs: {', '.join(names)}")
+    upstreams: dict[str, list[PlannedRun]] = {}  # dependency config -> the runs that fine-tune from it
+    for run in planned:
+        upstream = run.upstream
+        if upstream is None:
+            continue
+        if upstream not in names or upstream == run.config:
+            raise KerascnnError(f"{where('weights', run.table)}: weights {run.options['weights']!r} names no "
+                                f"other config; configs: {', '.join(names)}")
+        upstreams.setdefault(upstream, []).append(run)
+    for name in shared_dependencies:
+        if name not in upstreams:
+            raise KerascnnError(f"{where('share')}: share names {name!r}, which no config fine-tunes from")
+    for upstream, dependents in upstreams.items():
+        index, settings, grid, own_seeds = tables_seen[upstream]
+        if str(settings.get("weights", "")).startswith("@") or any(
+                str(v).startswith("@") for v in grid.get("weights", [])):
+            raise KerascnnError(f"{where('weights', dependents[0].table)}: {upstream!r} fine-tunes from another "
+                                "config itself; a study pretrains in one step")
+        if any(key not in REPEAT_AXES for key in grid):
+            key = next(key for key in grid if key not in REPEAT_AXES)
+            raise KerascnnError(f"{where(key, index)}: {upstream!r} has grid.{key}, but a config others fine-tune "
+                                f"from may repeat only over seeds, {' or '.join(REPEAT_AXES)}")
+        if upstream in shared_dependencies:
+            runs = [r for r in planned if r.config == upstream]
+            if len(runs) != 1:
+                raise KerascnnError(f"{where('seeds', index)}: {upstream!r} is shared, so it runs once: give it "
+                                    f"seeds = [N] and no grid (it has {len(runs)} runs)")
+        else:
+            if own_seeds:
+                raise KerascnnError(
+                    f"{where('seeds', index)}: {upstream!r} takes its seeds from the configs that fine-tune from "
+                    f"it (replicate k fine-tunes from {upstream} seed k); remove its seeds, or add "
+                    f"share = [\"{upstream}\"] to pretrain once for every replicate")
+            seeds = sorted({r.seed for r in dependents})
+            planned = [r for r in planned if r.config != upstream]
+            planned += _expand(upstream, index, settings, grid, seeds, planned, where)
+            runs = [r for r in planned if r.config == upstream]
+        for run in runs:
+            run.dependency = True
+        for run in dependents:
+            run.upstream_run = _matching_run(run, runs, shared=upstream in shared_dependencies, where=where)
+    study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
+    for run in study.runs if check else []:
+        check_run(run, where)
+    return study
+
+
+def _expand(name: str, index: int, settings: dict[str, Any], grid: dict[str, list], seeds: list[int],
+            planned: list[PlannedRun], where: Callable[..., str]) -> list[PlannedRun]:
+    """The runs of one ``[[config]]``: every grid value for every seed."""
+    runs: list[PlannedRun] = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        for seed in seeds:
+            label = "".join(f"-{k}-{_text(v)}" for k, v in setting.items())
+            run_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{name}{label}-seed{seed}")
+            if any(r.name == run_name for r in [*planned, *runs]):
+                raise KerascnnError(f"{where('name', index)}: two runs of {name!r} would share the folder "
+                                    f"{run_name}; give each seed and grid value once")
+            runs.append(PlannedRun(run_name, name, setting, seed, {**settings, **setting, "seed": seed}, table=index))
+    return runs
+
+
+def _matching_run(run: PlannedRun, upstream_runs: list[PlannedRun], shared: bool, where: Callable[..., str]) -> str:
+    """The dependency run ``run`` fine-tunes from: the shared one, else the one with its seed and its
+    values of the repeat axes the dependency repeats over (a whole-pipeline replicate)."""
+    if shared:
+        return upstream_runs[0].name
+    for candidate in upstream_runs:
+        if candidate.seed == run.seed and all(k in run.setting and run.setting[k] == value
+                                              for k, value in candidate.setting.items()):
+            return candidate.name
+    axes = ", ".join(f"{k}={v}" for k, v in upstream_runs[0].setting.items())
+    raise KerascnnError(f"{where('weights', run.table)}: run {run.name} has no run of {run.upstream} to fine-tune "
+                        f"from with its seed and {axes or 'setting'}; give both configs the same repeat axes, or "
+                        f"share = [\"{run.upstream}\"]")
+
+
+def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
+    """Raise `KerascnnError` (naming the run and the file line) unless the run's settings would start."""
+    from kerascnn.runner import check_and_resolve
+
+    options = dict(run.options)
+    if run.upstream:
+        options["weights"] = "none"  # the dependency's model does not exist yet
+    try:
+        check_and_resolve(config.RunConfig(**options))
+    except KerascnnError as exc:
+        raise KerascnnError(f"{where(exc.option or 'name', run.table)}: run {run.name}: {exc}",
+                            option=exc.option) from None
+    except (TypeError, ValueError) as exc:
+        raise KerascnnError(f"{where('name', run.table)}: run {run.name}: a setting has the wrong type "
+                            f"({exc})") from None
+
+
+def run_config(run: PlannedRun, study_dir: Path) -> config.RunConfig:
+    """The `RunConfig` of ``run`` in ``study_dir`` (``@NAME`` weights -> that run's model file; the
+    default decoded-image cache becomes ``disk``, so that runs share it)."""
+    options = dict(run.options)
+    if run.upstream:
+        options["weights"] = str(study_dir / run.upstream_run / "model.keras")
+    if options.get("cache", "auto") == "auto":
+        options["cache"] = "disk"  # the study's runs decode each image-file split once and share it
+    settings = config.RunConfig(**options, out=str(study_dir / run.name))
+    settings.environment = {"study": str(study_dir), "study_config": run.config}
+    return settings
+
+
+def prepare_folder(study: Study, out: Path) -> None:
+    """Create the study folder, or check that an existing one holds this very study (its
+    ``study.toml`` copy), so that running the same command again resumes it."""
+    copy = out / "study.toml"
+    if copy.is_file():
+        if copy.read_text() != study.text:
+            raise KerascnnError(f"{out} holds another version of the study (its study.toml differs from "
+                                f"{study.path}); give another --out")
+        return
+    rundir.check_free(out, "--out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KerascnnError(f"cannot create the study folder {str(out)!r} ({exc.strerror}); "
+                            "give another --out") from None
+    copy.write_text(study.text)
+
+
+def state_of(run: PlannedRun, out: Path) -> str:
+    """``finished``, ``resumable`` (a checkpoint to go on from), ``elsewhere`` (another process is
+    running it), ``stale`` (started, no epoch finished) or ``new``."""
+    folder = out / run.name
+    if not folder.exists():
+        return "new"
+    status = rundir.read_status(folder)
+    if status == "finished":
+        return "finished"
+    if status == "running" and rundir.running_elsewhere(folder):
+        return "elsewhere"
+    return "resumable" if (folder / "checkpoint" / "state.json").is_file() else "stale"
+
+
+def select(study: Study, only: str | None) -> list[PlannedRun]:
+    """The runs of configuration ``only`` and of what it fine-tunes from (None: every run)."""
+    if only is None:
+        return list(study.runs)
+    if only not in {r.config for r in study.runs}:
+        raise KerascnnError(f"--only {only}: no config of that name; configs: "
+                            f"{', '.join(dict.fromkeys(r.config for r in study.runs))}")
+    needed = {only} | {r.upstream for r in study.runs if r.config == only}
+    return [r for r in study.runs if r.config in needed]
+
+
+def estimated_seconds(study: Study, out: Path) -> dict[str, float | None]:
+    """Training seconds each unfinished run may still take: the epochs it has left at the seconds
+    per epoch measured so far by its configuration's runs (finished ones, or the epochs an
+    interrupted one logged), else by its config's; None before any epoch of either has run."""
+    histories = {run.name: rundir.read_history(out / run.name) for run in study.runs}
+    measured: dict[str, list[float]] = {}
+    for run in study.runs:
+        for key in (run.configuration, run.config):
+            measured.setdefault(key, []).extend(histories[run.name].get("seconds", []))
+    estimates: dict[str, float | None] = {}
+    for run in study.runs:
+        if state_of(run, out) == "finished":
+            continue
+        per_epoch = measured.get(run.configuration) or measured.get(run.config)
+        epochs = run.options.get("epochs") or config.RunConfig(run.options["dataset"], run.options["model"]).epochs
+        left = max(0, epochs - len(histories[run.name].get("epoch", [])))
+        estimates[run.name] = float(np.mean(per_epoch)) * left if per_epoch else None
+    return estimates
+
+
+def write_plan(study: Study, out: Path) -> None:
+    """``study.json`` with the plan alone (the summary is added as runs finish)."""
+    path = out / "study.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    rundir.write_json(path, {**existing, "study": study.name, "file": str(study.path), "plan": plan_rows(study)})
+
+
+def plan_rows(study: Study) -> list[dict[str, Any]]:
+    return [{"run": r.name, "config": r.config, "configuration": r.configuration, "seed": r.seed,
+             "setting": r.setting, "dependency": r.dependency, "weights_from": r.upstream_run} for r in study.runs]
