@@ -20,6 +20,7 @@ if os.environ.get("KERASCNN_EMULATE_DEVICES"):  # tests: one CPU seen as several
 _LAZY = {
     "RunConfig": ("kerascnn.config", "RunConfig"),
     "KerascnnError": ("kerascnn.errors", "KerascnnError"),
+    "resolve": ("kerascnn.resolution", "resolve"),
     "run": ("kerascnn.runner", "run"),
     "resume": ("kerascnn.runner", "resume"),
     "load_data": ("kerascnn.data", "load"),

@@ -1,5 +1,6 @@
 import pytest
 
+import kerascnn
 from kerascnn.config import RunConfig
 from kerascnn.data.splits import parse_split
 from kerascnn.errors import KerascnnError
@@ -106,6 +107,7 @@ def test_resolving_decides_every_default_once_and_leaves_the_given_config_alone(
     assert decided.architecture["backbone"] == "resnet18" and decided.environment == {"device": "cpu"}
     assert resolved.devices.count == 1 and resolved.training is decided and resolved.fast_path
     assert resolve(decided, machine) == resolved
+    assert kerascnn.resolve is resolve  # the package's name for it
     on_a_gpu = dataclasses.replace(machine, bfloat16=True)
     assert resolve(given, on_a_gpu).config.precision == "mixed_bfloat16"
     assert not resolve(dataclasses.replace(given, jit=False), machine).fast_path

@@ -160,7 +160,12 @@ def case_argv(case: int) -> list[str]:
     return argv
 
 
-@pytest.mark.parametrize("case", range(len(SINGLE) + CASES))
+FAST_CASES = 80  # random cases in the fast tier; the rest run with the slow tier
+
+
+@pytest.mark.parametrize("case", [*range(len(SINGLE) + FAST_CASES),
+                                  *(pytest.param(c, marks=pytest.mark.slow)
+                                    for c in range(len(SINGLE) + FAST_CASES, len(SINGLE) + CASES))])
 def test_the_command_line_never_crashes_or_loses_anything(case, world, tmp_path, monkeypatch, capsys):
     root, paths = world
     monkeypatch.setattr(training, "fit", stop_before_training)

@@ -1,5 +1,6 @@
 """A run folder says what state it is in: running, interrupted, failed or finished."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -47,9 +48,14 @@ def test_a_stopped_run_is_marked_and_compare_says_so(exc, status, tmp_path):
         summarize_run(out)
 
 
-def test_a_finished_run_is_marked_finished(tmp_path):
-    out = kerascnn.run(kerascnn.RunConfig("digits", "cnn", epochs=1, out=str(tmp_path / "run"), verbose=0))
+def test_a_finished_run_is_marked_finished_and_its_config_json_is_the_resolved_config(tmp_path):
+    given = kerascnn.RunConfig("digits", "cnn", epochs=1, out=str(tmp_path / "run"), verbose=0)
+    out = kerascnn.run(given)
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    saved, resolved = kerascnn.RunConfig.load(out / "config.json"), kerascnn.resolve(given).config
+    assert saved.environment["backend"] == keras.backend.backend()  # the start time and command differ
+    assert dataclasses.replace(saved, environment={}) == dataclasses.replace(resolved, environment={})
+    assert given.lr is None and saved.lr == 3e-3  # decided in the resolve step; the caller's config untouched
     with pytest.raises(KerascnnError, match="the run is finished"):
         kerascnn.resume(out)
     assert summarize_run(out)["epochs"] == 1

@@ -270,7 +270,11 @@ def test_fast_steps_in_mixed_precision_train_as_keras_train_step(policy, channel
         assert np.linalg.norm(ours_change - their_change) <= MIXED_UPDATE_RTOL * np.linalg.norm(their_change), a.path
 
 
-@pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small"])
+# the MobileNets in the slow tier (3 s each); their operations' forward passes stay in the fast tier's CASES
+MOBILENETS = [pytest.param(name, marks=pytest.mark.slow) for name in ("mobilenet_v2", "mobilenet_v3_small")]
+
+
+@pytest.mark.parametrize("case", ["resnet18", *MOBILENETS])
 def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
     """One step on a backbone: the loss as Keras computes it, and every gradient as close to the
     exact (float64) gradient as Keras' own float32 computation is; then the lean AdamW update of
@@ -316,8 +320,7 @@ def test_fast_gradients_and_adam_update_match_keras_on_backbones(case):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
 
 
-@pytest.mark.parametrize("case", ["resnet18", "mobilenet_v2", "mobilenet_v3_small",
-                                  pytest.param("efficientnet_b0", marks=pytest.mark.slow)])  # slow: 4 s
+@pytest.mark.parametrize("case", ["resnet18", *MOBILENETS, pytest.param("efficientnet_b0", marks=pytest.mark.slow)])
 def test_channels_last_program_computes_the_nchw_program_forward_and_gradients(case):
     """CUDA's layout (channels-last feature maps) against NCHW, in training mode: outputs, batch-norm
     statistics and every gradient. In float64, so that no rounding hides a layout mistake: in float32
