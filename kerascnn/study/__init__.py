@@ -10,7 +10,7 @@ configurations. ``weights = "@NAME"`` fine-tunes from configuration NAME's model
 first, not a row): each replicate from its own run of NAME (seed k from NAME's seed k), unless
 ``share = ["NAME"]`` trains NAME once for all of them. The bundled files: ``kerascnn/study/bundled/*.toml``.
 
-Rooms: `plan` (parse, check, state), `execute` (run), `summary` (intervals, tests, report);
+Modules: `plan` (parse, check, state), `execute` (run), `summary` (intervals, tests, report);
 statistics in `kerascnn.stats`.
 """
 
