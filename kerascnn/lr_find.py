@@ -109,11 +109,12 @@ def range_test(config: RunConfig, steps: int = 200, start: float = 1e-7, end: fl
 
 def write(result: RangeTest, out: Path) -> None:
     """``lr_find.json`` and ``lr_find.png`` (loss against LR, the suggestion marked) in ``out``."""
-    config = result.config
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    config = result.config
 
     rundir.write_json(out / "lr_find.json", {"dataset": config.dataset, "model": config.model,
                                              "unfreeze": config.unfreeze, "optimizer": config.optimizer,

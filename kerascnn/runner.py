@@ -62,12 +62,12 @@ def build_model(config: RunConfig, dataset: Dataset) -> keras.Model:
                         **cnn_options(config))
 
 
-def check_and_resolve(config: RunConfig) -> ResolvedRun:
-    """`resolve` ``config`` once its data is known to exist (`kerascnn.data.check`): every check a
-    run makes before anything is created."""
+def check_and_resolve(config: RunConfig, environment: distribute.Environment | None = None) -> ResolvedRun:
+    """`resolve` ``config`` on ``environment`` (default: this machine) once its data is known to exist
+    (`kerascnn.data.check`): every check a run makes before anything is created."""
     config.validate()
     data.check(config.dataset, config.fold, config.data_dir)
-    return resolve(config)
+    return resolve(config, environment)
 
 
 def model_metadata(config: RunConfig, dataset: Dataset) -> dict[str, Any]:

@@ -246,8 +246,8 @@ def markdown_table() -> str:
             stages = ", ".join(f"`{s}`" for s in (spec.stages[0], spec.stages[-1]))
             stages = stages.replace(", ", "..") if len(spec.stages) > 2 else stages
             stages += ", `head`"
-            weights = "-" if spec.weights is None else "keras.applications" if spec.torchvision_url is None else (
-                "torchvision's, ported")
+            weights = "-" if spec.weights is None else "torchvision's, ported" if spec.torchvision_url else (
+                spec.weights.source)
         lines.append(f"| `{spec.name}` | {spec.description} | {weights} | {stages} |")
     return "\n".join(lines) + "\n"
 
@@ -297,13 +297,10 @@ for _spec in (
     _application("mobilenet_v2", "MobileNetV2", "MobileNetV2 from keras.applications, torchvision's stage names",
                  _keras("tf", 71.3), features(19), mobilenet_v2_stage, amx_min_size=96),
     _application("mobilenet_v3_small", "MobileNetV3Small", "MobileNetV3-Small from keras.applications",
-                 _keras("inside", 68.1),
-                 features(13), mobilenet_v3_stage(12), amx_min_size=128),
+                 _keras("inside", 68.1), features(13), mobilenet_v3_stage(12), amx_min_size=128),
     _application("mobilenet_v3_large", "MobileNetV3Large", "MobileNetV3-Large from keras.applications",
-                 _keras("inside", 75.6),
-                 features(17), mobilenet_v3_stage(16), amx_min_size=128),
+                 _keras("inside", 75.6), features(17), mobilenet_v3_stage(16), amx_min_size=128),
     _application("efficientnet_b0", "EfficientNetB0", "EfficientNet-B0 from keras.applications",
-                 _keras("inside", 77.1),
-                 features(9), efficientnet_stage, amx_min_size=128),
+                 _keras("inside", 77.1), features(9), efficientnet_stage, amx_min_size=128),
 ):
     register(_spec)

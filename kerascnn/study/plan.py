@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascnn import config, rundir
+from kerascnn import config, distribute, rundir
 from kerascnn.errors import KerascnnError
 
 if sys.version_info >= (3, 11):
@@ -220,8 +220,9 @@ def load_study(source: str, check: bool = True) -> Study:
         for run in dependents:
             run.upstream_run = _matching_run(run, runs, shared=upstream in shared_dependencies, where=where)
     study.runs = [r for r in planned if r.dependency] + [r for r in planned if not r.dependency]
+    environment = distribute.Environment.current() if check else None  # read once, not per run
     for run in study.runs if check else []:
-        check_run(run, where)
+        check_run(run, where, environment)
     return study
 
 
@@ -256,15 +257,16 @@ def _matching_run(run: PlannedRun, upstream_runs: list[PlannedRun], shared: bool
                         f"share = [\"{run.upstream}\"]")
 
 
-def check_run(run: PlannedRun, where: Callable[..., str]) -> None:
-    """Raise `KerascnnError` (naming the run and the file line) unless the run's settings would start."""
+def check_run(run: PlannedRun, where: Callable[..., str], environment: distribute.Environment | None = None) -> None:
+    """Raise `KerascnnError` (naming the run and the file line) unless the run's settings would start
+    on ``environment`` (default: this machine)."""
     from kerascnn.runner import check_and_resolve
 
     options = dict(run.options)
     if run.upstream:
         options["weights"] = "none"  # the dependency's model does not exist yet
     try:
-        check_and_resolve(config.RunConfig(**options))
+        check_and_resolve(config.RunConfig(**options), environment)
     except KerascnnError as exc:
         raise KerascnnError(f"{where(exc.option or 'name', run.table)}: run {run.name}: {exc}",
                             option=exc.option) from None
