@@ -1,13 +1,16 @@
 """python -m experiments.study STUDY.toml|NAME [--out DIR] [--workers N] [--dry-run] [--only CONFIG] :
 a comparison of training strategies, as one study folder of ordinary run folders with study.md,
-study.json and comparison.png.
+study.json and comparison.png. A file with a [search] table searches its space with Optuna first,
+then confirms the best trials against its baselines (--full-grid runs the whole grid instead).
 
 Running the same command again skips finished runs and resumes interrupted ones from their last
-finished epoch. NAME is a bundled study (kerascnn/study/bundled/NAME.toml), e.g. transfer_digits.
+finished epoch (a search goes on with its trials). NAME is a bundled study
+(kerascnn/study/bundled/NAME.toml), e.g. transfer_digits or search_digits.
 
 Examples:
   python -m experiments.study transfer_digits
   python -m experiments.study my_study.toml --workers 2
+  python -m experiments.study search_digits --workers 2
   python -m experiments.study deep_weeds --engine slurm --engine-option partition=gpu --engine-option gpus_per_node=1
 """
 
@@ -39,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a submitit parameter (partition=gpu, gpus_per_node=1, timeout_min=600, ...); repeatable")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what has run; train nothing")
     p.add_argument("--only", metavar="CONFIG", help="run one configuration (and what it fine-tunes from)")
+    p.add_argument("--full-grid", action="store_true",
+                   help="for a search file: run the full grid of its space with the confirmation seeds, as a "
+                        "study (default folder RUNS_DIR/study-NAME-grid), to check what the search chose")
     add_common_options(p)
     return p
 
@@ -46,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
 def body(args: argparse.Namespace) -> int:
     from kerascnn import rundir
     from kerascnn.study import estimated_seconds, load_study, run_study, select, state_of
+    from kerascnn.study.search import describe_search, full_grid_study, run_search
 
     if args.workers < 1:
         raise KerascnnError(f"--workers must be >= 1, got {args.workers}")
@@ -58,8 +65,20 @@ def body(args: argparse.Namespace) -> int:
     if options and args.engine == "local":
         raise KerascnnError("--engine-option needs --engine slurm or submitit-local")
     study = load_study(args.study)
-    default = Path(args.runs_dir).expanduser() / f"study-{rundir.slug(study.name)}"
-    out = Path(args.out).expanduser() if args.out else default
+    name = f"study-{rundir.slug(study.name)}"
+    if args.full_grid:
+        if study.search is None:
+            raise KerascnnError(f"--full-grid needs a search file (one with a [search] table); {study.path} has none")
+        study, name = full_grid_study(study.search, study), f"{name}-grid"
+    elif study.search is not None and args.only:
+        raise KerascnnError(f"--only is for studies; {study.path} is a search (--full-grid runs its grid)")
+    out = Path(args.out).expanduser() if args.out else Path(args.runs_dir).expanduser() / name
+    if study.search is not None and args.dry_run:
+        print(describe_search(study.search, study, out))
+        return 0
+    if study.search is not None:
+        summary = run_search(study, out, workers=args.workers, engine=args.engine, engine_options=options)
+        return _report(summary, out)
     chosen = select(study, args.only)
     if args.dry_run:
         estimates = estimated_seconds(study, out) if out.is_dir() else {}
@@ -75,6 +94,10 @@ def body(args: argparse.Namespace) -> int:
                   "unfinished runs (from the epochs run so far)")
         return 0
     summary = run_study(study, out, workers=args.workers, engine=args.engine, engine_options=options, only=args.only)
+    return _report(summary, out)
+
+
+def _report(summary: dict, out: Path) -> int:
     print((out / "study.md").read_text())
     print(out)
     if summary["failed"]:

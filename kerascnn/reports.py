@@ -192,11 +192,11 @@ SUMMARY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "w
 
 def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """One row about a run folder: its settings that matter for comparison and its test metrics."""
-    from kerascnn.rundir import read_status
+    from kerascnn.rundir import DONE, read_status
 
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    if status != "finished" or not (run_dir / "config.json").is_file():
+    if status not in DONE or not (run_dir / "config.json").is_file():
         missing = "no metrics.json" if (run_dir / "config.json").is_file() else "no config.json"
         raise KerascnnError(f"{run_dir} is not a finished run (status {status}, {missing}); compare finished runs")
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -115,7 +115,8 @@ def read_history(run_dir: str | Path) -> dict[str, list[float]]:
 
 
 STATUS_FILE = "status.json"
-STATUSES = ("running", "interrupted", "failed", "finished")
+STATUSES = ("running", "interrupted", "failed", "finished", "pruned")
+DONE = ("finished", "pruned")  # evaluated and reported; pruned: a search stopped it early (`kerascnn.study.search`)
 
 
 def mark(run_dir: str | Path, status: str, **details: Any) -> None:
@@ -168,23 +169,20 @@ def running_elsewhere(run_dir: str | Path) -> bool:
 
 
 def _marker_alive(status: dict[str, Any]) -> bool:
-    """Whether the process whose pid ``status`` records may still be running: it is on another host
-    (a cluster job), it is this process, or its pid is alive; an unreadable pid is not."""
+    """Whether the process whose pid ``status`` records may still be running (`process_alive`); an
+    unreadable pid is not."""
     try:
         pid = int(status["pid"])
     except (TypeError, ValueError):
         return False
-    if status.get("host", socket.gethostname()) != socket.gethostname() or pid == os.getpid():
+    return process_alive(status.get("host", socket.gethostname()), pid)
+
+
+def process_alive(host: str, pid: int) -> bool:
+    """Whether process ``pid`` on ``host`` may still be running: it is on another host (a cluster
+    job), it is this process, or its pid is alive."""
+    if host != socket.gethostname() or pid == os.getpid():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-    if pid == os.getpid():
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

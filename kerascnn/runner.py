@@ -200,8 +200,8 @@ def resume(run_dir: str | Path, callbacks: list[keras.callbacks.Callback] | None
     if not (run_dir / "config.json").is_file():
         raise KerascnnError(f"--resume {str(run_dir)!r}: not a run folder (no config.json)")
     status = rundir.read_status(run_dir)
-    if status == "finished":
-        raise KerascnnError(f"--resume {run_dir}: the run is finished; start a new one with --out")
+    if status in rundir.DONE:
+        raise KerascnnError(f"--resume {run_dir}: the run is {status}; start a new one with --out")
     if status == "running" and rundir.running_elsewhere(run_dir):
         raise KerascnnError(f"--resume {run_dir}: the run is still running in another process")
     checkpoint.load_state(run_dir)  # one line if there is nothing to resume from

@@ -109,7 +109,7 @@ def _run_batch(runs: list[PlannedRun], out: Path, workers: int, engine: str, eng
         jobs.append((run, state == "resumable"))
     if not jobs:
         return
-    executor = _executor(engine, workers, engine_options, out)
+    executor = executor_for(engine, workers, engine_options, out)
     futures = {executor.submit(execute_run, dataclasses.asdict(run_config(run, out)), str(out / run.name), resume): run
                for run, resume in jobs}
     try:
@@ -127,7 +127,8 @@ def _run_batch(runs: list[PlannedRun], out: Path, workers: int, engine: str, eng
     executor.close()
 
 
-def _executor(engine: str, workers: int, engine_options: dict[str, str], out: Path) -> _InProcess:
+def executor_for(engine: str, workers: int, engine_options: dict[str, str], out: Path) -> _InProcess:
+    """The engine (``local``: this process, or ``workers`` processes; else submitit) calls go to."""
     if engine == "local":
         return _InProcess() if workers <= 1 else _Processes(workers)
     return _Submitit(engine, engine_options, out)

@@ -94,6 +94,7 @@ class Study:
     path: Path
     text: str
     runs: list[PlannedRun] = field(default_factory=list)
+    search: Any = None  # its `kerascnn.study.search.Search`, for a file with a [search] table
 
 
 def _text(value: Any) -> str:
@@ -129,17 +130,34 @@ def _line(text: str, key: str, table: int | None) -> int:
 def load_study(source: str, check: bool = True) -> Study:
     """Parse and check a study file (a path or a bundled name) into its planned runs; with ``check``
     every run's settings are checked here (`kerascnn.runner.check_and_resolve`, which also looks for
-    the data), before anything trains."""
+    the data), before anything trains. A file with a ``[search]`` table is a strategy search
+    (`kerascnn.study.search`): its ``[[config]]`` tables are the baselines and what trials fine-tune from."""
     path = find_study_file(source)
     text = path.read_text()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise KerascnnError(f"{path}: {exc}") from None
-    where = lambda key, table=None: f"{path.name} line {_line(text, key, table)}"  # noqa: E731
-    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid", "share")}
-    tables = data.get("config")
-    if not isinstance(tables, list) or not tables:
+    study = plan_study(data, path, text, check)
+    if "search" in data:
+        from kerascnn.study.search import parse_search
+
+        study.search = parse_search(data["search"], study, data, check)
+    return study
+
+
+def where_in(path: Path, text: str) -> Callable[..., str]:
+    """``where(key, table=None)``: the file and line an error about ``key`` points to."""
+    return lambda key, table=None: f"{path.name} line {_line(text, key, table)}"
+
+
+def plan_study(data: dict[str, Any], path: Path, text: str, check: bool = True) -> Study:
+    """The planned runs of parsed study-file ``data`` (read from ``path``, whose ``text`` error
+    lines point into); `load_study` with the parsing done."""
+    where = where_in(path, text)
+    shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid", "share", "search")}
+    tables = data.get("config", [])
+    if not isinstance(tables, list) or not (tables or "search" in data):
         raise KerascnnError(f"{path.name}: no [[config]] tables; a study compares at least one configuration")
     study = Study(str(shared.pop("name", path.stem)), path, text)
     names = [t.get("name") for t in tables]

@@ -210,6 +210,10 @@ def study_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"- {better} vs {worse}: {100 * abs(c['difference']):+.2f} points of test accuracy "
                      f"({c['test']}, adjusted p = {c['p_holm']:.3g}): {words}{given}.")
     lines += ["", "![validation curves and accuracy against training time](comparison.png)", ""]
+    if summary.get("search"):
+        from kerascnn.study.search import search_markdown
+
+        lines += search_markdown(summary["search"])
     return "\n".join(lines)
 
 

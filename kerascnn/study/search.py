@@ -1,0 +1,657 @@
+"""Strategy search: a study file's ``[search]`` table searched with Optuna, each trial an ordinary
+run folder pruned on validation accuracy, then the best trials confirmed with seeds against the
+file's baselines by the study's own comparison (docs/search.md).
+
+The table: ``space`` (options as a choice list, ``{low, high}`` ints or ``{low, high, log}`` floats),
+``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`PRUNERS`), ``sampler``
+(`SAMPLERS`), ``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the
+study folder), ``seed`` and ``confirm = {top, seeds}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kerascnn import config, rundir
+from kerascnn.errors import KerascnnError
+from kerascnn.study.plan import PlannedRun, Study, plan_study, run_config, run_fields, state_of
+
+log = logging.getLogger("kerascnn")
+
+PRUNERS = ("hyperband", "successive_halving", "none")
+SAMPLERS = ("tpe", "random", "grid")
+TRIAL = "trial"  # the planned configuration a trial's settings start from (a search file may not use the name)
+GRID = "grid"  # --full-grid's configuration
+WINNER = "search-"  # the confirmed trials' configurations: search-1, search-2, ...
+TRIALS_DIR = "trials"  # the study folder's subfolder of trial run folders, trial-NNNN
+JOURNAL = "search.journal"
+KEYS = ("space", "trials", "budget", "pruner", "sampler", "storage", "seed", "confirm")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched option: a choice list, or a range from ``low`` to ``high`` (ints when both are,
+    log-uniform with ``log``)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    def suggest(self, trial: Any) -> Any:
+        """This option's value for Optuna ``trial`` (a retried trial's own value)."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def checked_values(self) -> tuple[Any, ...]:
+        """The values a pre-flight check tries: every choice, or both ends of the range."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A parsed ``[search]`` table (module docstring) and the file data it was read with."""
+
+    space: tuple[Dimension, ...]
+    trials: int | None
+    budget: int | None
+    pruner: str
+    sampler: str
+    storage: str | None
+    seed: int
+    top: int
+    seeds: tuple[int, ...]
+    data: dict[str, Any]  # the whole study file, parsed
+
+    def grid_size(self) -> int | None:
+        """Configurations in the full grid of the space; None when a range makes it infinite."""
+        if any(d.choices is None for d in self.space):
+            return None
+        return int(np.prod([len(d.choices) for d in self.space]))
+
+
+def _search_line(text: str, key: str) -> int:
+    """The line (1-based) of ``key`` in the file's ``[search]`` table (its header if not found)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"\s*\[\s*search(\.\w+)?\s*\]", line)), 0)
+    leaf = key.split(".")[-1]
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*((space|confirm)\s*\.\s*)?{re.escape(leaf)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = True) -> Search:
+    """Check a study file's ``[search]`` table into a `Search`; with ``check``, each value of the
+    space is checked as a trial's setting (`kerascnn.study.plan.check_run`) before anything trains."""
+    where = lambda key: f"{study.path.name} line {_search_line(study.text, key)}"  # noqa: E731
+    if not isinstance(table, dict):
+        raise KerascnnError(f"{where('search')}: [search] must be a table")
+    for key in table:
+        if key not in KEYS:
+            raise KerascnnError(f"{where(key)}: unknown [search] key {key!r}; keys: {', '.join(KEYS)}")
+    if "grid" in data:
+        raise KerascnnError(f"{where('search')}: a search file's top-level grid would apply to its trials; give "
+                            "grids in the baselines' [[config]] tables")
+    for table_ in data.get("config", []):
+        name = str(table_.get("name", ""))
+        if name in (TRIAL, GRID) or name.startswith(WINNER):
+            raise KerascnnError(f"{where('search')}: config name {name!r}: {TRIAL}, {GRID} and {WINNER}N name the "
+                                "search's own configurations; rename that config")
+    space = table.get("space")
+    if not isinstance(space, dict) or not space:
+        raise KerascnnError(f"{where('space')}: [search] needs space, a table of options to search "
+                            "(space.lr = {low = 1e-4, high = 1e-2, log = true})")
+    dimensions = tuple(_dimension(name.replace("-", "_"), value, where) for name, value in space.items())
+    pruner = table.get("pruner", "hyperband")
+    if pruner not in PRUNERS:
+        raise KerascnnError(f"{where('pruner')}: unknown pruner {pruner!r}; pruners: {', '.join(PRUNERS)}")
+    sampler = table.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise KerascnnError(f"{where('sampler')}: unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    if sampler == "grid" and any(d.choices is None for d in dimensions):
+        name = next(d.name for d in dimensions if d.choices is None)
+        raise KerascnnError(f"{where(name)}: the grid sampler needs choice lists, and space.{name} is a range")
+    counts = {}
+    for key in ("trials", "budget"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise KerascnnError(f"{where(key)}: {key} must be an integer >= 1, got {value!r}")
+        counts[key] = value
+    if counts["trials"] is None and counts["budget"] is None and sampler != "grid":
+        raise KerascnnError(f"{where('search')}: give trials (how many) or budget (epochs over all trials)")
+    storage = table.get("storage")
+    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
+        raise KerascnnError(f"{where('storage')}: storage must be an Optuna storage URL "
+                            f"(postgresql://user@host/db, sqlite:///search.db), got {storage!r}")
+    confirm = table.get("confirm", {})
+    if not isinstance(confirm, dict) or any(k not in ("top", "seeds") for k in confirm):
+        raise KerascnnError(f"{where('confirm')}: confirm must be a table {{top = 3, seeds = [0, 1, 2]}}")
+    top = confirm.get("top", 3)
+    seeds = confirm.get("seeds", data.get("seeds", [0, 1, 2]))
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
+    seed = table.get("seed", seeds[0])
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")
+    search = Search(dimensions, counts["trials"], counts["budget"], pruner, sampler, storage, seed, top,
+                    tuple(seeds), data)
+    if check:
+        _require_optuna()
+        _check_space(search, study, where)
+    return search
+
+
+def _check_space(search: Search, study: Study, where: Any) -> None:
+    """Raise `KerascnnError` (naming the line and value) unless a trial with each value of the space
+    would start on this machine (`kerascnn.runner.check_and_resolve`)."""
+    from kerascnn import distribute
+    from kerascnn.runner import check_and_resolve
+
+    options = dict(planned_trial(search, study).options)
+    if str(options.get("weights", "")).startswith("@"):
+        options["weights"] = "none"  # the dependency's model does not exist yet
+    environment = distribute.Environment.current()
+    for dimension in search.space:
+        for value in dimension.checked_values():
+            try:
+                check_and_resolve(config.RunConfig(**{**options, dimension.name: value}), environment)
+            except KerascnnError as exc:
+                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r}: {exc}",
+                                    option=exc.option) from None
+            except (TypeError, ValueError) as exc:
+                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r} has "
+                                    f"the wrong type ({exc})") from None
+
+
+def _dimension(name: str, value: Any, where: Any) -> Dimension:
+    if name not in run_fields():
+        raise KerascnnError(f"{where(name)}: space.{name} is not a run option; keys are experiments.run's long "
+                            "option names")
+    if isinstance(value, list):
+        if not value:
+            raise KerascnnError(f"{where(name)}: space.{name} is an empty choice list; give at least one value")
+        if not all(isinstance(v, (str, int, float, bool)) for v in value):
+            raise KerascnnError(f"{where(name)}: space.{name} choices must be strings, numbers or booleans")
+        if len(set(map(repr, value))) < len(value):
+            raise KerascnnError(f"{where(name)}: space.{name} lists a choice twice")
+        return Dimension(name, choices=tuple(value))
+    if isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log"}:
+        low, high, log_scale = value["low"], value["high"], value.get("log", False)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) \
+                or not isinstance(log_scale, bool):
+            raise KerascnnError(f"{where(name)}: space.{name} needs numbers low and high (and log = true|false)")
+        if low > high:
+            raise KerascnnError(f"{where(name)}: space.{name} has low {low} > high {high}")
+        if log_scale and low <= 0:
+            raise KerascnnError(f"{where(name)}: space.{name} is log-uniform, so low must be > 0, got {low}")
+        return Dimension(name, low=low, high=high, log=log_scale)
+    raise KerascnnError(f"{where(name)}: space.{name} must be a choice list [..] or a range "
+                        f"{{low = .., high = .., log = true}}, got {value!r}")
+
+
+def _require_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def derived_study(search: Search, study: Study, seeds: list[int], extra: list[dict[str, Any]]) -> Study:
+    """The file's study with ``seeds`` and the ``[[config]]`` tables ``extra`` added: the trials'
+    plan (one `TRIAL` config) and the confirmation (the winners). Its text stays the file's, so
+    both use the same study folder."""
+    data = {k: v for k, v in search.data.items() if k != "search"}
+    data["seeds"] = seeds
+    data["config"] = [*copy.deepcopy(search.data.get("config", [])), *extra]
+    planned = plan_study(data, study.path, study.text, check=False)
+    planned.search = search
+    return planned
+
+
+def planned_trial(search: Search, study: Study) -> PlannedRun:
+    """The planned run every trial starts from: the file's shared settings with the search seed,
+    fine-tuning (``weights = "@NAME"``) from that seed's run of NAME."""
+    trials = derived_study(search, study, [search.seed], [{"name": TRIAL}])
+    return next(r for r in trials.runs if r.config == TRIAL)
+
+
+def trial_epochs(search: Search, trial_run: PlannedRun) -> int:
+    """The most epochs a trial trains (the pruner's full resource)."""
+    for dimension in search.space:
+        if dimension.name == "epochs":
+            return int(max(dimension.checked_values()))
+    options = trial_run.options
+    return int(options.get("epochs") or config.RunConfig(options["dataset"], options["model"]).epochs)
+
+
+def trial_folder(out: Path, number: int) -> Path:
+    return out / TRIALS_DIR / f"trial-{number:04d}"
+
+
+class PruneOnValidation(keras.callbacks.Callback):
+    """Reports validation accuracy to an Optuna trial after each epoch (not while only the head warms
+    up before ``unfreeze_at``) and stops training when the pruner says so; ``pruned_at`` is that epoch."""
+
+    def __init__(self, trial: Any, warmup_epochs: int) -> None:
+        super().__init__()
+        self.trial, self.warmup_epochs, self.pruned_at = trial, warmup_epochs, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_accuracy")
+        if value is None or epoch + 1 <= self.warmup_epochs:
+            return
+        self.trial.report(float(value), epoch + 1)
+        if self.trial.should_prune():
+            self.pruned_at = epoch + 1
+            self.model.stop_training = True
+
+
+def _objective(search: Search, trial_run: PlannedRun, out: Path):
+    optuna = _require_optuna()
+    from kerascnn.reports import summarize_run
+    from kerascnn.runner import run as start_run
+
+    def objective(trial: Any) -> float:
+        params = {d.name: d.suggest(trial) for d in search.space}
+        folder = trial_folder(out, trial.number)
+        trial.set_user_attr("run", folder.name)
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        planned = copy.deepcopy(trial_run)
+        planned.options.update(params)
+        settings = run_config(planned, out)
+        settings.out = str(folder)
+        settings.environment = {**settings.environment, "search_trial": trial.number}
+        unfreeze = params.get("unfreeze", settings.unfreeze)
+        warmup = params.get("unfreeze_at", settings.unfreeze_at) if unfreeze not in (None, "none") else 0
+        pruning = PruneOnValidation(trial, warmup or 0)
+        log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
+        try:
+            start_run(settings, callbacks=[pruning])
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # retried once when the command runs again
+            raise
+        row = summarize_run(folder)
+        trial.set_user_attr("epochs", row["epochs"])
+        trial.set_user_attr("seconds", row["train_seconds"])
+        if row["val_accuracy"] is None:
+            raise KerascnnError(f"trial {trial.number}: no validation accuracy; a search needs a validation split")
+        if pruning.pruned_at is not None:
+            rundir.mark(folder, "pruned", pruned_at=pruning.pruned_at)
+            raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
+        return float(row["val_accuracy"])
+
+    return objective
+
+
+def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
+    """The Optuna study of the search in ``out`` (created or loaded), with this worker's sampler."""
+    optuna = _require_optuna()
+    if search.storage is None:
+        from optuna.storages.journal import JournalFileBackend
+
+        storage: Any = optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                storage = optuna.storages.RDBStorage(
+                    search.storage, heartbeat_interval=60, grace_period=180,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
+                raise KerascnnError(f"search storage {search.storage}: {' '.join(str(exc).split())[:300]}") from None
+    seed = search.seed + worker  # workers with one seed would propose the same trials
+    if search.sampler == "grid":
+        sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in search.space}, seed=seed)
+    elif search.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    epochs = trial_epochs(search, planned_trial(search, study))
+    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+              "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+              "none": optuna.pruners.NopPruner}[search.pruner]()
+    try:
+        return optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner,
+                                   direction="maximize", load_if_exists=True)
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
+        raise KerascnnError(f"search storage {search.storage or out / JOURNAL}: {' '.join(str(exc).split())[:300]}"
+                            ) from None
+
+
+def epochs_used(trials: list[Any], out: Path) -> int:
+    """Epochs trained over ``trials`` so far, from their run folders' histories."""
+    return sum(len(rundir.read_history(trial_folder(out, t.number)).get("epoch", [])) for t in trials)
+
+
+def ended_trials(trials: list[Any]) -> list[Any]:
+    """The trials that count towards ``trials``: complete, pruned, or failed and not retried."""
+    from optuna.trial import TrialState
+
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and t.number not in retried)]
+
+
+def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
+    """Whether the search has its trials (`ended_trials`), has run its whole grid or has spent its
+    budget of epochs."""
+    trials = optuna_study.get_trials(deepcopy=False)
+    ended = ended_trials(trials)
+    if search.trials is not None and len(ended) >= search.trials:
+        return True
+    if search.sampler == "grid" and len({json.dumps(t.params, sort_keys=True) for t in ended}) >= search.grid_size():
+        return True
+    return search.budget is not None and epochs_used(trials, out) >= search.budget
+
+
+def retry_stopped_trials(optuna_study: Any) -> list[int]:
+    """Mark failed the running trials whose worker died (its process on this host is gone) and queue
+    each trial stopped that way or by an interrupt for one retry (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``); return the numbers retried."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = optuna_study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    queued = []
+    for trial in trials:
+        worker = trial.user_attrs.get("worker")
+        dead = trial.state == TrialState.RUNNING and worker and not rundir.process_alive(worker["host"], worker["pid"])
+        if dead:
+            optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        if (dead or (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"))) \
+                and trial.number not in retried and "failed_trial" not in trial.system_attrs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(optuna_study, trial)
+            queued.append(trial.number)
+    for number in queued:
+        log.warning("trial %d stopped with its worker; it runs again", number)
+    return queued
+
+
+def search_worker(source: str, out: str, worker: int = 0) -> int:
+    """Run trials of the search in study file ``source`` in folder ``out`` until it is done: what
+    each ``--workers`` process, SLURM job or node calls; return the trials this worker ran."""
+    from kerascnn.study.plan import load_study
+
+    optuna = _require_optuna()
+    study = load_study(source, check=False)
+    out_path = Path(out)
+    search = study.search
+    optuna_study = open_study(search, study, out_path, worker)
+    retry_stopped_trials(optuna_study)
+    if search_done(search, optuna_study, out_path):
+        return 0
+    objective = _objective(search, planned_trial(search, study), out_path)
+    ran = 0
+
+    def after_trial(optuna_study: Any, trial: Any) -> None:
+        nonlocal ran
+        ran += 1
+        if trial.state == optuna.trial.TrialState.FAIL:
+            log.warning("trial %d failed: %s", trial.number, trial.system_attrs.get("fail_reason", ""))
+        retry_stopped_trials(optuna_study)
+        if search_done(search, optuna_study, out_path):
+            optuna_study.stop()
+
+    optuna_study.optimize(objective, callbacks=[after_trial], catch=(KerascnnError, ValueError, RuntimeError),
+                          gc_after_trial=True)
+    return ran
+
+
+def wait_for_trials(optuna_study: Any, poll_seconds: float = 15.0) -> None:
+    """Wait while trials run in other workers (those of dead workers are failed and retried by the caller)."""
+    from optuna.trial import TrialState
+
+    while any(t.state == TrialState.RUNNING for t in optuna_study.get_trials(deepcopy=False)):
+        if retry_stopped_trials(optuna_study):
+            return
+        time.sleep(poll_seconds)
+
+
+def winners(search: Search, optuna_study: Any) -> list[dict[str, Any]]:
+    """The best ``confirm.top`` complete trials by validation accuracy, one per setting."""
+    from optuna.trial import TrialState
+
+    chosen: list[dict[str, Any]] = []
+    ranked = sorted(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: (-t.value, t.number))
+    for trial in ranked:
+        if trial.params in [c["params"] for c in chosen]:
+            continue
+        chosen.append({"trial": trial.number, "params": dict(trial.params), "val_accuracy": trial.value,
+                       "config": f"{WINNER}{len(chosen) + 1}"})
+        if len(chosen) == search.top:
+            break
+    return chosen
+
+
+def confirmation_study(search: Search, study: Study, chosen: list[dict[str, Any]]) -> Study:
+    """The file's study with the chosen settings as configurations ``search-1``, ..., every one
+    with the confirmation seeds (whole-pipeline replicates, as any study's)."""
+    return derived_study(search, study, list(search.seeds), [{"name": c["config"], **c["params"]} for c in chosen])
+
+
+def run_search(study: Study, out: Path, *, workers: int = 1, engine: str = "local",
+               engine_options: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the search of ``study`` in ``out`` (continuing one begun there), confirm its best trials
+    against the baselines, and write the study's report with the search's part; return the summary."""
+    from kerascnn.study.execute import executor_for, run_study
+    from kerascnn.study.plan import prepare_folder
+    from kerascnn.study.summary import write_summary
+
+    optuna = _require_optuna()
+    search = study.search
+    prepare_folder(study, out)
+    trial_run = planned_trial(search, study)
+    if trial_run.upstream:  # what every trial fine-tunes from, first (another node may be training it)
+        trial_plan = derived_study(search, study, [search.seed], [{"name": TRIAL}])
+        dependency = next(r for r in trial_plan.runs if r.name == trial_run.upstream_run)
+        while state_of(dependency, out) == "elsewhere":
+            time.sleep(15)
+        done = run_study(trial_plan, out, workers=1, engine=engine, engine_options=engine_options,
+                         only=trial_run.upstream)
+        if done["failed"]:
+            raise KerascnnError(f"the search's dependency failed: {next(iter(done['failed'].values()))}")
+    while True:
+        executor = executor_for(engine, workers, engine_options or {}, out)
+        futures = [executor.submit(search_worker, str(study.path), str(out), i) for i in range(workers)]
+        errors = []
+        try:
+            for future in executor.completed(futures):
+                try:
+                    future.result()
+                except Exception as exc:  # noqa: BLE001 - one worker's end is not the search's
+                    errors.append(executor.error_line(exc))
+        except BaseException:
+            executor.stop()
+            raise
+        executor.close()
+        optuna_study = open_study(search, study, out)
+        wait_for_trials(optuna_study)
+        retry_stopped_trials(optuna_study)
+        waiting = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if search_done(search, optuna_study, out) or not waiting or errors:
+            break  # else a worker died elsewhere, leaving a trial to retry: run the workers again
+    if errors and not search_done(search, optuna_study, out):
+        raise KerascnnError(f"the search's workers stopped ({errors[0]}); run the same command again")
+    chosen = winners(search, optuna_study)
+    if not chosen:
+        raise KerascnnError("no trial of the search completed (all pruned or failed); see "
+                            f"{out / TRIALS_DIR} and widen the space or give more trials")
+    confirmation = confirmation_study(search, study, chosen)
+    summary = run_study(confirmation, out, workers=workers, engine=engine, engine_options=engine_options)
+    summary["search"] = search_report(search, optuna_study, out, chosen, summary, trial_epochs(search, trial_run))
+    write_summary(confirmation, out, summary)
+    return summary
+
+
+def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dict[str, Any]],
+                  summary: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The search's part of ``study.json``: each trial, the compute against the full grid's, which
+    settings mattered, and the verdict on each winner against each baseline; draws ``importance.png``."""
+    trials = []
+    for t in optuna_study.get_trials(deepcopy=False):
+        history = rundir.read_history(trial_folder(out, t.number))
+        trials.append({"trial": t.number, "state": t.state.name.lower(), "params": dict(t.params),
+                       "val_accuracy": t.value, "epochs": len(history.get("epoch", [])),
+                       "seconds": float(np.nansum(history.get("seconds", []))),
+                       "retry_of": t.system_attrs.get("failed_trial"),
+                       "run": f"{TRIALS_DIR}/{t.user_attrs.get('run', '')}"})
+    confirm_runs = [c for c in summary["configurations"] if c["config"].startswith(WINNER)]
+    confirm_epochs = sum(len(rundir.read_history(out / run).get("epoch", [])) for c in confirm_runs
+                         for run in c.get("runs", []))
+    confirm_seconds = sum(float(np.nansum(rundir.read_history(out / run).get("seconds", [])))
+                          for c in confirm_runs for run in c.get("runs", []))
+    search_epochs = sum(t["epochs"] for t in trials) + confirm_epochs
+    search_seconds = sum(t["seconds"] for t in trials) + confirm_seconds
+    per_epoch = search_seconds / search_epochs if search_epochs else None
+    grid = search.grid_size()
+    grid_epochs = grid * len(search.seeds) * epochs if grid else None
+    compute = {"search_epochs": search_epochs, "search_seconds": search_seconds,
+               "trial_epochs": search_epochs - confirm_epochs, "confirm_epochs": confirm_epochs,
+               "grid_configurations": grid, "grid_epochs": grid_epochs,
+               "grid_seconds_estimate": grid_epochs * per_epoch if grid_epochs and per_epoch else None}
+    importance = _importance(optuna_study, out / "importance.png")
+    baselines = [c for c in summary["configurations"] if c["chosen"] and not c["config"].startswith(WINNER)]
+    verdicts = []
+    for winner in chosen:
+        for baseline in baselines:
+            pair = {winner["config"], baseline["configuration"]}
+            comparison = next((c for c in summary["comparisons"] if {c["a"], c["b"]} == pair), None)
+            verdicts.append({"winner": winner["config"], "baseline": baseline["configuration"],
+                             "words": _verdict_words(winner["config"], baseline["configuration"], comparison)})
+    return {"space": {d.name: list(d.choices) if d.choices is not None else {"low": d.low, "high": d.high, "log": d.log}
+                      for d in search.space},
+            "sampler": search.sampler, "pruner": search.pruner, "trials": trials, "chosen": chosen,
+            "compute": compute, "importance": importance, "verdicts": verdicts}
+
+
+def _verdict_words(winner: str, baseline: str, comparison: dict[str, Any] | None) -> str:
+    if comparison is None or "p_holm" not in comparison:
+        return f"{winner} and {baseline} could not be compared ({(comparison or {}).get('verdict', 'no shared runs')})"
+    difference = comparison["difference"] if comparison["a"] == winner else -comparison["difference"]
+    points = f"{100 * difference:+.2f} points, adjusted p = {comparison['p_holm']:.3g}"
+    if comparison["real"]:
+        return f"{winner} is {'really better' if difference > 0 else 'really worse'} than {baseline} ({points})"
+    return f"{winner} is not shown to differ from {baseline} ({points}): the search's choice may be luck"
+
+
+def _importance(optuna_study: Any, path: Path) -> dict[str, float] | None:
+    """Optuna's parameter importances (fANOVA) over the complete trials, drawn as a bar chart; None
+    with fewer than three complete trials."""
+    import optuna
+
+    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return None
+    try:
+        importance = optuna.importance.get_param_importances(
+            optuna_study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):
+        return None
+    if not importance:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(importance)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(names)))
+    ax.barh(names, [importance[n] for n in names])
+    ax.set_xlabel("importance for validation accuracy (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return {k: float(v) for k, v in importance.items()}
+
+
+def search_markdown(report: dict[str, Any]) -> list[str]:
+    """The search's part of ``study.md``."""
+    compute = report["compute"]
+    lines = ["## The search", "",
+             f"Sampler {report['sampler']}, pruner {report['pruner']}; each trial is a run folder in "
+             f"`{TRIALS_DIR}/`, scored by the validation accuracy of the model it kept. The settings confirmed "
+             "below were chosen on validation alone.", "",
+             "| trial | state | settings | val accuracy | epochs | seconds |", "|" + " --- |" * 6]
+    for t in report["trials"]:
+        settings = _settings_text(t["params"])
+        state = t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "")
+        value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
+        lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
+    lines += ["", "Confirmed with seeds: " + "; ".join(
+        f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + ".", ""]
+    grid = (f"the full grid of the space ({compute['grid_configurations']} configurations, each with every "
+            f"confirmation seed) would train up to {compute['grid_epochs']} epochs"
+            + (f", about {compute['grid_seconds_estimate']:.0f} s at the search's seconds per epoch"
+               if compute["grid_seconds_estimate"] else "")
+            if compute["grid_epochs"] else "the space has a range, so it has no finite grid")
+    lines += [f"Compute: the search trained {compute['search_epochs']} epochs in {compute['search_seconds']:.0f} s "
+              f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} confirming); {grid}. "
+              "Runs it shares with the baselines (what they fine-tune from) are not counted.", ""]
+    if report["importance"]:
+        lines += ["Which settings mattered (Optuna's fANOVA importance over the complete trials): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in report["importance"].items()) + ".", "",
+                  "![importance](importance.png)", ""]
+    if report["verdicts"]:
+        lines += ["Is the winner really better?", ""] + [f"- {v['words']}." for v in report["verdicts"]] + [""]
+    return lines
+
+
+def full_grid_study(search: Search, study: Study) -> Study:
+    """The full grid of the search's space (choice lists only) as a study with the confirmation
+    seeds: one configuration ``grid`` beside the baselines, to check a search against."""
+    if search.grid_size() is None:
+        name = next(d.name for d in search.space if d.choices is None)
+        raise KerascnnError(f"--full-grid: space.{name} is a range, so the space has no finite grid")
+    grid = derived_study(search, study, list(search.seeds),
+                         [{"name": GRID, "grid": {d.name: list(d.choices) for d in search.space}}])
+    grid.search = None
+    return grid
+
+
+def _settings_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def describe_search(search: Search, study: Study, out: Path) -> str:
+    """What ``--dry-run`` prints for a search: its space and stopping rule, and its trials so far in ``out``."""
+    space = "; ".join(f"{d.name} in {list(d.choices)}" if d.choices is not None else
+                      f"{d.name} from {d.low} to {d.high}{' (log)' if d.log else ''}" for d in search.space)
+    stop = " or ".join(text for value, text in ((search.trials, f"{search.trials} trials"),
+                                                (search.budget, f"{search.budget} epochs")) if value) or "the grid"
+    grid = search.grid_size()
+    lines = [f"search {study.name} from {study.path} -> {out}", f"  space: {space}" + (
+             f" ({grid} settings)" if grid else ""),
+             f"  {search.sampler} sampler, {search.pruner} pruner, until {stop}; then the best {search.top} "
+             f"with seeds {list(search.seeds)} against the baselines"]
+    if search.storage is not None or (out / JOURNAL).is_file():
+        optuna_study = open_study(search, study, out)
+        states = [t.state.name.lower() for t in optuna_study.get_trials(deepcopy=False)]
+        lines.append("  trials so far: " + (", ".join(f"{states.count(s)} {s}" for s in sorted(set(states)))
+                                           or "none"))
+    return "\n".join(lines)

@@ -1,0 +1,283 @@
+"""Strategy search: bad [search] tables are one-line errors before anything trains; trials are run
+folders, pruned ones included; stopped trials are failed and retried once; two workers share one
+journal file or one PostgreSQL database, one of them killed mid-trial."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from experiments import study as study_cli  # noqa: E402
+from experiments.cli import main  # noqa: E402
+from kerascnn import rundir  # noqa: E402
+from kerascnn.study import load_study  # noqa: E402
+from kerascnn.study.search import retry_stopped_trials, trial_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """name = "tiny"
+dataset = "digits"
+model = "cnn"
+filters = [8, 16]
+dense = [32]
+epochs = 3
+verbose = 0
+
+[[config]]
+name = "base"
+lr = 1e-3
+"""
+SEARCH = """
+[search]
+trials = 3
+pruner = "successive_halving"
+sampler = "random"
+space.lr = {low = 1e-4, high = 1e-2, log = true}
+space.batch_size = [32, 64]
+confirm = {top = 1, seeds = [0, 1]}
+"""
+
+
+def study(argv):
+    return main(study_cli.body, study_cli.parser(), argv)
+
+
+def write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("search, message", [
+    ("[search]\ntrials = 2\nspace.colour = [1, 2]\n", "s.toml line 14: space.colour is not a run option"),
+    ("[search]\ntrials = 2\nspace.lr = []\n", "line 14: space.lr is an empty choice list"),
+    ("[search]\ntrials = 2\nspace.lr = {low = 0.1, high = 0.01}\n", "line 14: space.lr has low 0.1 > high 0.01"),
+    ("[search]\ntrials = 2\npruner = 'median'\nspace.lr = [0.1]\n", "line 14: unknown pruner 'median'; pruners: "
+                                                                     "hyperband, successive_halving, none"),
+    ("[search]\ntrials = 2\nsampler = 'grid'\nspace.lr = {low = 0.001, high = 0.1}\n",
+     "the grid sampler needs choice lists, and space.lr is a range"),
+    ("[search]\nspace.lr = [0.1]\n", "give trials (how many) or budget (epochs over all trials)"),
+    ("[search]\ntrials = 2\nspace.lr = {low = 0, high = 0.1, log = true}\n", "log-uniform, so low must be > 0"),
+    ("[search]\ntrials = 2\nworkers = 3\nspace.lr = [0.1]\n", "line 14: unknown [search] key 'workers'"),
+    ("[search]\ntrials = 2\nspace.lr = [0.1, -1.0]\n", "line 14: space.lr = -1.0: --lr must be > 0, got -1.0"),
+    ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 0}\n", "confirm.top must be an integer >= 1"),
+    ("[search]\ntrials = 2\nstorage = 'journal'\nspace.lr = [0.1]\n", "storage must be an Optuna storage URL"),
+])
+def test_bad_search_files_are_one_line_errors_before_anything_is_created(search, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, TINY + search)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_the_bundled_searches_parse_and_a_dry_run_describes_them(tmp_path, capsys):
+    assert study(["search_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "space: unfreeze in ['none', 'layer4', 'layer3,layer4', 'all']; lr in [0.003, 0.001, 0.0003] " \
+           "(12 settings)" in printed and "until 12 trials" in printed and not (tmp_path / "o").exists()
+    grid = load_study("search_digits")
+    from kerascnn.study.search import full_grid_study
+
+    runs = full_grid_study(grid.search, grid).runs
+    assert len([r for r in runs if r.config == "grid"]) == 12 * 3  # every setting, every confirmation seed
+    assert {r.upstream_run for r in runs if r.config == "grid"} == {f"pretrain-seed{k}" for k in range(3)}
+    assert load_study("search_animals10", check=False).search.space[1].log
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # reaped: its pid is gone
+    return process.pid
+
+
+def test_stopped_trials_are_failed_and_retried_once(tmp_path):
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.journal")))
+    search = optuna.create_study(storage=storage, direction="maximize")
+    killed = search.ask()
+    killed.suggest_categorical("unfreeze", ["all", "layer4"])
+    killed.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid()})
+    alive = search.ask()
+    alive.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    elsewhere = search.ask()
+    elsewhere.set_user_attr("worker", {"host": "another-node", "pid": 1})
+    interrupted = search.ask()
+    interrupted.set_user_attr("interrupted", True)
+    search.tell(interrupted, state=TrialState.FAIL)
+    failed = search.ask()
+    search.tell(failed, state=TrialState.FAIL)  # a setting that fails: not retried
+
+    assert sorted(retry_stopped_trials(search)) == [killed.number, interrupted.number]
+    trials = search.get_trials()
+    assert trials[killed.number].state == TrialState.FAIL
+    assert trials[alive.number].state == trials[elsewhere.number].state == TrialState.RUNNING
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["failed_trial"] for t in waiting] == [killed.number, interrupted.number]
+    assert waiting[0].params == killed.params
+    assert retry_stopped_trials(search) == []  # once
+    retry = search.ask()  # the retry runs, and its worker dies too: not retried again
+    retry.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid()})
+    assert retry.number == waiting[0].number and retry_stopped_trials(search) == []
+
+
+@pytest.mark.slow
+def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    assert study([str(write(tmp_path, TINY + SEARCH)), "--out", str(out)]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    report = summary["search"]
+    assert len(report["trials"]) == 3 and {t["state"] for t in report["trials"]} <= {"complete", "pruned"}
+    for t in report["trials"]:
+        folder = trial_folder(out, t["trial"])
+        assert rundir.read_status(folder) == t["state"].replace("complete", "finished")
+        assert (folder / "model.keras").is_file()  # a pruned trial keeps its best epoch's model
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert t["epochs"] == metrics["epochs_run"] and metrics["best_epoch"] <= metrics["epochs_run"]
+    winner = report["chosen"][0]
+    assert winner["val_accuracy"] == max(t["val_accuracy"] for t in report["trials"] if t["state"] == "complete")
+    assert [c["configuration"] for c in summary["configurations"]] == ["base", "search-1"]
+    assert all(c["runs_finished"] == 2 for c in summary["configurations"])
+    assert report["compute"]["search_epochs"] == sum(t["epochs"] for t in report["trials"]) + \
+        report["compute"]["confirm_epochs"]
+    assert report["verdicts"][0]["winner"] == "search-1" and report["verdicts"][0]["baseline"] == "base"
+    text = (out / "study.md").read_text()
+    assert "## The search" in text and report["verdicts"][0]["words"] in text
+    folders = sorted(p.name for p in (out / "trials").iterdir())
+    assert study([str(tmp_path / "s.toml"), "--out", str(out)]) == 0  # again: nothing new trains
+    assert sorted(p.name for p in (out / "trials").iterdir()) == folders
+    assert json.loads((out / "study.json").read_text())["search"]["trials"] == report["trials"]
+
+
+def _postgres_binaries():
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    return Path(found[-1]).parent if found[-1] else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server started here for the test (as the ``postgres`` user when run as root),
+    listening on a Unix socket only, in a folder of /tmp that user can reach; its URL."""
+    bin_dir = _postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql)")
+    home = Path(tempfile_dir := tempfile.mkdtemp(prefix="kerascnn-pg-"))
+    as_user = []
+    if os.getuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(home, "postgres")
+        os.chmod(home, 0o700)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = home / "data"
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth", "trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"), "-o",
+                    f"-k {tempfile_dir} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, str(bin_dir / "createdb"), "-h", tempfile_dir, "-p", str(port), "-U", "postgres",
+                        "search"], check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@/search?host={tempfile_dir}&port={port}"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _command(study_file, out, cwd):
+    env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "experiments.study", str(study_file), "--out", str(out)],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _two_workers_one_killed(tmp_path, storage_line):
+    """Two workers with their own working folders share one storage; one is killed with SIGKILL in
+    its first trial; the command is run again. Return the study folder and the Optuna trials."""
+    text = TINY.replace("epochs = 3", "epochs = 6\nimage_size = 32").replace('name = "base"\nlr = 1e-3\n',
+                                                                         'name = "base"\nlr = 1e-3\nepochs = 1\n')
+    text += SEARCH.replace("trials = 3", "trials = 4").replace('"successive_halving"', '"none"') \
+        .replace("seeds = [0, 1]", "seeds = [0]") + storage_line
+    study_file = write(tmp_path, text)
+    out = tmp_path / "out"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert study([str(study_file), "--out", str(out), "--dry-run"]) == 0
+    killed = _command(study_file, out, tmp_path / "a")
+    other = _command(study_file, out, tmp_path / "b")
+
+    def trials_of(process):
+        folders = (out / "trials").glob("trial-*") if (out / "trials").is_dir() else []
+        return [f for f in folders if (f / "status.json").is_file()
+                and json.loads((f / "status.json").read_text()).get("pid") == process.pid]
+
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until both work, the one to kill inside a trial with an epoch done
+        if trials_of(other) and any((f / "history.csv").is_file() and rundir.read_status(f) == "running"
+                                    for f in trials_of(killed)):
+            break
+        assert killed.poll() is None and other.poll() is None, (killed.stdout.read(), other.stdout.read())
+        time.sleep(0.1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    running = [f for f in trials_of(killed) if json.loads((f / "status.json").read_text())["status"] == "running"]
+    assert len(running) == 1
+    output = other.communicate(timeout=600)[0]
+    assert other.returncode == 0, output
+    again = _command(study_file, out, tmp_path / "a")
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, output
+    searched = load_study(str(study_file), check=False)
+    from kerascnn.study.search import open_study
+
+    return out, open_study(searched.search, searched, out).get_trials(), running[0]
+
+
+def _check_every_trial_ran_once(out, trials, killed_folder):
+    from optuna.trial import TrialState
+
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    for t in trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+            t.state == TrialState.FAIL and t.number in retried), (t.number, t.state)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    folders = sorted(p.name for p in (out / "trials").iterdir())
+    assert folders == sorted(t.user_attrs["run"] for t in trials)  # one folder per trial, none lost or doubled
+    killed_trial = next(t for t in trials if t.user_attrs["run"] == killed_folder.name)
+    assert killed_trial.state == TrialState.FAIL and killed_trial.number in retried
+    assert rundir.read_status(killed_folder) == "interrupted"
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["search"]["chosen"] and summary["runs_finished"] == summary["runs_planned"]
+
+
+TORCH_ONLY = pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "torch") != "torch",
+                                reason="the storage and the workers' processes are the same on every backend: torch")
+
+
+@pytest.mark.slow
+@TORCH_ONLY
+def test_two_workers_share_one_journal_and_survive_a_kill(tmp_path):
+    out, trials, killed_folder = _two_workers_one_killed(tmp_path, "")
+    assert (out / "search.journal").is_file()
+    _check_every_trial_ran_once(out, trials, killed_folder)
+
+
+@pytest.mark.slow
+@TORCH_ONLY
+def test_two_workers_share_one_postgresql_database_and_survive_a_kill(tmp_path, postgres_url):
+    out, trials, killed_folder = _two_workers_one_killed(tmp_path, f'storage = "{postgres_url}"\n')
+    assert not (out / "search.journal").exists()
+    _check_every_trial_ran_once(out, trials, killed_folder)
