@@ -133,6 +133,25 @@ def test_stopped_trials_are_failed_and_retried_once(tmp_path):
     assert retry.number == waiting[0].number and retry_stopped_trials(search) == []
 
 
+def test_a_setting_proposed_again_gives_its_earlier_result_untrained(tmp_path):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from kerascnn.study.search import _objective, open_study, planned_trial
+
+    searched = load_study(str(write(tmp_path, TINY + SEARCH)), check=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    search = open_study(searched.search, searched, out)
+    distributions = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "batch_size": CategoricalDistribution([32, 64])}
+    search.add_trial(optuna.create_trial(params={"lr": 1e-3, "batch_size": 32}, distributions=distributions,
+                                         value=0.5))
+    search.enqueue_trial({"lr": 1e-3, "batch_size": 32})
+    objective = _objective(searched.search, planned_trial(searched.search, searched), out)
+    search.optimize(objective, n_trials=1)
+    again = search.get_trials()[-1]
+    assert again.value == 0.5 and again.user_attrs["same_as"] == 0 and not (out / "trials").exists()
+
+
 @pytest.mark.slow
 def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
     out = tmp_path / "out"
@@ -255,7 +274,8 @@ def _check_every_trial_ran_once(out, trials, killed_folder):
             t.state == TrialState.FAIL and t.number in retried), (t.number, t.state)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
     folders = sorted(p.name for p in (out / "trials").iterdir())
-    assert folders == sorted(t.user_attrs["run"] for t in trials)  # one folder per trial, none lost or doubled
+    # one folder per trial that trained (a setting proposed again is not), none lost or doubled
+    assert folders == sorted(t.user_attrs["run"] for t in trials if "run" in t.user_attrs)
     killed_trial = next(t for t in trials if t.user_attrs["run"] == killed_folder.name)
     assert killed_trial.state == TrialState.FAIL and killed_trial.number in retried
     assert rundir.read_status(killed_folder) == "interrupted"

@@ -146,15 +146,10 @@ def load_study(source: str, check: bool = True) -> Study:
     return study
 
 
-def where_in(path: Path, text: str) -> Callable[..., str]:
-    """``where(key, table=None)``: the file and line an error about ``key`` points to."""
-    return lambda key, table=None: f"{path.name} line {_line(text, key, table)}"
-
-
 def plan_study(data: dict[str, Any], path: Path, text: str, check: bool = True) -> Study:
     """The planned runs of parsed study-file ``data`` (read from ``path``, whose ``text`` error
     lines point into); `load_study` with the parsing done."""
-    where = where_in(path, text)
+    where = lambda key, table=None: f"{path.name} line {_line(text, key, table)}"  # noqa: E731
     shared = {k.replace("-", "_"): v for k, v in data.items() if k not in ("config", "grid", "share", "search")}
     tables = data.get("config", [])
     if not isinstance(tables, list) or not (tables or "search" in data):

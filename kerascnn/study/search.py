@@ -5,7 +5,8 @@ file's baselines by the study's own comparison (docs/search.md).
 The table: ``space`` (options as a choice list, ``{low, high}`` ints or ``{low, high, log}`` floats),
 ``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`PRUNERS`), ``sampler``
 (`SAMPLERS`), ``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the
-study folder), ``seed`` and ``confirm = {top, seeds}``.
+study folder), ``seed`` (the trials'; default one above the confirmation seeds) and
+``confirm = {top, seeds}``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,7 @@ def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = T
         raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
-    seed = table.get("seed", seeds[0])
+    seed = table.get("seed", max(seeds) + 1)  # a trial's run is not one of the winners' replicates
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")
     search = Search(dimensions, counts["trials"], counts["budget"], pruner, sampler, storage, seed, top,
@@ -269,12 +271,22 @@ class PruneOnValidation(keras.callbacks.Callback):
 
 
 def _objective(search: Search, trial_run: PlannedRun, out: Path):
+    """The function Optuna calls per trial: a run of the trial's settings (a setting tried before
+    gives that trial's result, untrained), its validation accuracy, or `optuna.TrialPruned`."""
     optuna = _require_optuna()
+    from optuna.trial import TrialState
+
     from kerascnn.reports import summarize_run
     from kerascnn.runner import run as start_run
 
     def objective(trial: Any) -> float:
         params = {d.name: d.suggest(trial) for d in search.space}
+        for previous in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if previous.params == params:  # a sampler may propose a setting again: its result, not a rerun
+                trial.set_user_attr("same_as", previous.number)
+                if previous.state == TrialState.PRUNED:
+                    raise optuna.TrialPruned(f"the settings of trial {previous.number}, which was pruned")
+                return float(previous.value)
         folder = trial_folder(out, trial.number)
         trial.set_user_attr("run", folder.name)
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
@@ -355,11 +367,16 @@ def ended_trials(trials: list[Any]) -> list[Any]:
 
 
 def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
-    """Whether the search has its trials (`ended_trials`), has run its whole grid or has spent its
-    budget of epochs."""
+    """Whether the search has its trials (`ended_trials`), has run its whole grid, has spent its
+    budget of epochs, or keeps failing (ten failed trials, more than ran)."""
+    from optuna.trial import TrialState
+
     trials = optuna_study.get_trials(deepcopy=False)
     ended = ended_trials(trials)
     if search.trials is not None and len(ended) >= search.trials:
+        return True
+    failed = sum(t.state == TrialState.FAIL for t in ended)
+    if failed >= 10 and failed > len(ended) - failed:
         return True
     if search.sampler == "grid" and len({json.dumps(t.params, sort_keys=True) for t in ended}) >= search.grid_size():
         return True
@@ -367,9 +384,10 @@ def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
 
 
 def retry_stopped_trials(optuna_study: Any) -> list[int]:
-    """Mark failed the running trials whose worker died (its process on this host is gone) and queue
-    each trial stopped that way or by an interrupt for one retry (Optuna's
-    ``RetryHeartbeatStaleTrialCallback``); return the numbers retried."""
+    """Mark failed the running trials whose worker died (its process on this host is gone, or it never
+    recorded itself within two minutes of the trial's start) and queue each trial stopped that way or
+    by an interrupt for one retry (Optuna's ``RetryHeartbeatStaleTrialCallback``); return the numbers
+    retried."""
     import optuna
     from optuna.trial import TrialState
 
@@ -378,7 +396,11 @@ def retry_stopped_trials(optuna_study: Any) -> list[int]:
     queued = []
     for trial in trials:
         worker = trial.user_attrs.get("worker")
-        dead = trial.state == TrialState.RUNNING and worker and not rundir.process_alive(worker["host"], worker["pid"])
+        if worker:
+            gone = not rundir.process_alive(worker["host"], worker["pid"])
+        else:  # its worker died before it said who it is
+            gone = trial.datetime_start is not None and (datetime.now() - trial.datetime_start).total_seconds() > 120
+        dead = trial.state == TrialState.RUNNING and gone
         if dead:
             optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if (dead or (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"))) \
@@ -504,13 +526,13 @@ def run_search(study: Study, out: Path, *, workers: int = 1, engine: str = "loca
                             f"{out / TRIALS_DIR} and widen the space or give more trials")
     confirmation = confirmation_study(search, study, chosen)
     summary = run_study(confirmation, out, workers=workers, engine=engine, engine_options=engine_options)
-    summary["search"] = search_report(search, optuna_study, out, chosen, summary, trial_epochs(search, trial_run))
+    summary["search"] = search_report(search, optuna_study, out, chosen, summary, trial_run)
     write_summary(confirmation, out, summary)
     return summary
 
 
 def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dict[str, Any]],
-                  summary: dict[str, Any], epochs: int) -> dict[str, Any]:
+                  summary: dict[str, Any], trial_run: PlannedRun) -> dict[str, Any]:
     """The search's part of ``study.json``: each trial, the compute against the full grid's, which
     settings mattered, and the verdict on each winner against each baseline; draws ``importance.png``."""
     trials = []
@@ -519,8 +541,8 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
         trials.append({"trial": t.number, "state": t.state.name.lower(), "params": dict(t.params),
                        "val_accuracy": t.value, "epochs": len(history.get("epoch", [])),
                        "seconds": float(np.nansum(history.get("seconds", []))),
-                       "retry_of": t.system_attrs.get("failed_trial"),
-                       "run": f"{TRIALS_DIR}/{t.user_attrs.get('run', '')}"})
+                       "retry_of": t.system_attrs.get("failed_trial"), "same_as": t.user_attrs.get("same_as"),
+                       "run": f"{TRIALS_DIR}/{t.user_attrs['run']}" if "run" in t.user_attrs else None})
     confirm_runs = [c for c in summary["configurations"] if c["config"].startswith(WINNER)]
     confirm_epochs = sum(len(rundir.read_history(out / run).get("epoch", [])) for c in confirm_runs
                          for run in c.get("runs", []))
@@ -530,11 +552,15 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
     search_seconds = sum(t["seconds"] for t in trials) + confirm_seconds
     per_epoch = search_seconds / search_epochs if search_epochs else None
     grid = search.grid_size()
-    grid_epochs = grid * len(search.seeds) * epochs if grid else None
+    grid_epochs = grid * len(search.seeds) * trial_epochs(search, trial_run) if grid else None
+    own = trial_run.upstream_run if trial_run.upstream_run not in {r["run"] for r in summary["plan"]} else None
     compute = {"search_epochs": search_epochs, "search_seconds": search_seconds,
                "trial_epochs": search_epochs - confirm_epochs, "confirm_epochs": confirm_epochs,
                "grid_configurations": grid, "grid_epochs": grid_epochs,
-               "grid_seconds_estimate": grid_epochs * per_epoch if grid_epochs and per_epoch else None}
+               "grid_seconds_estimate": grid_epochs * per_epoch if grid_epochs and per_epoch else None,
+               "trials_dependency": own,
+               "trials_dependency_seconds": float(np.nansum(rundir.read_history(out / own).get("seconds", [])))
+               if own else None}
     importance = _importance(optuna_study, out / "importance.png")
     baselines = [c for c in summary["configurations"] if c["chosen"] and not c["config"].startswith(WINNER)]
     verdicts = []
@@ -546,11 +572,14 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                              "words": _verdict_words(winner["config"], baseline["configuration"], comparison)})
     return {"space": {d.name: list(d.choices) if d.choices is not None else {"low": d.low, "high": d.high, "log": d.log}
                       for d in search.space},
-            "sampler": search.sampler, "pruner": search.pruner, "trials": trials, "chosen": chosen,
+            "sampler": search.sampler, "pruner": search.pruner, "seed": search.seed, "trials": trials, "chosen": chosen,
             "compute": compute, "importance": importance, "verdicts": verdicts}
 
 
 def _verdict_words(winner: str, baseline: str, comparison: dict[str, Any] | None) -> str:
+    if comparison is not None and comparison.get("difference") == 0 and "p_holm" not in comparison:
+        return f"{winner} trained as {baseline} did (the same test accuracy on every replicate): the search chose " \
+               f"{baseline}'s setting"
     if comparison is None or "p_holm" not in comparison:
         return f"{winner} and {baseline} could not be compared ({(comparison or {}).get('verdict', 'no shared runs')})"
     difference = comparison["difference"] if comparison["a"] == winner else -comparison["difference"]
@@ -597,10 +626,12 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
              f"Sampler {report['sampler']}, pruner {report['pruner']}; each trial is a run folder in "
              f"`{TRIALS_DIR}/`, scored by the validation accuracy of the model it kept. The settings confirmed "
              "below were chosen on validation alone.", "",
-             "| trial | state | settings | val accuracy | epochs | seconds |", "|" + " --- |" * 6]
+             "| trial | state | settings | val accuracy | epochs trained (where it stopped) | seconds |",
+             "|" + " --- |" * 6]
     for t in report["trials"]:
         settings = _settings_text(t["params"])
-        state = t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "")
+        state = t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "") + (
+            f" (settings of trial {t['same_as']}: not trained again)" if t.get("same_as") is not None else "")
         value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
         lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
     lines += ["", "Confirmed with seeds: " + "; ".join(
@@ -612,7 +643,11 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
             if compute["grid_epochs"] else "the space has a range, so it has no finite grid")
     lines += [f"Compute: the search trained {compute['search_epochs']} epochs in {compute['search_seconds']:.0f} s "
               f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} confirming); {grid}. "
-              "Runs it shares with the baselines (what they fine-tune from) are not counted.", ""]
+              "Runs it shares with the baselines (what they fine-tune from) are not counted"
+              + (f"; the trials fine-tuned from their own run {compute['trials_dependency']} (seed "
+                 f"{report['seed']}, apart from the confirmation seeds, so that no winner's replicate is the trial "
+                 f"that chose it), which trained {compute['trials_dependency_seconds']:.0f} s more."
+                 if compute["trials_dependency"] else "."), ""]
     if report["importance"]:
         lines += ["Which settings mattered (Optuna's fANOVA importance over the complete trials): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in report["importance"].items()) + ".", "",

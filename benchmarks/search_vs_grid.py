@@ -1,0 +1,93 @@
+"""A strategy search against the full grid of its space: whether the search's confirmed winner's test
+accuracy lies in the 95% interval of the grid's best configuration (chosen on validation), and the
+training epochs each spent.
+
+    python -m experiments.study search_digits --out runs/search
+    python -m experiments.study search_digits --full-grid --out runs/grid
+    python benchmarks/search_vs_grid.py runs/search runs/grid [--record LABEL]
+
+Epochs count the trials and the winners' confirmation runs against the grid's runs; the runs both
+share (what they fine-tune from) and the baselines are left out of both. ``--record LABEL`` appends
+the row to docs/results/search_vs_grid.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results" / "search_vs_grid.json"
+
+
+def epochs_of(study_dir: Path, runs: list[str]) -> int:
+    """Epochs trained by ``runs`` of ``study_dir`` (rows of their history.csv)."""
+    return sum(max(0, len((study_dir / run / "history.csv").read_text().splitlines()) - 1) for run in runs)
+
+
+def compare(search_dir: Path, grid_dir: Path) -> dict:
+    """One row: the search's winner, the grid's best by validation, and the epochs of each."""
+    search = json.loads((search_dir / "study.json").read_text())
+    grid = json.loads((grid_dir / "study.json").read_text())
+    winner = next(c for c in search["configurations"] if c["config"] == "search-1")
+    grid_rows = [c for c in grid["configurations"] if c["config"] == "grid" and c.get("val_accuracy") is not None]
+    best = max(grid_rows, key=lambda c: c["val_accuracy"])
+    low, high = best["accuracy"]["ci95"]
+    compute = search["search"]["compute"]
+    grid_epochs = sum(epochs_of(grid_dir, c["runs"]) for c in grid_rows)
+    chosen = search["search"]["chosen"][0]["params"]
+    trials = search["search"]["trials"]
+    return {
+        "search_winner": ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()),
+        "search_test": round(100 * winner["accuracy"]["mean"], 2),
+        "search_std": round(100 * winner["accuracy"]["std"], 2),
+        "grid_best": best["configuration"].removeprefix("grid "),
+        "grid_test": round(100 * best["accuracy"]["mean"], 2),
+        "grid_low": round(100 * low, 2), "grid_high": round(100 * high, 2),
+        "within": "yes" if low <= winner["accuracy"]["mean"] <= high else "no",
+        "trials": len(trials), "pruned": sum(t["state"] == "pruned" for t in trials),
+        "search_epochs": compute["search_epochs"], "grid_epochs": grid_epochs,
+        "epoch_ratio": round(compute["search_epochs"] / grid_epochs, 3),
+        "search_seconds": round(compute["search_seconds"]),
+        "grid_seconds": round(sum(c["train_seconds"] * c["runs_finished"] for c in grid_rows
+                                  if c.get("train_seconds"))),
+    }
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = "unknown CPU"
+    return f"{os.cpu_count()} cores of {cpu}, no GPU"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("search", type=Path, help="the search's study folder")
+    p.add_argument("grid", type=Path, help="the --full-grid study folder of the same file")
+    p.add_argument("--record", metavar="LABEL", help="append the row to docs/results/search_vs_grid.json")
+    args = p.parse_args()
+    row = compare(args.search, args.grid)
+    print(json.dumps(row, indent=2))
+    if args.record:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        data = json.loads(RESULTS.read_text())
+        if args.record in data.setdefault("measurements", {}):
+            sys.exit(f"{RESULTS} already has a measurement {args.record!r}; choose another --record label")
+        data["measurements"][args.record] = {
+            "commit": commit, "date": datetime.date.today().isoformat(), "machine": machine(),
+            "command": shlex.join(["python", "benchmarks/search_vs_grid.py", *sys.argv[1:]]), "rows": [row]}
+        RESULTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
