@@ -109,7 +109,7 @@ def test_stopped_trials_are_failed_and_retried_once(tmp_path):
     search = optuna.create_study(storage=storage, direction="maximize")
     killed = search.ask()
     killed.suggest_categorical("unfreeze", ["all", "layer4"])
-    killed.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid()})
+    killed.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid(), "trial": killed.number})
     alive = search.ask()
     alive.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     elsewhere = search.ask()
@@ -126,10 +126,10 @@ def test_stopped_trials_are_failed_and_retried_once(tmp_path):
     assert trials[alive.number].state == trials[elsewhere.number].state == TrialState.RUNNING
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert [t.system_attrs["failed_trial"] for t in waiting] == [killed.number, interrupted.number]
-    assert waiting[0].params == killed.params
+    assert waiting[0].params == killed.params and "worker" not in waiting[0].user_attrs
     assert retry_stopped_trials(search) == []  # once
     retry = search.ask()  # the retry runs, and its worker dies too: not retried again
-    retry.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid()})
+    retry.set_user_attr("worker", {"host": socket.gethostname(), "pid": _dead_pid(), "trial": retry.number})
     assert retry.number == waiting[0].number and retry_stopped_trials(search) == []
 
 

@@ -10,8 +10,10 @@ configurations. ``weights = "@NAME"`` fine-tunes from configuration NAME's model
 first, not a row): each replicate from its own run of NAME (seed k from NAME's seed k), unless
 ``share = ["NAME"]`` trains NAME once for all of them. The bundled files: ``kerascnn/study/bundled/*.toml``.
 
-Modules: `plan` (parse, check, state), `execute` (run), `summary` (intervals, tests, report);
-statistics in `kerascnn.stats`.
+A ``[search]`` table makes the file a strategy search (`kerascnn.study.search`).
+
+Modules: `plan` (parse, check, state), `execute` (run), `summary` (intervals, tests, report),
+`search` (Optuna trials and their confirmation); statistics in `kerascnn.stats`.
 """
 
 from kerascnn.study.execute import execute_run, run_study, visible_gpus

@@ -3,6 +3,8 @@ run in a study folder (docs/studies.md)."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import itertools
 import json
 import logging
@@ -94,7 +96,7 @@ class Study:
     path: Path
     text: str
     runs: list[PlannedRun] = field(default_factory=list)
-    search: Any = None  # its `kerascnn.study.search.Search`, for a file with a [search] table
+    search: Search | None = None  # for a file with a [search] table
 
 
 def _text(value: Any) -> str:
@@ -140,8 +142,6 @@ def load_study(source: str, check: bool = True) -> Study:
         raise KerascnnError(f"{path}: {exc}") from None
     study = plan_study(data, path, text, check)
     if "search" in data:
-        from kerascnn.study.search import parse_search
-
         study.search = parse_search(data["search"], study, data, check)
     return study
 
@@ -374,3 +374,202 @@ def write_plan(study: Study, out: Path) -> None:
 def plan_rows(study: Study) -> list[dict[str, Any]]:
     return [{"run": r.name, "config": r.config, "configuration": r.configuration, "seed": r.seed,
              "setting": r.setting, "dependency": r.dependency, "weights_from": r.upstream_run} for r in study.runs]
+
+
+# A study file's [search] table (run by `kerascnn.study.search`)
+
+PRUNERS = ("hyperband", "successive_halving", "none")
+SAMPLERS = ("tpe", "random", "grid")
+TRIAL = "trial"  # the planned configuration a trial's settings start from (a search file may not use the name)
+GRID = "grid"  # --full-grid's configuration
+WINNER = "search-"  # the confirmed trials' configurations: search-1, search-2, ...
+TRIALS_DIR = "trials"  # the study folder's subfolder of trial run folders, trial-NNNN
+KEYS = ("space", "trials", "budget", "pruner", "sampler", "storage", "seed", "confirm")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched option: a choice list, or a range from ``low`` to ``high`` (ints when both are,
+    log-uniform with ``log``)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    def suggest(self, trial: Any) -> Any:
+        """This option's value for Optuna ``trial`` (a retried trial's own value)."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+    def checked_values(self) -> tuple[Any, ...]:
+        """The values a pre-flight check tries: every choice, or both ends of the range."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A parsed ``[search]`` table (module docstring) and the file data it was read with."""
+
+    space: tuple[Dimension, ...]
+    trials: int | None
+    budget: int | None
+    pruner: str
+    sampler: str
+    storage: str | None
+    seed: int
+    top: int
+    seeds: tuple[int, ...]
+    data: dict[str, Any]  # the whole study file, parsed
+
+    def grid_size(self) -> int | None:
+        """Configurations in the full grid of the space; None when a range makes it infinite."""
+        if any(d.choices is None for d in self.space):
+            return None
+        return int(np.prod([len(d.choices) for d in self.space]))
+
+
+def _search_line(text: str, key: str) -> int:
+    """The line (1-based) of ``key`` in the file's ``[search]`` table (its header if not found)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"\s*\[\s*search(\.\w+)?\s*\]", line)), 0)
+    leaf = key.split(".")[-1]
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*((space|confirm)\s*\.\s*)?{re.escape(leaf)}\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = True) -> Search:
+    """Check a study file's ``[search]`` table into a `Search`; with ``check``, each value of the
+    space is checked as a trial's setting (`kerascnn.study.plan.check_run`) before anything trains."""
+    where = lambda key: f"{study.path.name} line {_search_line(study.text, key)}"  # noqa: E731
+    if not isinstance(table, dict):
+        raise KerascnnError(f"{where('search')}: [search] must be a table")
+    for key in table:
+        if key not in KEYS:
+            raise KerascnnError(f"{where(key)}: unknown [search] key {key!r}; keys: {', '.join(KEYS)}")
+    if "grid" in data:
+        raise KerascnnError(f"{where('search')}: a search file's top-level grid would apply to its trials; give "
+                            "grids in the baselines' [[config]] tables")
+    for table_ in data.get("config", []):
+        name = str(table_.get("name", ""))
+        if name in (TRIAL, GRID) or name.startswith(WINNER):
+            raise KerascnnError(f"{where('search')}: config name {name!r}: {TRIAL}, {GRID} and {WINNER}N name the "
+                                "search's own configurations; rename that config")
+    space = table.get("space")
+    if not isinstance(space, dict) or not space:
+        raise KerascnnError(f"{where('space')}: [search] needs space, a table of options to search "
+                            "(space.lr = {low = 1e-4, high = 1e-2, log = true})")
+    dimensions = tuple(_dimension(name.replace("-", "_"), value, where) for name, value in space.items())
+    pruner = table.get("pruner", "hyperband")
+    if pruner not in PRUNERS:
+        raise KerascnnError(f"{where('pruner')}: unknown pruner {pruner!r}; pruners: {', '.join(PRUNERS)}")
+    sampler = table.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise KerascnnError(f"{where('sampler')}: unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    if sampler == "grid" and any(d.choices is None for d in dimensions):
+        name = next(d.name for d in dimensions if d.choices is None)
+        raise KerascnnError(f"{where(name)}: the grid sampler needs choice lists, and space.{name} is a range")
+    counts = {}
+    for key in ("trials", "budget"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise KerascnnError(f"{where(key)}: {key} must be an integer >= 1, got {value!r}")
+        counts[key] = value
+    if counts["trials"] is None and counts["budget"] is None and sampler != "grid":
+        raise KerascnnError(f"{where('search')}: give trials (how many) or budget (epochs over all trials)")
+    storage = table.get("storage")
+    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
+        raise KerascnnError(f"{where('storage')}: storage must be an Optuna storage URL "
+                            f"(postgresql://user@host/db, sqlite:///search.db), got {storage!r}")
+    confirm = table.get("confirm", {})
+    if not isinstance(confirm, dict) or any(k not in ("top", "seeds") for k in confirm):
+        raise KerascnnError(f"{where('confirm')}: confirm must be a table {{top = 3, seeds = [0, 1, 2]}}")
+    top = confirm.get("top", 3)
+    seeds = confirm.get("seeds", data.get("seeds", [0, 1, 2]))
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
+    seed = table.get("seed", max(seeds) + 1)  # a trial's run is not one of the winners' replicates
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")
+    search = Search(dimensions, counts["trials"], counts["budget"], pruner, sampler, storage, seed, top,
+                    tuple(seeds), data)
+    if check:
+        if importlib.util.find_spec("optuna") is None:
+            raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'")
+        _check_space(search, study, where)
+    return search
+
+
+def _check_space(search: Search, study: Study, where: Any) -> None:
+    """Raise `KerascnnError` (naming the line and value) unless a trial with each value of the space
+    would start on this machine (`kerascnn.runner.check_and_resolve`)."""
+    from kerascnn import distribute
+    from kerascnn.runner import check_and_resolve
+
+    options = dict(planned_trial(search, study).options)
+    if str(options.get("weights", "")).startswith("@"):
+        options["weights"] = "none"  # the dependency's model does not exist yet
+    environment = distribute.Environment.current()
+    for dimension in search.space:
+        for value in dimension.checked_values():
+            try:
+                check_and_resolve(config.RunConfig(**{**options, dimension.name: value}), environment)
+            except KerascnnError as exc:
+                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r}: {exc}",
+                                    option=exc.option) from None
+            except (TypeError, ValueError) as exc:
+                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r} has "
+                                    f"the wrong type ({exc})") from None
+
+
+def _dimension(name: str, value: Any, where: Any) -> Dimension:
+    if name not in run_fields():
+        raise KerascnnError(f"{where(name)}: space.{name} is not a run option; keys are experiments.run's long "
+                            "option names")
+    if isinstance(value, list):
+        if not value:
+            raise KerascnnError(f"{where(name)}: space.{name} is an empty choice list; give at least one value")
+        if not all(isinstance(v, (str, int, float, bool)) for v in value):
+            raise KerascnnError(f"{where(name)}: space.{name} choices must be strings, numbers or booleans")
+        if len(set(map(repr, value))) < len(value):
+            raise KerascnnError(f"{where(name)}: space.{name} lists a choice twice")
+        return Dimension(name, choices=tuple(value))
+    if isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log"}:
+        low, high, log_scale = value["low"], value["high"], value.get("log", False)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) \
+                or not isinstance(log_scale, bool):
+            raise KerascnnError(f"{where(name)}: space.{name} needs numbers low and high (and log = true|false)")
+        if low > high:
+            raise KerascnnError(f"{where(name)}: space.{name} has low {low} > high {high}")
+        if log_scale and low <= 0:
+            raise KerascnnError(f"{where(name)}: space.{name} is log-uniform, so low must be > 0, got {low}")
+        return Dimension(name, low=low, high=high, log=log_scale)
+    raise KerascnnError(f"{where(name)}: space.{name} must be a choice list [..] or a range "
+                        f"{{low = .., high = .., log = true}}, got {value!r}")
+
+
+def derived_study(search: Search, study: Study, seeds: list[int], extra: list[dict[str, Any]]) -> Study:
+    """The file's study with ``seeds`` and the ``[[config]]`` tables ``extra`` added: the trials'
+    plan (one `TRIAL` config) and the confirmation (the winners). Its text stays the file's, so
+    both use the same study folder."""
+    data = {k: v for k, v in search.data.items() if k != "search"}
+    data["seeds"] = seeds
+    data["config"] = [*copy.deepcopy(search.data.get("config", [])), *extra]
+    planned = plan_study(data, study.path, study.text, check=False)
+    planned.search = search
+    return planned
+
+
+def planned_trial(search: Search, study: Study) -> PlannedRun:
+    """The planned run every trial starts from: the file's shared settings with the search seed,
+    fine-tuning (``weights = "@NAME"``) from that seed's run of NAME."""
+    trials = derived_study(search, study, [search.seed], [{"name": TRIAL}])
+    return next(r for r in trials.runs if r.config == TRIAL)

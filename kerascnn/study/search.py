@@ -3,8 +3,8 @@ run folder pruned on validation accuracy, then the best trials confirmed with se
 file's baselines by the study's own comparison (docs/search.md).
 
 The table: ``space`` (options as a choice list, ``{low, high}`` ints or ``{low, high, log}`` floats),
-``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`PRUNERS`), ``sampler``
-(`SAMPLERS`), ``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the
+``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`kerascnn.study.plan.PRUNERS`), ``sampler``
+(`kerascnn.study.plan.SAMPLERS`), ``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the
 study folder), ``seed`` (the trials'; default one above the confirmation seeds) and
 ``confirm = {top, seeds}``.
 """
@@ -15,11 +15,9 @@ import copy
 import json
 import logging
 import os
-import re
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,187 +27,23 @@ import numpy as np
 
 from kerascnn import config, rundir
 from kerascnn.errors import KerascnnError
-from kerascnn.study.plan import PlannedRun, Study, plan_study, run_config, run_fields, state_of
+from kerascnn.study.plan import (
+    GRID,
+    TRIAL,
+    TRIALS_DIR,
+    WINNER,
+    PlannedRun,
+    Search,
+    Study,
+    derived_study,
+    planned_trial,
+    run_config,
+    state_of,
+)
 
 log = logging.getLogger("kerascnn")
 
-PRUNERS = ("hyperband", "successive_halving", "none")
-SAMPLERS = ("tpe", "random", "grid")
-TRIAL = "trial"  # the planned configuration a trial's settings start from (a search file may not use the name)
-GRID = "grid"  # --full-grid's configuration
-WINNER = "search-"  # the confirmed trials' configurations: search-1, search-2, ...
-TRIALS_DIR = "trials"  # the study folder's subfolder of trial run folders, trial-NNNN
-JOURNAL = "search.journal"
-KEYS = ("space", "trials", "budget", "pruner", "sampler", "storage", "seed", "confirm")
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One searched option: a choice list, or a range from ``low`` to ``high`` (ints when both are,
-    log-uniform with ``log``)."""
-
-    name: str
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-
-    def suggest(self, trial: Any) -> Any:
-        """This option's value for Optuna ``trial`` (a retried trial's own value)."""
-        if self.choices is not None:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if isinstance(self.low, int) and isinstance(self.high, int):
-            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
-
-    def checked_values(self) -> tuple[Any, ...]:
-        """The values a pre-flight check tries: every choice, or both ends of the range."""
-        return self.choices if self.choices is not None else (self.low, self.high)
-
-
-@dataclass(frozen=True)
-class Search:
-    """A parsed ``[search]`` table (module docstring) and the file data it was read with."""
-
-    space: tuple[Dimension, ...]
-    trials: int | None
-    budget: int | None
-    pruner: str
-    sampler: str
-    storage: str | None
-    seed: int
-    top: int
-    seeds: tuple[int, ...]
-    data: dict[str, Any]  # the whole study file, parsed
-
-    def grid_size(self) -> int | None:
-        """Configurations in the full grid of the space; None when a range makes it infinite."""
-        if any(d.choices is None for d in self.space):
-            return None
-        return int(np.prod([len(d.choices) for d in self.space]))
-
-
-def _search_line(text: str, key: str) -> int:
-    """The line (1-based) of ``key`` in the file's ``[search]`` table (its header if not found)."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if re.match(r"\s*\[\s*search(\.\w+)?\s*\]", line)), 0)
-    leaf = key.split(".")[-1]
-    for i in range(start, len(lines)):
-        if re.match(rf"\s*((space|confirm)\s*\.\s*)?{re.escape(leaf)}\s*=", lines[i]):
-            return i + 1
-    return start + 1
-
-
-def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = True) -> Search:
-    """Check a study file's ``[search]`` table into a `Search`; with ``check``, each value of the
-    space is checked as a trial's setting (`kerascnn.study.plan.check_run`) before anything trains."""
-    where = lambda key: f"{study.path.name} line {_search_line(study.text, key)}"  # noqa: E731
-    if not isinstance(table, dict):
-        raise KerascnnError(f"{where('search')}: [search] must be a table")
-    for key in table:
-        if key not in KEYS:
-            raise KerascnnError(f"{where(key)}: unknown [search] key {key!r}; keys: {', '.join(KEYS)}")
-    if "grid" in data:
-        raise KerascnnError(f"{where('search')}: a search file's top-level grid would apply to its trials; give "
-                            "grids in the baselines' [[config]] tables")
-    for table_ in data.get("config", []):
-        name = str(table_.get("name", ""))
-        if name in (TRIAL, GRID) or name.startswith(WINNER):
-            raise KerascnnError(f"{where('search')}: config name {name!r}: {TRIAL}, {GRID} and {WINNER}N name the "
-                                "search's own configurations; rename that config")
-    space = table.get("space")
-    if not isinstance(space, dict) or not space:
-        raise KerascnnError(f"{where('space')}: [search] needs space, a table of options to search "
-                            "(space.lr = {low = 1e-4, high = 1e-2, log = true})")
-    dimensions = tuple(_dimension(name.replace("-", "_"), value, where) for name, value in space.items())
-    pruner = table.get("pruner", "hyperband")
-    if pruner not in PRUNERS:
-        raise KerascnnError(f"{where('pruner')}: unknown pruner {pruner!r}; pruners: {', '.join(PRUNERS)}")
-    sampler = table.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise KerascnnError(f"{where('sampler')}: unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
-    if sampler == "grid" and any(d.choices is None for d in dimensions):
-        name = next(d.name for d in dimensions if d.choices is None)
-        raise KerascnnError(f"{where(name)}: the grid sampler needs choice lists, and space.{name} is a range")
-    counts = {}
-    for key in ("trials", "budget"):
-        value = table.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise KerascnnError(f"{where(key)}: {key} must be an integer >= 1, got {value!r}")
-        counts[key] = value
-    if counts["trials"] is None and counts["budget"] is None and sampler != "grid":
-        raise KerascnnError(f"{where('search')}: give trials (how many) or budget (epochs over all trials)")
-    storage = table.get("storage")
-    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
-        raise KerascnnError(f"{where('storage')}: storage must be an Optuna storage URL "
-                            f"(postgresql://user@host/db, sqlite:///search.db), got {storage!r}")
-    confirm = table.get("confirm", {})
-    if not isinstance(confirm, dict) or any(k not in ("top", "seeds") for k in confirm):
-        raise KerascnnError(f"{where('confirm')}: confirm must be a table {{top = 3, seeds = [0, 1, 2]}}")
-    top = confirm.get("top", 3)
-    seeds = confirm.get("seeds", data.get("seeds", [0, 1, 2]))
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
-    seed = table.get("seed", max(seeds) + 1)  # a trial's run is not one of the winners' replicates
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")
-    search = Search(dimensions, counts["trials"], counts["budget"], pruner, sampler, storage, seed, top,
-                    tuple(seeds), data)
-    if check:
-        _require_optuna()
-        _check_space(search, study, where)
-    return search
-
-
-def _check_space(search: Search, study: Study, where: Any) -> None:
-    """Raise `KerascnnError` (naming the line and value) unless a trial with each value of the space
-    would start on this machine (`kerascnn.runner.check_and_resolve`)."""
-    from kerascnn import distribute
-    from kerascnn.runner import check_and_resolve
-
-    options = dict(planned_trial(search, study).options)
-    if str(options.get("weights", "")).startswith("@"):
-        options["weights"] = "none"  # the dependency's model does not exist yet
-    environment = distribute.Environment.current()
-    for dimension in search.space:
-        for value in dimension.checked_values():
-            try:
-                check_and_resolve(config.RunConfig(**{**options, dimension.name: value}), environment)
-            except KerascnnError as exc:
-                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r}: {exc}",
-                                    option=exc.option) from None
-            except (TypeError, ValueError) as exc:
-                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r} has "
-                                    f"the wrong type ({exc})") from None
-
-
-def _dimension(name: str, value: Any, where: Any) -> Dimension:
-    if name not in run_fields():
-        raise KerascnnError(f"{where(name)}: space.{name} is not a run option; keys are experiments.run's long "
-                            "option names")
-    if isinstance(value, list):
-        if not value:
-            raise KerascnnError(f"{where(name)}: space.{name} is an empty choice list; give at least one value")
-        if not all(isinstance(v, (str, int, float, bool)) for v in value):
-            raise KerascnnError(f"{where(name)}: space.{name} choices must be strings, numbers or booleans")
-        if len(set(map(repr, value))) < len(value):
-            raise KerascnnError(f"{where(name)}: space.{name} lists a choice twice")
-        return Dimension(name, choices=tuple(value))
-    if isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log"}:
-        low, high, log_scale = value["low"], value["high"], value.get("log", False)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) \
-                or not isinstance(log_scale, bool):
-            raise KerascnnError(f"{where(name)}: space.{name} needs numbers low and high (and log = true|false)")
-        if low > high:
-            raise KerascnnError(f"{where(name)}: space.{name} has low {low} > high {high}")
-        if log_scale and low <= 0:
-            raise KerascnnError(f"{where(name)}: space.{name} is log-uniform, so low must be > 0, got {low}")
-        return Dimension(name, low=low, high=high, log=log_scale)
-    raise KerascnnError(f"{where(name)}: space.{name} must be a choice list [..] or a range "
-                        f"{{low = .., high = .., log = true}}, got {value!r}")
-
+JOURNAL = "search.journal"  # the default storage, in the study folder
 
 def _require_optuna() -> Any:
     try:
@@ -218,25 +52,6 @@ def _require_optuna() -> Any:
         raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def derived_study(search: Search, study: Study, seeds: list[int], extra: list[dict[str, Any]]) -> Study:
-    """The file's study with ``seeds`` and the ``[[config]]`` tables ``extra`` added: the trials'
-    plan (one `TRIAL` config) and the confirmation (the winners). Its text stays the file's, so
-    both use the same study folder."""
-    data = {k: v for k, v in search.data.items() if k != "search"}
-    data["seeds"] = seeds
-    data["config"] = [*copy.deepcopy(search.data.get("config", [])), *extra]
-    planned = plan_study(data, study.path, study.text, check=False)
-    planned.search = search
-    return planned
-
-
-def planned_trial(search: Search, study: Study) -> PlannedRun:
-    """The planned run every trial starts from: the file's shared settings with the search seed,
-    fine-tuning (``weights = "@NAME"``) from that seed's run of NAME."""
-    trials = derived_study(search, study, [search.seed], [{"name": TRIAL}])
-    return next(r for r in trials.runs if r.config == TRIAL)
 
 
 def trial_epochs(search: Search, trial_run: PlannedRun) -> int:
@@ -289,7 +104,7 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
                 return float(previous.value)
         folder = trial_folder(out, trial.number)
         trial.set_user_attr("run", folder.name)
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid(), "trial": trial.number})
         planned = copy.deepcopy(trial_run)
         planned.options.update(params)
         settings = run_config(planned, out)
@@ -386,8 +201,8 @@ def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
 def retry_stopped_trials(optuna_study: Any) -> list[int]:
     """Mark failed the running trials whose worker died (its process on this host is gone, or it never
     recorded itself within two minutes of the trial's start) and queue each trial stopped that way or
-    by an interrupt for one retry (Optuna's ``RetryHeartbeatStaleTrialCallback``); return the numbers
-    retried."""
+    by an interrupt for one retry, as Optuna's ``RetryHeartbeatStaleTrialCallback`` would; return the
+    numbers retried."""
     import optuna
     from optuna.trial import TrialState
 
@@ -396,7 +211,7 @@ def retry_stopped_trials(optuna_study: Any) -> list[int]:
     queued = []
     for trial in trials:
         worker = trial.user_attrs.get("worker")
-        if worker:
+        if worker and worker.get("trial", trial.number) == trial.number:  # not one a retry copied from its original
             gone = not rundir.process_alive(worker["host"], worker["pid"])
         else:  # its worker died before it said who it is
             gone = trial.datetime_start is not None and (datetime.now() - trial.datetime_start).total_seconds() > 120
@@ -405,9 +220,11 @@ def retry_stopped_trials(optuna_study: Any) -> list[int]:
             optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         if (dead or (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"))) \
                 and trial.number not in retried and "failed_trial" not in trial.system_attrs:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(optuna_study, trial)
+            # as Optuna's RetryHeartbeatStaleTrialCallback queues it (the same system attributes), but
+            # without the stopped trial's user attributes: its worker and run folder are not the retry's
+            optuna_study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]}))
             queued.append(trial.number)
     for number in queued:
         log.warning("trial %d stopped with its worker; it runs again", number)
@@ -619,44 +436,6 @@ def _importance(optuna_study: Any, path: Path) -> dict[str, float] | None:
     return {k: float(v) for k, v in importance.items()}
 
 
-def search_markdown(report: dict[str, Any]) -> list[str]:
-    """The search's part of ``study.md``."""
-    compute = report["compute"]
-    lines = ["## The search", "",
-             f"Sampler {report['sampler']}, pruner {report['pruner']}; each trial is a run folder in "
-             f"`{TRIALS_DIR}/`, scored by the validation accuracy of the model it kept. The settings confirmed "
-             "below were chosen on validation alone.", "",
-             "| trial | state | settings | val accuracy | epochs trained (where it stopped) | seconds |",
-             "|" + " --- |" * 6]
-    for t in report["trials"]:
-        settings = _settings_text(t["params"])
-        state = t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "") + (
-            f" (settings of trial {t['same_as']}: not trained again)" if t.get("same_as") is not None else "")
-        value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
-        lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
-    lines += ["", "Confirmed with seeds: " + "; ".join(
-        f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + ".", ""]
-    grid = (f"the full grid of the space ({compute['grid_configurations']} configurations, each with every "
-            f"confirmation seed) would train up to {compute['grid_epochs']} epochs"
-            + (f", about {compute['grid_seconds_estimate']:.0f} s at the search's seconds per epoch"
-               if compute["grid_seconds_estimate"] else "")
-            if compute["grid_epochs"] else "the space has a range, so it has no finite grid")
-    lines += [f"Compute: the search trained {compute['search_epochs']} epochs in {compute['search_seconds']:.0f} s "
-              f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} confirming); {grid}. "
-              "Runs it shares with the baselines (what they fine-tune from) are not counted"
-              + (f"; the trials fine-tuned from their own run {compute['trials_dependency']} (seed "
-                 f"{report['seed']}, apart from the confirmation seeds, so that no winner's replicate is the trial "
-                 f"that chose it), which trained {compute['trials_dependency_seconds']:.0f} s more."
-                 if compute["trials_dependency"] else "."), ""]
-    if report["importance"]:
-        lines += ["Which settings mattered (Optuna's fANOVA importance over the complete trials): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in report["importance"].items()) + ".", "",
-                  "![importance](importance.png)", ""]
-    if report["verdicts"]:
-        lines += ["Is the winner really better?", ""] + [f"- {v['words']}." for v in report["verdicts"]] + [""]
-    return lines
-
-
 def full_grid_study(search: Search, study: Study) -> Study:
     """The full grid of the search's space (choice lists only) as a study with the confirmation
     seeds: one configuration ``grid`` beside the baselines, to check a search against."""
@@ -667,10 +446,6 @@ def full_grid_study(search: Search, study: Study) -> Study:
                          [{"name": GRID, "grid": {d.name: list(d.choices) for d in search.space}}])
     grid.search = None
     return grid
-
-
-def _settings_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def describe_search(search: Search, study: Study, out: Path) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 
 from kerascnn import rundir, stats
 from kerascnn.reports import markdown_text, percent, same_test_set
-from kerascnn.study.plan import REPEAT_AXES, PlannedRun, Study, plan_rows, state_of
+from kerascnn.study.plan import REPEAT_AXES, TRIALS_DIR, PlannedRun, Study, plan_rows, state_of
 
 log = logging.getLogger("kerascnn")
 
@@ -211,8 +211,6 @@ def study_markdown(summary: dict[str, Any]) -> str:
                      f"({c['test']}, adjusted p = {c['p_holm']:.3g}): {words}{given}.")
     lines += ["", "![validation curves and accuracy against training time](comparison.png)", ""]
     if summary.get("search"):
-        from kerascnn.study.search import search_markdown
-
         lines += search_markdown(summary["search"])
     return "\n".join(lines)
 
@@ -228,3 +226,45 @@ def write_summary(study: Study, out: Path, summary: dict[str, Any]) -> None:
         histories = [rundir.read_history(out / run).get("val_accuracy") for run in e.get("runs", [])]
         curves[e["configuration"]] = [np.array(h) for h in histories if h]
     plot_study(summary["configurations"], curves, out / "comparison.png")
+
+
+def search_markdown(report: dict[str, Any]) -> list[str]:
+    """The search's part of ``study.md``."""
+    compute = report["compute"]
+    lines = ["## The search", "",
+             f"Sampler {report['sampler']}, pruner {report['pruner']}; each trial is a run folder in "
+             f"`{TRIALS_DIR}/`, scored by the validation accuracy of the model it kept. The settings confirmed "
+             "below were chosen on validation alone.", "",
+             "| trial | state | settings | val accuracy | epochs trained (where it stopped) | seconds |",
+             "|" + " --- |" * 6]
+    for t in report["trials"]:
+        settings = _settings_text(t["params"])
+        state = t["state"] + (f" (retry of {t['retry_of']})" if t["retry_of"] is not None else "") + (
+            f" (settings of trial {t['same_as']}: not trained again)" if t.get("same_as") is not None else "")
+        value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
+        lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
+    lines += ["", "Confirmed with seeds: " + "; ".join(
+        f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + ".", ""]
+    grid = (f"the full grid of the space ({compute['grid_configurations']} configurations, each with every "
+            f"confirmation seed) would train up to {compute['grid_epochs']} epochs"
+            + (f", about {compute['grid_seconds_estimate']:.0f} s at the search's seconds per epoch"
+               if compute["grid_seconds_estimate"] else "")
+            if compute["grid_epochs"] else "the space has a range, so it has no finite grid")
+    lines += [f"Compute: the search trained {compute['search_epochs']} epochs in {compute['search_seconds']:.0f} s "
+              f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} confirming); {grid}. "
+              "Runs it shares with the baselines (what they fine-tune from) are not counted"
+              + (f"; the trials fine-tuned from their own run {compute['trials_dependency']} (seed "
+                 f"{report['seed']}, apart from the confirmation seeds, so that no winner's replicate is the trial "
+                 f"that chose it), which trained {compute['trials_dependency_seconds']:.0f} s more."
+                 if compute["trials_dependency"] else "."), ""]
+    if report["importance"]:
+        lines += ["Which settings mattered (Optuna's fANOVA importance over the complete trials): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in report["importance"].items()) + ".", "",
+                  "![importance](importance.png)", ""]
+    if report["verdicts"]:
+        lines += ["Is the winner really better?", ""] + [f"- {v['words']}." for v in report["verdicts"]] + [""]
+    return lines
+
+
+def _settings_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
