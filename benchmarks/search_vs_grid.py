@@ -1,6 +1,6 @@
-"""A strategy search against the full grid of its space: whether the search's confirmed winner's test
-accuracy lies in the 95% interval of the grid's best configuration (chosen on validation), and the
-training epochs each spent.
+"""A strategy search against the full grid of its space: whether the test accuracy of the search's
+confirmed winner (chosen on the confirmation runs' validation accuracy) lies in the 95% interval of
+the grid's best configuration (chosen on validation), and the training epochs each spent.
 
     python -m experiments.study search_digits --out runs/search
     python -m experiments.study search_digits --full-grid --out runs/grid
@@ -35,13 +35,14 @@ def compare(search_dir: Path, grid_dir: Path) -> dict:
     """One row: the search's winner, the grid's best by validation, and the epochs of each."""
     search = json.loads((search_dir / "study.json").read_text())
     grid = json.loads((grid_dir / "study.json").read_text())
-    winner = next(c for c in search["configurations"] if c["config"] == "search-1")
+    name = search["search"].get("winner") or "search-1"  # the confirmed winner (a report before it: the first)
+    winner = next(c for c in search["configurations"] if c["configuration"] == name)
     grid_rows = [c for c in grid["configurations"] if c["config"] == "grid" and c.get("val_accuracy") is not None]
     best = max(grid_rows, key=lambda c: c["val_accuracy"])
     low, high = best["accuracy"]["ci95"]
     compute = search["search"]["compute"]
     grid_epochs = sum(epochs_of(grid_dir, c["runs"]) for c in grid_rows)
-    chosen = search["search"]["chosen"][0]["params"]
+    chosen = next(c for c in search["search"]["chosen"] if c["config"] == winner["config"])["params"]
     trials = search["search"]["trials"]
     return {
         "search_winner": ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()),

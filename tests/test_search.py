@@ -172,6 +172,7 @@ def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
     assert report["compute"]["search_epochs"] == sum(t["epochs"] for t in report["trials"]) + \
         report["compute"]["confirm_epochs"]
     assert report["verdicts"][0]["winner"] == "search-1" and report["verdicts"][0]["baseline"] == "base"
+    assert report["winner"] == "search-1"  # the only one confirmed
     text = (out / "study.md").read_text()
     assert "## The search" in text and report["verdicts"][0]["words"] in text
     folders = sorted(p.name for p in (out / "trials").iterdir())

@@ -446,7 +446,7 @@ def _search_line(text: str, key: str) -> int:
 
 def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = True) -> Search:
     """Check a study file's ``[search]`` table into a `Search`; with ``check``, each value of the
-    space is checked as a trial's setting (`kerascnn.study.plan.check_run`) before anything trains."""
+    space is checked as a trial's setting before anything trains."""
     where = lambda key: f"{study.path.name} line {_search_line(study.text, key)}"  # noqa: E731
     if not isinstance(table, dict):
         raise KerascnnError(f"{where('search')}: [search] must be a table")

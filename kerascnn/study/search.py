@@ -379,6 +379,8 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                "trials_dependency_seconds": float(np.nansum(rundir.read_history(out / own).get("seconds", [])))
                if own else None}
     importance = _importance(optuna_study, out / "importance.png")
+    confirmed = [c for c in confirm_runs if c.get("val_accuracy") is not None]
+    best_confirmed = max(confirmed, key=lambda c: c["val_accuracy"])["configuration"] if confirmed else None
     baselines = [c for c in summary["configurations"] if c["chosen"] and not c["config"].startswith(WINNER)]
     verdicts = []
     for winner in chosen:
@@ -390,6 +392,7 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
     return {"space": {d.name: list(d.choices) if d.choices is not None else {"low": d.low, "high": d.high, "log": d.log}
                       for d in search.space},
             "sampler": search.sampler, "pruner": search.pruner, "seed": search.seed, "trials": trials, "chosen": chosen,
+            "winner": best_confirmed,
             "compute": compute, "importance": importance, "verdicts": verdicts}
 
 

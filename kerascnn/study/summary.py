@@ -244,7 +244,9 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
         value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
         lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
     lines += ["", "Confirmed with seeds: " + "; ".join(
-        f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + ".", ""]
+        f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + "."
+        + (f" The confirmed winner, chosen on the confirmation runs' validation accuracy: {report['winner']}."
+           if report.get("winner") and len(report["chosen"]) > 1 else ""), ""]
     grid = (f"the full grid of the space ({compute['grid_configurations']} configurations, each with every "
             f"confirmation seed) would train up to {compute['grid_epochs']} epochs"
             + (f", about {compute['grid_seconds_estimate']:.0f} s at the search's seconds per epoch"
