@@ -43,3 +43,18 @@ def write_idx_gz(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: s
         f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.astype(np.uint8).tobytes())
     with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
         f.write(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def study_command(argv: list[str]) -> int:
+    """``python -m experiments.study ARGV`` run in this process; its exit status."""
+    from experiments import study as study_cli
+    from experiments.cli import main
+
+    return main(study_cli.body, study_cli.parser(), argv)
+
+
+def write_study_file(folder: Path, text: str, name: str = "s.toml") -> Path:
+    """``text`` written to ``folder/name``; the path."""
+    path = folder / name
+    path.write_text(text)
+    return path

@@ -18,8 +18,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from experiments import study as study_cli  # noqa: E402
-from experiments.cli import main  # noqa: E402
+from helpers import study_command, write_study_file  # noqa: E402
+
 from kerascnn import rundir  # noqa: E402
 from kerascnn.study import load_study  # noqa: E402
 from kerascnn.study.search import retry_stopped_trials, trial_folder  # noqa: E402
@@ -48,16 +48,6 @@ confirm = {top = 1, seeds = [0, 1]}
 """
 
 
-def study(argv):
-    return main(study_cli.body, study_cli.parser(), argv)
-
-
-def write(tmp_path, text, name="s.toml"):
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
 @pytest.mark.parametrize("search, message", [
     ("[search]\ntrials = 2\nspace.colour = [1, 2]\n", "s.toml line 14: space.colour is not a run option"),
     ("[search]\ntrials = 2\nspace.lr = []\n", "line 14: space.lr is an empty choice list"),
@@ -75,14 +65,14 @@ def write(tmp_path, text, name="s.toml"):
 ])
 def test_bad_search_files_are_one_line_errors_before_anything_is_created(search, message, tmp_path, capsys):
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, TINY + search)), "--out", str(out)]) == 2
+    assert study_command([str(write_study_file(tmp_path, TINY + search)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
 
 
 def test_the_bundled_searches_parse_and_a_dry_run_describes_them(tmp_path, capsys):
-    assert study(["search_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert study_command(["search_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "space: unfreeze in ['none', 'layer4', 'layer3,layer4', 'all']; lr in [0.003, 0.001, 0.0003] " \
            "(12 settings)" in printed and "until 12 trials" in printed and not (tmp_path / "o").exists()
@@ -138,7 +128,7 @@ def test_a_setting_proposed_again_gives_its_earlier_result_untrained(tmp_path):
 
     from kerascnn.study.search import _objective, open_study, planned_trial
 
-    searched = load_study(str(write(tmp_path, TINY + SEARCH)), check=False)
+    searched = load_study(str(write_study_file(tmp_path, TINY + SEARCH)), check=False)
     out = tmp_path / "out"
     out.mkdir()
     search = open_study(searched.search, searched, out)
@@ -155,7 +145,7 @@ def test_a_setting_proposed_again_gives_its_earlier_result_untrained(tmp_path):
 @pytest.mark.slow
 def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, TINY + SEARCH)), "--out", str(out)]) == 0
+    assert study_command([str(write_study_file(tmp_path, TINY + SEARCH)), "--out", str(out)]) == 0
     summary = json.loads((out / "study.json").read_text())
     report = summary["search"]
     assert len(report["trials"]) == 3 and {t["state"] for t in report["trials"]} <= {"complete", "pruned"}
@@ -176,7 +166,7 @@ def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
     text = (out / "study.md").read_text()
     assert "## The search" in text and report["verdicts"][0]["words"] in text
     folders = sorted(p.name for p in (out / "trials").iterdir())
-    assert study([str(tmp_path / "s.toml"), "--out", str(out)]) == 0  # again: nothing new trains
+    assert study_command([str(tmp_path / "s.toml"), "--out", str(out)]) == 0  # again: nothing new trains
     assert sorted(p.name for p in (out / "trials").iterdir()) == folders
     assert json.loads((out / "study.json").read_text())["search"]["trials"] == report["trials"]
 
@@ -231,11 +221,11 @@ def _two_workers_one_killed(tmp_path, storage_line):
                                                                          'name = "base"\nlr = 1e-3\nepochs = 1\n')
     text += SEARCH.replace("trials = 3", "trials = 4").replace('"successive_halving"', '"none"') \
         .replace("seeds = [0, 1]", "seeds = [0]") + storage_line
-    study_file = write(tmp_path, text)
+    study_file = write_study_file(tmp_path, text)
     out = tmp_path / "out"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    assert study([str(study_file), "--out", str(out), "--dry-run"]) == 0
+    assert study_command([str(study_file), "--out", str(out), "--dry-run"]) == 0
     killed = _command(study_file, out, tmp_path / "a")
     other = _command(study_file, out, tmp_path / "b")
 

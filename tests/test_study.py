@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import study_command, write_study_file
 
 from experiments import compare as compare_cli
-from experiments import study as study_cli
 from experiments.cli import main
 from kerascnn import stats
 from kerascnn import study as studies
@@ -29,16 +29,6 @@ model = "cnn"
 split = "20,10,30"
 verbose = 2
 """
-
-
-def study(argv):
-    return main(study_cli.body, study_cli.parser(), argv)
-
-
-def write(tmp_path, text, name="s.toml"):
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize("text, message", [
@@ -73,7 +63,7 @@ def write(tmp_path, text, name="s.toml"):
 ])
 def test_bad_study_files_are_one_line_errors_before_anything_is_created(text, message, tmp_path, capsys):
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, text)), "--out", str(out)]) == 2
+    assert study_command([str(write_study_file(tmp_path, text)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
@@ -90,7 +80,7 @@ grid.pool = ["max", "avg"]
 name = "pre"
 split = "default"
 """
-    plan = studies.load_study(str(write(tmp_path, text)))
+    plan = studies.load_study(str(write_study_file(tmp_path, text)))
     assert [r.name for r in plan.runs[:2]] == ["pre-seed0", "pre-seed1"] and plan.runs[0].dependency
     assert len(plan.runs) == 2 + 2 * 2 * 2
     assert "split" not in plan.runs[0].options and plan.runs[2].options["split"] == "20,10,30"
@@ -98,14 +88,14 @@ split = "default"
     assert run.options["split_seed"] == 0 and {r.seed for r in plan.runs[2:]} == {0, 1}
     assert run.configuration == "tune [lr=0.01, pool=max]" and run.group == "tune [pool=max]"
     assert all(r.upstream_run == f"pre-seed{r.seed}" for r in plan.runs[2:])  # whole-pipeline replicates
-    assert study([str(tmp_path / "s.toml"), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert study_command([str(tmp_path / "s.toml"), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     assert "pre-seed1 (dependency): new" in capsys.readouterr().out and not (tmp_path / "o").exists()
     assert [r.name for r in studies.select(plan, "pre")] == ["pre-seed0", "pre-seed1"]
     assert len(studies.select(plan, "tune")) == 10  # with what it fine-tunes from
-    assert study([str(tmp_path / "s.toml"), "--dry-run", "--only", "nope"]) == 2
+    assert study_command([str(tmp_path / "s.toml"), "--dry-run", "--only", "nope"]) == 2
     assert "--only nope: no config of that name; configs: pre, tune" in capsys.readouterr().err
-    assert study(["transfer_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0  # the bundled file parses
-    assert study(["no_such_study"]) == 2
+    assert study_command(["transfer_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0  # the bundled file parses
+    assert study_command(["no_such_study"]) == 2
     assert "bundled study: " in capsys.readouterr().err
 
 
@@ -121,13 +111,14 @@ lr = 0.0003
 
 
 def test_each_replicate_fine_tunes_from_its_own_dependency_run_unless_it_is_shared(tmp_path):
-    plan = studies.load_study(str(write(tmp_path, PIPELINE)))
+    plan = studies.load_study(str(write_study_file(tmp_path, PIPELINE)))
     pre, tune = [r for r in plan.runs if r.dependency], [r for r in plan.runs if not r.dependency]
     assert [r.seed for r in pre] == [0, 1, 2] and [r.upstream_run for r in tune] == ["pre-seed0", "pre-seed1",
                                                                                      "pre-seed2"]
     assert studies.variance_sources(tune) == {"covers": ["training seed", "dependency pre"], "conditional_on": []}
-    shared = studies.load_study(str(write(tmp_path, PIPELINE.replace("epochs = 1\n", "epochs = 1\nshare = ['pre']\n")
-                                          .replace('name = "pre"', 'name = "pre"\nseeds = [0]'))))
+    shared_text = PIPELINE.replace("epochs = 1\n", "epochs = 1\nshare = ['pre']\n").replace(
+        'name = "pre"', 'name = "pre"\nseeds = [0]')
+    shared = studies.load_study(str(write_study_file(tmp_path, shared_text)))
     tune = [r for r in shared.runs if not r.dependency]
     assert [r.name for r in shared.runs if r.dependency] == ["pre-seed0"]
     assert {r.upstream_run for r in tune} == {"pre-seed0"}
@@ -135,7 +126,7 @@ def test_each_replicate_fine_tunes_from_its_own_dependency_run_unless_it_is_shar
     assert variance == {"covers": ["training seed"], "conditional_on": ["pre-seed0"]}
     assert studies.covers_text(variance) == "training seed; conditional on one pretraining run, pre-seed0"
     # folds pair like seeds when the dependency repeats over them too
-    folds = studies.load_study(str(write(tmp_path, TINY + "seeds = [0, 1]\ngrid.fold = [0, 1]\n"
+    folds = studies.load_study(str(write_study_file(tmp_path, TINY + "seeds = [0, 1]\ngrid.fold = [0, 1]\n"
                                          "[[config]]\nname = 'p'\n[[config]]\nname = 'a'\nweights = '@p'\n")),
                                check=False)
     tuned = [r for r in folds.runs if not r.dependency]
@@ -146,7 +137,7 @@ def test_each_replicate_fine_tunes_from_its_own_dependency_run_unless_it_is_shar
 @pytest.mark.slow
 def test_a_study_replicates_its_pretraining_and_says_what_its_intervals_cover(tmp_path):
     out = tmp_path / "out"
-    assert study([str(write(tmp_path, PIPELINE)), "--out", str(out)]) == 0
+    assert study_command([str(write_study_file(tmp_path, PIPELINE)), "--out", str(out)]) == 0
     summary = json.loads((out / "study.json").read_text())
     assert sorted(r["run"] for r in summary["plan"] if r["dependency"]) == ["pre-seed0", "pre-seed1", "pre-seed2"]
     (tune,) = summary["configurations"]
@@ -159,7 +150,7 @@ def test_a_study_replicates_its_pretraining_and_says_what_its_intervals_cover(tm
     shared_out = tmp_path / "shared"
     text = PIPELINE.replace("epochs = 1\n", "epochs = 1\nshare = ['pre']\n").replace('name = "pre"',
                                                                                      'name = "pre"\nseeds = [0]')
-    assert study([str(write(tmp_path, text, "shared.toml")), "--out", str(shared_out)]) == 0
+    assert study_command([str(write_study_file(tmp_path, text, "shared.toml")), "--out", str(shared_out)]) == 0
     assert sorted(p.name for p in shared_out.glob("pre-seed*")) == ["pre-seed0"]
     report = (shared_out / "study.md").read_text()
     assert "| training seed; conditional on one pretraining run, pre-seed0 |" in report
@@ -175,8 +166,8 @@ def history_epochs(run_dir):
 def test_an_interrupted_study_resumes_where_it_stopped(tmp_path):
     """A real SIGTERM while the second run trains; the same command again skips the first run,
     resumes the second from its last finished epoch and runs the third."""
-    path = write(tmp_path, TINY + "epochs = 6\npatience = 0\n[[config]]\nname = 'a'\n[[config]]\nname = 'b'\n"
-                 "lr = 0.001\n[[config]]\nname = 'c'\ndropout = 0.5\n")
+    path = write_study_file(tmp_path, TINY + "epochs = 6\npatience = 0\n[[config]]\nname = 'a'\n[[config]]\n"
+                            "name = 'b'\nlr = 0.001\n[[config]]\nname = 'c'\ndropout = 0.5\n")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "experiments.study", str(path), "--out", str(out)]
     env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "torch")}
@@ -234,7 +225,7 @@ def study_process(*argv):
 @pytest.mark.slow
 def test_two_workers_run_a_four_run_study_two_at_a_time(tmp_path):
     out = tmp_path / "out"
-    study_process(write(tmp_path, FOUR_RUNS), "--out", out, "--workers", "2")
+    study_process(write_study_file(tmp_path, FOUR_RUNS), "--out", out, "--workers", "2")
     summary = json.loads((out / "study.json").read_text())
     assert summary["runs_finished"] == 4 and not summary["failed"]
     intervals = run_intervals(out)
@@ -248,7 +239,7 @@ def test_two_workers_run_a_four_run_study_two_at_a_time(tmp_path):
 def test_the_submitit_engine_runs_the_same_study_in_its_local_mode(tmp_path):
     pytest.importorskip("submitit", reason="the slurm extra (submitit) is not installed")
     out = tmp_path / "out"
-    study_process(write(tmp_path, FOUR_RUNS), "--out", out, "--engine", "submitit-local")
+    study_process(write_study_file(tmp_path, FOUR_RUNS), "--out", out, "--engine", "submitit-local")
     summary = json.loads((out / "study.json").read_text())
     assert summary["runs_finished"] == 4 and (out / "submitit").is_dir()
     assert all(history_epochs(out / r["run"]) == [1, 2, 3] for r in summary["plan"])
@@ -258,7 +249,7 @@ def test_another_study_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.toml").write_text("name = 'other'\n")
-    assert study([str(write(tmp_path, TINY + "[[config]]\nname = 'a'\n")), "--out", str(out)]) == 2
+    assert study_command([str(write_study_file(tmp_path, TINY + "[[config]]\nname = 'a'\n")), "--out", str(out)]) == 2
     assert "holds another version of the study" in capsys.readouterr().err
 
 

@@ -273,19 +273,24 @@ def _matching_run(run: PlannedRun, upstream_runs: list[PlannedRun], shared: bool
 def check_run(run: PlannedRun, where: Callable[..., str], environment: distribute.Environment | None = None) -> None:
     """Raise `KerascnnError` (naming the run and the file line) unless the run's settings would start
     on ``environment`` (default: this machine)."""
-    from kerascnn.runner import check_and_resolve
-
-    options = dict(run.options)
-    if run.upstream:
-        options["weights"] = "none"  # the dependency's model does not exist yet
     try:
-        check_and_resolve(config.RunConfig(**options), environment)
+        _check_settings(run.options, environment)
     except KerascnnError as exc:
         raise KerascnnError(f"{where(exc.option or 'name', run.table)}: run {run.name}: {exc}",
                             option=exc.option) from None
+
+
+def _check_settings(options: dict[str, Any], environment: distribute.Environment | None) -> None:
+    """`kerascnn.runner.check_and_resolve` of a planned run's ``options`` (``@NAME`` weights as none: the
+    dependency's model does not exist yet); a value of the wrong type is a `KerascnnError` too."""
+    from kerascnn.runner import check_and_resolve
+
+    if str(options.get("weights") or "").startswith("@"):
+        options = {**options, "weights": "none"}
+    try:
+        check_and_resolve(config.RunConfig(**options), environment)
     except (TypeError, ValueError) as exc:
-        raise KerascnnError(f"{where('name', run.table)}: run {run.name}: a setting has the wrong type "
-                            f"({exc})") from None
+        raise KerascnnError(f"a setting has the wrong type ({exc})") from None
 
 
 def run_config(run: PlannedRun, study_dir: Path) -> config.RunConfig:
@@ -511,23 +516,15 @@ def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = T
 def _check_space(search: Search, study: Study, where: Any) -> None:
     """Raise `KerascnnError` (naming the line and value) unless a trial with each value of the space
     would start on this machine (`kerascnn.runner.check_and_resolve`)."""
-    from kerascnn import distribute
-    from kerascnn.runner import check_and_resolve
-
-    options = dict(planned_trial(search, study).options)
-    if str(options.get("weights", "")).startswith("@"):
-        options["weights"] = "none"  # the dependency's model does not exist yet
+    options = planned_trial(search, study).options
     environment = distribute.Environment.current()
     for dimension in search.space:
         for value in dimension.checked_values():
             try:
-                check_and_resolve(config.RunConfig(**{**options, dimension.name: value}), environment)
+                _check_settings({**options, dimension.name: value}, environment)
             except KerascnnError as exc:
                 raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r}: {exc}",
                                     option=exc.option) from None
-            except (TypeError, ValueError) as exc:
-                raise KerascnnError(f"{where(f'space.{dimension.name}')}: space.{dimension.name} = {value!r} has "
-                                    f"the wrong type ({exc})") from None
 
 
 def _dimension(name: str, value: Any, where: Any) -> Dimension:

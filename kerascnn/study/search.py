@@ -120,8 +120,6 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
             trial.set_user_attr("interrupted", True)  # retried once when the command runs again
             raise
         row = summarize_run(folder)
-        trial.set_user_attr("epochs", row["epochs"])
-        trial.set_user_attr("seconds", row["train_seconds"])
         if row["val_accuracy"] is None:
             raise KerascnnError(f"trial {trial.number}: no validation accuracy; a search needs a validation split")
         if pruning.pruned_at is not None:
@@ -135,19 +133,6 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
 def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
     """The Optuna study of the search in ``out`` (created or loaded), with this worker's sampler."""
     optuna = _require_optuna()
-    if search.storage is None:
-        from optuna.storages.journal import JournalFileBackend
-
-        storage: Any = optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                storage = optuna.storages.RDBStorage(
-                    search.storage, heartbeat_interval=60, grace_period=180,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-            except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
-                raise KerascnnError(f"search storage {search.storage}: {' '.join(str(exc).split())[:300]}") from None
     seed = search.seed + worker  # workers with one seed would propose the same trials
     if search.sampler == "grid":
         sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in search.space}, seed=seed)
@@ -160,6 +145,16 @@ def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
               "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
               "none": optuna.pruners.NopPruner}[search.pruner]()
     try:
+        if search.storage is None:
+            from optuna.storages.journal import JournalFileBackend
+
+            storage: Any = optuna.storages.JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    search.storage, heartbeat_interval=60, grace_period=180,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         return optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner,
                                    direction="maximize", load_if_exists=True)
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
@@ -167,16 +162,27 @@ def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
                             ) from None
 
 
+def trained(folder: Path) -> tuple[int, float]:
+    """The epochs and training seconds in run folder ``folder``'s history (0 and 0.0 without one)."""
+    history = rundir.read_history(folder)
+    return len(history.get("epoch", [])), float(np.nansum(history.get("seconds", [])))
+
+
 def epochs_used(trials: list[Any], out: Path) -> int:
     """Epochs trained over ``trials`` so far, from their run folders' histories."""
-    return sum(len(rundir.read_history(trial_folder(out, t.number)).get("epoch", [])) for t in trials)
+    return sum(trained(trial_folder(out, t.number))[0] for t in trials)
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """The numbers of the trials that have been queued again (Optuna's ``retry_history``)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def ended_trials(trials: list[Any]) -> list[Any]:
     """The trials that count towards ``trials``: complete, pruned, or failed and not retried."""
     from optuna.trial import TrialState
 
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and t.number not in retried)]
 
@@ -207,7 +213,7 @@ def retry_stopped_trials(optuna_study: Any) -> list[int]:
     from optuna.trial import TrialState
 
     trials = optuna_study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     queued = []
     for trial in trials:
         worker = trial.user_attrs.get("worker")
@@ -354,17 +360,14 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
     settings mattered, and the verdict on each winner against each baseline; draws ``importance.png``."""
     trials = []
     for t in optuna_study.get_trials(deepcopy=False):
-        history = rundir.read_history(trial_folder(out, t.number))
+        epochs, seconds = trained(trial_folder(out, t.number))
         trials.append({"trial": t.number, "state": t.state.name.lower(), "params": dict(t.params),
-                       "val_accuracy": t.value, "epochs": len(history.get("epoch", [])),
-                       "seconds": float(np.nansum(history.get("seconds", []))),
+                       "val_accuracy": t.value, "epochs": epochs, "seconds": seconds,
                        "retry_of": t.system_attrs.get("failed_trial"), "same_as": t.user_attrs.get("same_as"),
                        "run": f"{TRIALS_DIR}/{t.user_attrs['run']}" if "run" in t.user_attrs else None})
     confirm_runs = [c for c in summary["configurations"] if c["config"].startswith(WINNER)]
-    confirm_epochs = sum(len(rundir.read_history(out / run).get("epoch", [])) for c in confirm_runs
-                         for run in c.get("runs", []))
-    confirm_seconds = sum(float(np.nansum(rundir.read_history(out / run).get("seconds", [])))
-                          for c in confirm_runs for run in c.get("runs", []))
+    confirm = [trained(out / run) for c in confirm_runs for run in c.get("runs", [])]
+    confirm_epochs, confirm_seconds = sum(e for e, _ in confirm), sum(s for _, s in confirm)
     search_epochs = sum(t["epochs"] for t in trials) + confirm_epochs
     search_seconds = sum(t["seconds"] for t in trials) + confirm_seconds
     per_epoch = search_seconds / search_epochs if search_epochs else None
@@ -376,8 +379,7 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                "grid_configurations": grid, "grid_epochs": grid_epochs,
                "grid_seconds_estimate": grid_epochs * per_epoch if grid_epochs and per_epoch else None,
                "trials_dependency": own,
-               "trials_dependency_seconds": float(np.nansum(rundir.read_history(out / own).get("seconds", [])))
-               if own else None}
+               "trials_dependency_seconds": trained(out / own)[1] if own else None}
     importance = _importance(optuna_study, out / "importance.png")
     confirmed = [c for c in confirm_runs if c.get("val_accuracy") is not None]
     best_confirmed = max(confirmed, key=lambda c: c["val_accuracy"])["configuration"] if confirmed else None
