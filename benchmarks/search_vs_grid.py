@@ -52,6 +52,7 @@ def compare(search_dir: Path, grid_dir: Path) -> dict:
         "grid_test": round(100 * best["accuracy"]["mean"], 2),
         "grid_low": round(100 * low, 2), "grid_high": round(100 * high, 2),
         "within": "yes" if low <= winner["accuracy"]["mean"] <= high else "no",
+        "settings": compute["grid_configurations"],
         "trials": len(trials), "pruned": sum(t["state"] == "pruned" for t in trials),
         "search_epochs": compute["search_epochs"], "grid_epochs": grid_epochs,
         "epoch_ratio": round(compute["search_epochs"] / grid_epochs, 3),

@@ -156,8 +156,8 @@ class RunConfig:
     unfreeze: str | None = option(None, "none, all or STAGE[,STAGE...] (e.g. layer3,layer4) trained beside the head "
                                   "(default: none with pretrained weights, all from scratch); see --list-stages",
                                   TRANSFER)
-    unfreeze_at: int | None = option(None, "train the head alone until this epoch, then the --unfreeze stages too",
-                                     TRANSFER, metavar="EPOCH")
+    unfreeze_at: int | None = option(None, "train the head alone for the first EPOCH epochs (0: none), then the "
+                                     "--unfreeze stages too", TRANSFER, metavar="EPOCH")
     finetune_lr: float | None = option(None, "peak LR after --unfreeze-at (default: --lr / 10)", TRANSFER, low=0,
                                        open="low", hyper=True)
     bn_policy: str = option("train", "batch norms of unfrozen stages: train (update statistics) or frozen", TRANSFER,
@@ -267,16 +267,17 @@ class RunConfig:
                                 option="calibrate")
         if str(self.devices).lower() != "all" and not (str(self.devices).isdigit() and int(self.devices) >= 1):
             raise KerascnnError(f"--devices takes a number >= 1 or all, got {self.devices!r}", option="devices")
-        if self.finetune_lr is not None and self.unfreeze_at is None:
-            raise KerascnnError("--finetune-lr is the LR after --unfreeze-at EPOCH; give that too or leave it out",
-                                option="finetune_lr")
+        if self.finetune_lr is not None and not self.unfreeze_at:
+            raise KerascnnError("--finetune-lr is the LR after --unfreeze-at EPOCH (>= 1); give that too or leave "
+                                "it out", option="finetune_lr")
         if self.nesterov and self.optimizer != "sgd":
             raise KerascnnError(f"--nesterov applies to --optimizer sgd, not {self.optimizer}", option="nesterov")
         if self.unfreeze_at is not None:
-            if not isinstance(self.unfreeze_at, int) or not 1 <= self.unfreeze_at < self.epochs:
-                raise KerascnnError(f"--unfreeze-at must be an epoch in 1..{self.epochs - 1} (--epochs {self.epochs}), "
-                                    f"got {self.unfreeze_at}", option="unfreeze_at")
-            if self.unfreeze is not None and self.unfreeze.strip().lower() == "none":
+            if not isinstance(self.unfreeze_at, int) or not 0 <= self.unfreeze_at < self.epochs:
+                raise KerascnnError(f"--unfreeze-at must be an epoch in 0..{self.epochs - 1} (--epochs {self.epochs}; "
+                                    f"0: the stages train from the start), got {self.unfreeze_at}",
+                                    option="unfreeze_at")
+            if self.unfreeze_at and self.unfreeze is not None and self.unfreeze.strip().lower() == "none":
                 raise KerascnnError("--unfreeze-at needs stages to unfreeze; give --unfreeze all or STAGE[,STAGE...]",
                                     option="unfreeze_at")
         return self

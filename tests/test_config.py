@@ -36,12 +36,25 @@ def test_parse_split_rejects(text):
         ({"convs_per_block": [1, 0]}, "--convs-per-block takes positive"),
         ({"convs_per_block": []}, "--convs-per-block needs a count"),
         ({"weights": " "}, "--weights is empty"),  # not read as none by one check and as a file by another
+        ({"unfreeze_at": 14}, r"--unfreeze-at must be an epoch in 0\.\.13"),
+        ({"unfreeze_at": 2, "unfreeze": "none"}, "--unfreeze-at needs stages to unfreeze"),
+        ({"unfreeze_at": 0, "finetune_lr": 1e-4}, r"--finetune-lr is the LR after --unfreeze-at EPOCH \(>= 1\)"),
     ],
 )
 def test_validate_rejects_with_one_line(changes, message):
     with pytest.raises(KerascnnError, match=message) as info:
         RunConfig("digits", "cnn", **changes).validate()
     assert "\n" not in str(info.value)
+
+
+def test_unfreeze_at_0_trains_the_stages_from_the_start_in_one_phase():
+    """0 is a search space's "no head-alone epochs" (``unfreeze_at = [0, 2, 5]``), with or without stages."""
+    from kerascnn.resolution import resolve
+    from kerascnn.training import phases
+
+    for unfreeze in ("all", "none"):
+        config = resolve(RunConfig("digits", "resnet18", weights="none", unfreeze=unfreeze, unfreeze_at=0)).config
+        assert [(p.start, p.stop, p.unfreeze) for p in phases(config)] == [(0, config.epochs, unfreeze)]
 
 
 def test_a_single_convs_per_block_from_an_older_config_reads_as_a_list():
@@ -75,6 +88,7 @@ def test_label_smoothing_defaults_to_the_model_s_and_an_explicit_value_wins(mode
     ("resnet18", {"unfreeze": "layer3,layer4"}, 3e-4),
     ("resnet18", {"unfreeze": "all"}, 3e-4),
     ("resnet18", {"unfreeze": "all", "unfreeze_at": 3}, 3e-3),  # the head alone first, then lr / 10
+    ("resnet18", {"unfreeze": "all", "unfreeze_at": 0}, 3e-4),  # 0: the stages train from the start
     ("mobilenet_v2", {"unfreeze": "all"}, 3e-4),
     ("resnet18", {"unfreeze": "all", "lr": 1e-2}, 1e-2),  # given: kept
 ])

@@ -74,13 +74,14 @@ def test_bad_search_files_are_one_line_errors_before_anything_is_created(search,
 def test_the_bundled_searches_parse_and_a_dry_run_describes_them(tmp_path, capsys):
     assert study_command(["search_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
-    assert "space: unfreeze in ['none', 'layer4', 'layer3,layer4', 'all']; lr in [0.003, 0.001, 0.0003] " \
-           "(12 settings)" in printed and "until 12 trials" in printed and not (tmp_path / "o").exists()
+    assert "space: unfreeze in ['layer4', 'layer3,layer4', 'all']; lr in [0.003, 0.001, 0.0003]; " \
+           "backbone_lr_scale in [1.0, 0.1] (18 settings)" in printed and "until 110 epochs" in printed
+    assert not (tmp_path / "o").exists()
     grid = load_study("search_digits")
     from kerascnn.study.search import full_grid_study
 
     runs = full_grid_study(grid.search, grid).runs
-    assert len([r for r in runs if r.config == "grid"]) == 12 * 3  # every setting, every confirmation seed
+    assert len([r for r in runs if r.config == "grid"]) == 18 * 3  # every setting, every confirmation seed
     assert {r.upstream_run for r in runs if r.config == "grid"} == {f"pretrain-seed{k}" for k in range(3)}
     assert load_study("search_animals10", check=False).search.space[1].log
 
@@ -140,6 +141,40 @@ def test_a_setting_proposed_again_gives_its_earlier_result_untrained(tmp_path):
     search.optimize(objective, n_trials=1)
     again = search.get_trials()[-1]
     assert again.value == 0.5 and again.user_attrs["same_as"] == 0 and not (out / "trials").exists()
+
+
+def test_a_search_of_choice_lists_ends_once_every_setting_is_tried(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from kerascnn.study.search import open_study, search_done
+
+    searched = load_study(str(write_study_file(tmp_path, TINY + SEARCH.replace("trials = 3", "budget = 100")
+                                               .replace("{low = 1e-4, high = 1e-2, log = true}", "[1e-3, 1e-2]"))),
+                          check=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    search = open_study(searched.search, searched, out)
+    distributions = {"lr": CategoricalDistribution([1e-3, 1e-2]), "batch_size": CategoricalDistribution([32, 64])}
+    settings = [{"lr": lr, "batch_size": b} for lr in (1e-3, 1e-2) for b in (32, 64)]
+    for params in settings[:3] + settings[:3]:  # a sampler proposing tried settings again: no epochs spent
+        search.add_trial(optuna.create_trial(params=params, distributions=distributions, value=0.5))
+    assert not search_done(searched.search, search, out)  # budget left and one setting untried
+    search.add_trial(optuna.create_trial(params=settings[3], distributions=distributions, value=0.5))
+    assert search_done(searched.search, search, out)  # every setting tried, though the budget is not spent
+
+
+def test_a_shared_storage_refuses_another_search_of_the_same_name(tmp_path):
+    from kerascnn.errors import KerascnnError
+    from kerascnn.study.search import open_study
+
+    storage = f"\nstorage = 'sqlite:///{tmp_path / 'shared.db'}'\n"
+    first = load_study(str(write_study_file(tmp_path, TINY + SEARCH + storage)), check=False)
+    open_study(first.search, first, tmp_path)
+    open_study(first.search, first, tmp_path, worker=1)  # another worker of the same search: welcome
+    other = load_study(str(write_study_file(tmp_path, TINY + SEARCH.replace("trials = 3", "trials = 4") + storage)),
+                       check=False)
+    with pytest.raises(KerascnnError, match="holds a search named 'tiny' from another version of the file"):
+        open_study(other.search, other, tmp_path)
 
 
 @pytest.mark.slow

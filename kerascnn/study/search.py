@@ -12,6 +12,7 @@ study folder), ``seed`` (the trials'; default one above the confirmation seeds) 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ from kerascnn.study.plan import (
 log = logging.getLogger("kerascnn")
 
 JOURNAL = "search.journal"  # the default storage, in the study folder
+STUDY_TEXT = "study_file_sha256"  # the Optuna study's attribute: the SHA-256 of the study file it searches
+
 
 def _require_optuna() -> Any:
     try:
@@ -131,8 +134,10 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
 
 
 def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
-    """The Optuna study of the search in ``out`` (created or loaded), with this worker's sampler."""
+    """The Optuna study of the search in ``out`` (created or loaded), with this worker's sampler; one
+    that a storage holds under the file's name must come from this very file (`STUDY_TEXT`)."""
     optuna = _require_optuna()
+    fingerprint = hashlib.sha256(study.text.encode()).hexdigest()
     seed = search.seed + worker  # workers with one seed would propose the same trials
     if search.sampler == "grid":
         sampler = optuna.samplers.GridSampler({d.name: list(d.choices) for d in search.space}, seed=seed)
@@ -155,11 +160,18 @@ def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
                 storage = optuna.storages.RDBStorage(
                     search.storage, heartbeat_interval=60, grace_period=180,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner,
-                                   direction="maximize", load_if_exists=True)
+        optuna_study = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner,
+                                           direction="maximize", load_if_exists=True)
+        stored = optuna_study.user_attrs.get(STUDY_TEXT)
+        if stored is None:
+            optuna_study.set_user_attr(STUDY_TEXT, fingerprint)
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
         raise KerascnnError(f"search storage {search.storage or out / JOURNAL}: {' '.join(str(exc).split())[:300]}"
                             ) from None
+    if stored not in (None, fingerprint):  # one name in a shared database: two searches must not mix their trials
+        raise KerascnnError(f"search storage {search.storage or out / JOURNAL} holds a search named {study.name!r} "
+                            f"from another version of the file; give this one another name, or another storage")
+    return optuna_study
 
 
 def trained(folder: Path) -> tuple[int, float]:
@@ -188,8 +200,9 @@ def ended_trials(trials: list[Any]) -> list[Any]:
 
 
 def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
-    """Whether the search has its trials (`ended_trials`), has run its whole grid, has spent its
-    budget of epochs, or keeps failing (ten failed trials, more than ran)."""
+    """Whether the search has its trials (`ended_trials`), has tried every setting of a space of
+    choice lists (any sampler: more trials would only repeat one), has spent its budget of epochs,
+    or keeps failing (ten failed trials, more than ran)."""
     from optuna.trial import TrialState
 
     trials = optuna_study.get_trials(deepcopy=False)
@@ -199,7 +212,8 @@ def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
     failed = sum(t.state == TrialState.FAIL for t in ended)
     if failed >= 10 and failed > len(ended) - failed:
         return True
-    if search.sampler == "grid" and len({json.dumps(t.params, sort_keys=True) for t in ended}) >= search.grid_size():
+    grid = search.grid_size()
+    if grid is not None and len({json.dumps(t.params, sort_keys=True) for t in ended}) >= grid:
         return True
     return search.budget is not None and epochs_used(trials, out) >= search.budget
 
