@@ -143,21 +143,25 @@ def test_a_setting_proposed_again_gives_its_earlier_result_untrained(tmp_path):
     assert again.value == 0.5 and again.user_attrs["same_as"] == 0 and not (out / "trials").exists()
 
 
-def test_a_search_of_choice_lists_ends_once_every_setting_is_tried(tmp_path):
-    from optuna.distributions import CategoricalDistribution
+def test_a_search_of_a_finite_space_ends_once_every_setting_is_tried(tmp_path):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.trial import TrialState
 
     from kerascnn.study.search import open_study, search_done
 
-    searched = load_study(str(write_study_file(tmp_path, TINY + SEARCH.replace("trials = 3", "budget = 100")
-                                               .replace("{low = 1e-4, high = 1e-2, log = true}", "[1e-3, 1e-2]"))),
+    text = TINY + SEARCH.replace("trials = 3", "budget = 100").replace("{low = 1e-4, high = 1e-2, log = true}",
+                                                                       "[1e-3, 1e-2]")
+    searched = load_study(str(write_study_file(tmp_path, text.replace("[32, 64]", "{low = 32, high = 33}"))),
                           check=False)
     out = tmp_path / "out"
     out.mkdir()
     search = open_study(searched.search, searched, out)
-    distributions = {"lr": CategoricalDistribution([1e-3, 1e-2]), "batch_size": CategoricalDistribution([32, 64])}
-    settings = [{"lr": lr, "batch_size": b} for lr in (1e-3, 1e-2) for b in (32, 64)]
+    distributions = {"lr": CategoricalDistribution([1e-3, 1e-2]), "batch_size": IntDistribution(32, 33)}
+    settings = [{"lr": lr, "batch_size": b} for lr in (1e-3, 1e-2) for b in (32, 33)]
     for params in settings[:3] + settings[:3]:  # a sampler proposing tried settings again: no epochs spent
         search.add_trial(optuna.create_trial(params=params, distributions=distributions, value=0.5))
+    search.add_trial(optuna.create_trial(params={"lr": 1e-2}, distributions={"lr": distributions["lr"]},
+                                         state=TrialState.FAIL))  # died before it had all its settings
     assert not search_done(searched.search, search, out)  # budget left and one setting untried
     search.add_trial(optuna.create_trial(params=settings[3], distributions=distributions, value=0.5))
     assert search_done(searched.search, search, out)  # every setting tried, though the budget is not spent

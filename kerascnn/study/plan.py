@@ -411,6 +411,14 @@ class Dimension:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
+    def size(self) -> int | None:
+        """How many values the option can take: its choices, or an integer range's; None for floats."""
+        if self.choices is not None:
+            return len(self.choices)
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return self.high - self.low + 1
+        return None
+
     def checked_values(self) -> tuple[Any, ...]:
         """The values a pre-flight check tries: every choice, or both ends of the range."""
         return self.choices if self.choices is not None else (self.low, self.high)
@@ -430,6 +438,11 @@ class Search:
     top: int
     seeds: tuple[int, ...]
     data: dict[str, Any]  # the whole study file, parsed
+
+    def space_size(self) -> int | None:
+        """Distinct settings the space holds (integer ranges counted); None when a float range makes it infinite."""
+        sizes = [d.size() for d in self.space]
+        return None if None in sizes else int(np.prod(sizes))
 
     def grid_size(self) -> int | None:
         """Configurations in the full grid of the space; None when a range makes it infinite."""

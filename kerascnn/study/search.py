@@ -113,8 +113,7 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
         settings = run_config(planned, out)
         settings.out = str(folder)
         settings.environment = {**settings.environment, "search_trial": trial.number}
-        unfreeze = params.get("unfreeze", settings.unfreeze)
-        warmup = params.get("unfreeze_at", settings.unfreeze_at) if unfreeze not in (None, "none") else 0
+        warmup = params.get("unfreeze_at", settings.unfreeze_at) or 0  # validate refuses it with unfreeze none
         pruning = PruneOnValidation(trial, warmup or 0)
         log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
         try:
@@ -162,15 +161,17 @@ def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         optuna_study = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner,
                                            direction="maximize", load_if_exists=True)
-        stored = optuna_study.user_attrs.get(STUDY_TEXT)
-        if stored is None:
+        if optuna_study.user_attrs.get(STUDY_TEXT) is None:
             optuna_study.set_user_attr(STUDY_TEXT, fingerprint)
+        stored = optuna_study.user_attrs.get(STUDY_TEXT)  # read back: of two files starting at once, one wins
     except Exception as exc:  # noqa: BLE001 - a database that cannot be reached, a driver not installed
         raise KerascnnError(f"search storage {search.storage or out / JOURNAL}: {' '.join(str(exc).split())[:300]}"
                             ) from None
-    if stored not in (None, fingerprint):  # one name in a shared database: two searches must not mix their trials
+    if stored != fingerprint:  # one name in a shared storage: two searches must not mix their trials
         raise KerascnnError(f"search storage {search.storage or out / JOURNAL} holds a search named {study.name!r} "
-                            f"from another version of the file; give this one another name, or another storage")
+                            "from another version of the file; give "
+                            + ("another --out" if search.storage is None else "this one another name, or another "
+                               "storage"))
     return optuna_study
 
 
@@ -200,9 +201,9 @@ def ended_trials(trials: list[Any]) -> list[Any]:
 
 
 def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
-    """Whether the search has its trials (`ended_trials`), has tried every setting of a space of
-    choice lists (any sampler: more trials would only repeat one), has spent its budget of epochs,
-    or keeps failing (ten failed trials, more than ran)."""
+    """Whether the search has its trials (`ended_trials`), has tried every setting of a finite space
+    (any sampler: more trials would only repeat one), has spent its budget of epochs, or keeps
+    failing (ten failed trials, more than ran)."""
     from optuna.trial import TrialState
 
     trials = optuna_study.get_trials(deepcopy=False)
@@ -212,8 +213,9 @@ def search_done(search: Search, optuna_study: Any, out: Path) -> bool:
     failed = sum(t.state == TrialState.FAIL for t in ended)
     if failed >= 10 and failed > len(ended) - failed:
         return True
-    grid = search.grid_size()
-    if grid is not None and len({json.dumps(t.params, sort_keys=True) for t in ended}) >= grid:
+    size, names = search.space_size(), {d.name for d in search.space}
+    tried = {json.dumps(t.params, sort_keys=True) for t in ended if set(t.params) == names}
+    if size is not None and len(tried) >= size:
         return True
     return search.budget is not None and epochs_used(trials, out) >= search.budget
 
