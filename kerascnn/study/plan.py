@@ -446,9 +446,7 @@ class Search:
 
     def grid_size(self) -> int | None:
         """Configurations in the full grid of the space; None when a range makes it infinite."""
-        if any(d.choices is None for d in self.space):
-            return None
-        return int(np.prod([len(d.choices) for d in self.space]))
+        return None if any(d.choices is None for d in self.space) else self.space_size()
 
 
 def _search_line(text: str, key: str) -> int:

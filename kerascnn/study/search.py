@@ -114,7 +114,7 @@ def _objective(search: Search, trial_run: PlannedRun, out: Path):
         settings.out = str(folder)
         settings.environment = {**settings.environment, "search_trial": trial.number}
         warmup = params.get("unfreeze_at", settings.unfreeze_at) or 0  # validate refuses it with unfreeze none
-        pruning = PruneOnValidation(trial, warmup or 0)
+        pruning = PruneOnValidation(trial, warmup)
         log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in params.items()))
         try:
             start_run(settings, callbacks=[pruning])
