@@ -62,6 +62,12 @@ confirm = {top = 1, seeds = [0, 1]}
     ("[search]\ntrials = 2\nspace.lr = [0.1, -1.0]\n", "line 14: space.lr = -1.0: --lr must be > 0, got -1.0"),
     ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 0}\n", "confirm.top must be an integer >= 1"),
     ("[search]\ntrials = 2\nstorage = 'journal'\nspace.lr = [0.1]\n", "storage must be an Optuna storage URL"),
+    ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 2, race = 1}\n",
+     "confirm.race (the trials that start the confirmation) must be an integer >= confirm.top (2), got 1"),
+    ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 1, race = 2, seeds = [0]}\n",
+     "confirm.race races the trials over the confirmation seeds, so it needs two seeds or more"),
+    ("[search]\ntrials = 2\nmin_epochs = 0\nspace.lr = [0.1]\n", "line 14: min_epochs must be an integer >= 1"),
+    ("[search]\ntrials = 2\nmin_epochs = 3\nspace.lr = [0.1]\n", "min_epochs must be below a trial's epochs (3)"),
 ])
 def test_bad_search_files_are_one_line_errors_before_anything_is_created(search, message, tmp_path, capsys):
     out = tmp_path / "out"
@@ -75,7 +81,7 @@ def test_the_bundled_searches_parse_and_a_dry_run_describes_them(tmp_path, capsy
     assert study_command(["search_digits", "--dry-run", "--out", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert "space: unfreeze in ['layer4', 'layer3,layer4', 'all']; lr in [0.003, 0.001, 0.0003]; " \
-           "backbone_lr_scale in [1.0, 0.1] (18 settings)" in printed and "until 110 epochs" in printed
+           "backbone_lr_scale in [1.0, 0.1] (18 settings)" in printed and "until 100 epochs" in printed
     assert not (tmp_path / "o").exists()
     grid = load_study("search_digits")
     from kerascnn.study.search import full_grid_study
@@ -167,6 +173,41 @@ def test_a_search_of_a_finite_space_ends_once_every_setting_is_tried(tmp_path):
     assert search_done(searched.search, search, out)  # every setting tried, though the budget is not spent
 
 
+def test_the_race_halves_the_candidates_after_each_seed_on_mean_validation(tmp_path, monkeypatch):
+    from kerascnn.study import execute
+    from kerascnn.study import search as search_module
+
+    searched = load_study(str(write_study_file(tmp_path, TINY + SEARCH.replace(
+        "confirm = {top = 1, seeds = [0, 1]}", "confirm = {top = 1, seeds = [0, 1, 2], race = 4}"))), check=False)
+    val = {"search-1": [0.2, 0.9], "search-2": [0.8, 0.1], "search-3": [0.7, 0.8], "search-4": [0.6, 0.9]}
+    plans, real_derived_study = [], search_module.derived_study
+
+    def derived_study(*args):
+        plans.append(real_derived_study(*args))
+        return plans[-1]
+
+    def summarize_run(folder):  # each run's validation accuracy from ``val``, by its configuration and seed
+        config, seed = next((r.config, r.seed) for r in plans[-1].runs if r.name == folder.name)
+        return {"val_accuracy": val[config][seed]}
+
+    monkeypatch.setattr(search_module, "derived_study", derived_study)
+    monkeypatch.setattr(execute, "run_study", lambda plan, out, **execution: None)
+    monkeypatch.setattr("kerascnn.reports.summarize_run", summarize_run)
+    candidates = [{"trial": n, "params": {"lr": 1e-3 * n}, "val_accuracy": 0.9 - 0.1 * n, "config": f"search-{n}"}
+                  for n in (1, 2, 3, 4)]
+    survivors, records = search_module.race(searched.search, searched, candidates, tmp_path)
+    # seed 0: means 0.55, 0.75, 0.65, 0.55 -> 2 and 3 stay; seed 1 (the last but one): 0.53, 0.7 -> only 3 stays
+    assert [c["config"] for c in survivors] == ["search-3"]
+    raced = [sorted({r.seed for r in plan.runs if r.config.startswith("search-")}) for plan in plans]
+    assert raced == [[0], [0, 1]]  # the third seed is the confirmation's
+    by_name = {r["config"]: r for r in records}
+    assert by_name["search-2"]["means"] == pytest.approx([0.75, 1.6 / 3])
+    assert by_name["search-3"]["means"] == pytest.approx([0.65, 0.7])
+    assert by_name["search-2"]["left_after_seed"] == 1 and by_name["search-3"]["left_after_seed"] is None
+    assert by_name["search-1"]["left_after_seed"] == by_name["search-4"]["left_after_seed"] == 0
+    assert len(by_name["search-1"]["runs"]) == 1 and len(by_name["search-2"]["runs"]) == 2
+
+
 def test_a_shared_storage_refuses_another_search_of_the_same_name(tmp_path):
     from kerascnn.errors import KerascnnError
     from kerascnn.study.search import open_study
@@ -182,9 +223,10 @@ def test_a_shared_storage_refuses_another_search_of_the_same_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
+def test_a_search_prunes_races_confirms_against_the_baseline_and_resumes(tmp_path):
     out = tmp_path / "out"
-    assert study_command([str(write_study_file(tmp_path, TINY + SEARCH)), "--out", str(out)]) == 0
+    text = TINY + SEARCH.replace("confirm = {top = 1,", "confirm = {top = 1, race = 2,")
+    assert study_command([str(write_study_file(tmp_path, text)), "--out", str(out)]) == 0
     summary = json.loads((out / "study.json").read_text())
     report = summary["search"]
     assert len(report["trials"]) == 3 and {t["state"] for t in report["trials"]} <= {"complete", "pruned"}
@@ -194,14 +236,25 @@ def test_a_search_prunes_confirms_against_the_baseline_and_resumes(tmp_path):
         assert (folder / "model.keras").is_file()  # a pruned trial keeps its best epoch's model
         metrics = json.loads((folder / "metrics.json").read_text())
         assert t["epochs"] == metrics["epochs_run"] and metrics["best_epoch"] <= metrics["epochs_run"]
-    winner = report["chosen"][0]
-    assert winner["val_accuracy"] == max(t["val_accuracy"] for t in report["trials"] if t["state"] == "complete")
-    assert [c["configuration"] for c in summary["configurations"]] == ["base", "search-1"]
+    complete = sorted(t["val_accuracy"] for t in report["trials"] if t["state"] == "complete")
+    [winner] = report["chosen"]
+    assert report["winner"] == winner["config"]  # the only one confirmed
+    confirm_runs = [f"{winner['config']}-seed{k}" for k in (0, 1)]
+    if len(complete) >= 2:  # the best two raced on seed 0; the better by mean validation stayed
+        assert [c["val_accuracy"] for c in report["race"]] == complete[::-1][:2]
+        [left] = [c for c in report["race"] if c["left_after_seed"] == 0]
+        assert winner["config"] != left["config"] and len(left["means"]) == 1
+        assert winner["trial"] == max(report["race"], key=lambda c: c["means"][0])["trial"]
+        confirm_runs.append(f"{left['config']}-seed0")
+    else:
+        assert report["race"] is None and winner["val_accuracy"] == complete[0]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("search-")) == sorted(confirm_runs)
+    assert report["compute"]["confirm_epochs"] == sum(len(rundir.read_history(out / r)["epoch"]) for r in confirm_runs)
+    assert [c["configuration"] for c in summary["configurations"]] == ["base", winner["config"]]
     assert all(c["runs_finished"] == 2 for c in summary["configurations"])
     assert report["compute"]["search_epochs"] == sum(t["epochs"] for t in report["trials"]) + \
         report["compute"]["confirm_epochs"]
-    assert report["verdicts"][0]["winner"] == "search-1" and report["verdicts"][0]["baseline"] == "base"
-    assert report["winner"] == "search-1"  # the only one confirmed
+    assert report["verdicts"][0]["winner"] == winner["config"] and report["verdicts"][0]["baseline"] == "base"
     text = (out / "study.md").read_text()
     assert "## The search" in text and report["verdicts"][0]["words"] in text
     folders = sorted(p.name for p in (out / "trials").iterdir())

@@ -389,7 +389,7 @@ TRIAL = "trial"  # the planned configuration a trial's settings start from (a se
 GRID = "grid"  # --full-grid's configuration
 WINNER = "search-"  # the confirmed trials' configurations: search-1, search-2, ...
 TRIALS_DIR = "trials"  # the study folder's subfolder of trial run folders, trial-NNNN
-KEYS = ("space", "trials", "budget", "pruner", "sampler", "storage", "seed", "confirm")
+KEYS = ("space", "trials", "budget", "pruner", "sampler", "min_epochs", "storage", "seed", "confirm")
 
 
 @dataclass(frozen=True)
@@ -438,6 +438,12 @@ class Search:
     top: int
     seeds: tuple[int, ...]
     data: dict[str, Any]  # the whole study file, parsed
+    race: int  # the best trials that start the confirmation (halved after each seed down to top)
+    min_epochs: int | None  # the fewest epochs before the pruner may stop a trial; None: a fifth of its epochs
+
+    def first_rung(self, epochs: int) -> int:
+        """The epochs a trial of ``epochs`` trains before the pruner may stop it (Optuna's ``min_resource``)."""
+        return self.min_epochs if self.min_epochs is not None else max(1, epochs // 5)
 
     def space_size(self) -> int | None:
         """Distinct settings the space holds (integer ranges counted); None when a float range makes it infinite."""
@@ -504,23 +510,38 @@ def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = T
         raise KerascnnError(f"{where('storage')}: storage must be an Optuna storage URL "
                             f"(postgresql://user@host/db, sqlite:///search.db), got {storage!r}")
     confirm = table.get("confirm", {})
-    if not isinstance(confirm, dict) or any(k not in ("top", "seeds") for k in confirm):
-        raise KerascnnError(f"{where('confirm')}: confirm must be a table {{top = 3, seeds = [0, 1, 2]}}")
+    if not isinstance(confirm, dict) or any(k not in ("top", "seeds", "race") for k in confirm):
+        raise KerascnnError(f"{where('confirm')}: confirm must be a table {{top = 3, seeds = [0, 1, 2]}} "
+                            "(and race = N)")
     top = confirm.get("top", 3)
     seeds = confirm.get("seeds", data.get("seeds", [0, 1, 2]))
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
+    race = confirm.get("race", top)
+    if not isinstance(race, int) or isinstance(race, bool) or race < top:
+        raise KerascnnError(f"{where('race')}: confirm.race (the trials that start the confirmation) must be an "
+                            f"integer >= confirm.top ({top}), got {race!r}")
+    if race > top and len(seeds) < 2:
+        raise KerascnnError(f"{where('race')}: confirm.race races the trials over the confirmation seeds, so it "
+                            "needs two seeds or more")
+    min_epochs = table.get("min_epochs")
+    if min_epochs is not None and (not isinstance(min_epochs, int) or isinstance(min_epochs, bool) or min_epochs < 1):
+        raise KerascnnError(f"{where('min_epochs')}: min_epochs must be an integer >= 1, got {min_epochs!r}")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
     seed = table.get("seed", max(seeds) + 1)  # a trial's run is not one of the winners' replicates
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")
     search = Search(dimensions, counts["trials"], counts["budget"], pruner, sampler, storage, seed, top,
-                    tuple(seeds), data)
+                    tuple(seeds), data, race, min_epochs)
     if check:
         if importlib.util.find_spec("optuna") is None:
             raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'")
         _check_space(search, study, where)
+        epochs = trial_epochs(search, planned_trial(search, study))
+        if search.min_epochs is not None and search.min_epochs >= epochs:
+            raise KerascnnError(f"{where('min_epochs')}: min_epochs must be below a trial's epochs ({epochs}), "
+                                f"got {search.min_epochs}")
     return search
 
 
@@ -574,6 +595,15 @@ def derived_study(search: Search, study: Study, seeds: list[int], extra: list[di
     planned = plan_study(data, study.path, study.text, check=False)
     planned.search = search
     return planned
+
+
+def trial_epochs(search: Search, trial_run: PlannedRun) -> int:
+    """The most epochs a trial trains (the pruner's full resource)."""
+    for dimension in search.space:
+        if dimension.name == "epochs":
+            return int(max(dimension.checked_values()))
+    options = trial_run.options
+    return int(options.get("epochs") or config.RunConfig(options["dataset"], options["model"]).epochs)
 
 
 def planned_trial(search: Search, study: Study) -> PlannedRun:

@@ -3,10 +3,10 @@ run folder pruned on validation accuracy, then the best trials confirmed with se
 file's baselines by the study's own comparison (docs/search.md).
 
 The table: ``space`` (options as a choice list, ``{low, high}`` ints or ``{low, high, log}`` floats),
-``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`kerascnn.study.plan.PRUNERS`), ``sampler``
-(`kerascnn.study.plan.SAMPLERS`), ``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the
-study folder), ``seed`` (the trials'; default one above the confirmation seeds) and
-``confirm = {top, seeds}``.
+``trials`` and/or ``budget`` (epochs over all trials), ``pruner`` (`kerascnn.study.plan.PRUNERS`), ``min_epochs``
+(before which no trial is pruned; default a fifth of a trial's epochs), ``sampler`` (`kerascnn.study.plan.SAMPLERS`),
+``storage`` (an Optuna storage URL; default the journal file ``search.journal`` in the study folder), ``seed`` (the
+trials'; default one above the confirmation seeds) and ``confirm = {top, seeds, race}`` (`race`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from kerascnn import config, rundir
+from kerascnn import rundir
 from kerascnn.errors import KerascnnError
 from kerascnn.study.plan import (
     GRID,
@@ -40,6 +40,7 @@ from kerascnn.study.plan import (
     planned_trial,
     run_config,
     state_of,
+    trial_epochs,
 )
 
 log = logging.getLogger("kerascnn")
@@ -55,15 +56,6 @@ def _require_optuna() -> Any:
         raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def trial_epochs(search: Search, trial_run: PlannedRun) -> int:
-    """The most epochs a trial trains (the pruner's full resource)."""
-    for dimension in search.space:
-        if dimension.name == "epochs":
-            return int(max(dimension.checked_values()))
-    options = trial_run.options
-    return int(options.get("epochs") or config.RunConfig(options["dataset"], options["model"]).epochs)
 
 
 def trial_folder(out: Path, number: int) -> Path:
@@ -145,8 +137,9 @@ def open_study(search: Search, study: Study, out: Path, worker: int = 0) -> Any:
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
     epochs = trial_epochs(search, planned_trial(search, study))
-    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
-              "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+    first = search.first_rung(epochs)
+    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=first, max_resource=epochs),
+              "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=first),
               "none": optuna.pruners.NopPruner}[search.pruner]()
     try:
         if search.storage is None:
@@ -293,8 +286,9 @@ def wait_for_trials(optuna_study: Any, poll_seconds: float = 15.0) -> None:
         time.sleep(poll_seconds)
 
 
-def winners(search: Search, optuna_study: Any) -> list[dict[str, Any]]:
-    """The best ``confirm.top`` complete trials by validation accuracy, one per setting."""
+def winners(optuna_study: Any, count: int) -> list[dict[str, Any]]:
+    """The best ``count`` complete trials by validation accuracy, one per setting, as configurations
+    ``search-1``, ``search-2``, ... in that order."""
     from optuna.trial import TrialState
 
     chosen: list[dict[str, Any]] = []
@@ -305,9 +299,44 @@ def winners(search: Search, optuna_study: Any) -> list[dict[str, Any]]:
             continue
         chosen.append({"trial": trial.number, "params": dict(trial.params), "val_accuracy": trial.value,
                        "config": f"{WINNER}{len(chosen) + 1}"})
-        if len(chosen) == search.top:
+        if len(chosen) == count:
             break
     return chosen
+
+
+def race(search: Search, study: Study, candidates: list[dict[str, Any]], out: Path,
+         **execution: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Race ``candidates`` over the confirmation seeds, as successive halving does over epochs: each
+    runs the next seed, then the better half by mean validation accuracy (its trial's and its seeds'
+    so far) stays, only ``confirm.top`` before the last seed; return the survivors and every
+    candidate's record (its mean after each seed, the seed after which it left, its run folders)."""
+    from kerascnn.reports import summarize_run
+    from kerascnn.study.execute import run_study
+
+    records = [{**c, "means": [], "left_after_seed": None, "runs": []} for c in candidates]
+    alive = list(records)
+    for done, seed in enumerate(search.seeds[:-1], start=1):
+        if len(alive) <= search.top:
+            break
+        plan = derived_study(search, study, list(search.seeds[:done]),
+                             [{"name": c["config"], **c["params"]} for c in alive])
+        run_study(plan, out, **execution)
+        for candidate in alive:
+            candidate["runs"] = [r.name for r in plan.runs if r.config == candidate["config"]]
+            values = [candidate["val_accuracy"]]
+            for name in candidate["runs"]:
+                try:
+                    values.append(summarize_run(out / name)["val_accuracy"])
+                except KerascnnError:  # a run that failed: the candidate is scored on the rest
+                    continue
+            candidate["means"].append(float(np.mean([v for v in values if v is not None])))
+        alive.sort(key=lambda c: (-c["means"][-1], c["trial"]))
+        last = done == len(search.seeds) - 1  # the last seed left: only the top stay
+        for candidate in alive[search.top if last else max(search.top, -(-len(alive) // 2)):]:
+            candidate["left_after_seed"] = seed
+        alive = [c for c in alive if c["left_after_seed"] is None]
+    survivors = [{k: c[k] for k in ("trial", "params", "val_accuracy", "config")} for c in alive]
+    return survivors, records
 
 
 def confirmation_study(search: Search, study: Study, chosen: list[dict[str, Any]]) -> Study:
@@ -359,21 +388,24 @@ def run_search(study: Study, out: Path, *, workers: int = 1, engine: str = "loca
             break  # else a worker died elsewhere, leaving a trial to retry: run the workers again
     if errors and not search_done(search, optuna_study, out):
         raise KerascnnError(f"the search's workers stopped ({errors[0]}); run the same command again")
-    chosen = winners(search, optuna_study)
-    if not chosen:
+    candidates = winners(optuna_study, search.race)
+    if not candidates:
         raise KerascnnError("no trial of the search completed (all pruned or failed); see "
                             f"{out / TRIALS_DIR} and widen the space or give more trials")
+    execution = {"workers": workers, "engine": engine, "engine_options": engine_options}
+    chosen, raced = race(search, study, candidates, out, **execution)
     confirmation = confirmation_study(search, study, chosen)
-    summary = run_study(confirmation, out, workers=workers, engine=engine, engine_options=engine_options)
-    summary["search"] = search_report(search, optuna_study, out, chosen, summary, trial_run)
+    summary = run_study(confirmation, out, **execution)
+    summary["search"] = search_report(search, optuna_study, out, chosen, raced, summary, trial_run)
     write_summary(confirmation, out, summary)
     return summary
 
 
 def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dict[str, Any]],
-                  summary: dict[str, Any], trial_run: PlannedRun) -> dict[str, Any]:
-    """The search's part of ``study.json``: each trial, the compute against the full grid's, which
-    settings mattered, and the verdict on each winner against each baseline; draws ``importance.png``."""
+                  raced: list[dict[str, Any]], summary: dict[str, Any], trial_run: PlannedRun) -> dict[str, Any]:
+    """The search's part of ``study.json``: each trial, the race of the best ones (`race`), the
+    compute against the full grid's, which settings mattered, and the verdict on each winner against
+    each baseline; draws ``importance.png``."""
     trials = []
     for t in optuna_study.get_trials(deepcopy=False):
         epochs, seconds = trained(trial_folder(out, t.number))
@@ -382,7 +414,8 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                        "retry_of": t.system_attrs.get("failed_trial"), "same_as": t.user_attrs.get("same_as"),
                        "run": f"{TRIALS_DIR}/{t.user_attrs['run']}" if "run" in t.user_attrs else None})
     confirm_runs = [c for c in summary["configurations"] if c["config"].startswith(WINNER)]
-    confirm = [trained(out / run) for c in confirm_runs for run in c.get("runs", [])]
+    left = [run for c in raced if c["left_after_seed"] is not None for run in c["runs"]]
+    confirm = [trained(out / run) for run in [*left, *(run for c in confirm_runs for run in c.get("runs", []))]]
     confirm_epochs, confirm_seconds = sum(e for e, _ in confirm), sum(s for _, s in confirm)
     search_epochs = sum(t["epochs"] for t in trials) + confirm_epochs
     search_seconds = sum(t["seconds"] for t in trials) + confirm_seconds
@@ -410,6 +443,8 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
     return {"space": {d.name: list(d.choices) if d.choices is not None else {"low": d.low, "high": d.high, "log": d.log}
                       for d in search.space},
             "sampler": search.sampler, "pruner": search.pruner, "seed": search.seed, "trials": trials, "chosen": chosen,
+            "race": [{k: c[k] for k in ("config", "trial", "params", "val_accuracy", "means", "left_after_seed")}
+                     for c in raced] if len(raced) > len(chosen) else None,
             "winner": best_confirmed,
             "compute": compute, "importance": importance, "verdicts": verdicts}
 
@@ -478,8 +513,13 @@ def describe_search(search: Search, study: Study, out: Path) -> str:
     grid = search.grid_size()
     lines = [f"search {study.name} from {study.path} -> {out}", f"  space: {space}" + (
              f" ({grid} settings)" if grid else ""),
-             f"  {search.sampler} sampler, {search.pruner} pruner, until {stop}; then the best {search.top} "
-             f"with seeds {list(search.seeds)} against the baselines"]
+             f"  {search.sampler} sampler, {search.pruner} pruner"
+             + (f" (from epoch {search.first_rung(trial_epochs(search, planned_trial(search, study)))})"
+                if search.pruner != "none" else "")
+             + f", until {stop}; then the best "
+             + (f"{search.race} race over seeds {list(search.seeds)} down to {search.top}, confirmed"
+                if search.race > search.top else f"{search.top} with seeds {list(search.seeds)}")
+             + " against the baselines"]
     if search.storage is not None or (out / JOURNAL).is_file():
         optuna_study = open_study(search, study, out)
         states = [t.state.name.lower() for t in optuna_study.get_trials(deepcopy=False)]

@@ -243,6 +243,16 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
             f" (settings of trial {t['same_as']}: not trained again)" if t.get("same_as") is not None else "")
         value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
         lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
+    if report.get("race"):
+        lines += ["", "The best trials raced over the confirmation seeds: after each seed, the better half by mean "
+                  "validation accuracy (the trial's and the seeds' so far) stayed, and only the top before the last "
+                  "seed.", "", "| candidate | trial | settings | trial's val accuracy | mean val accuracy after each "
+                  "seed | left after seed |", "|" + " --- |" * 6]
+        for c in report["race"]:
+            means = ", ".join(f"{100 * m:.2f}" for m in c["means"])
+            left = "–" if c["left_after_seed"] is None else str(c["left_after_seed"])
+            lines.append(f"| {c['config']} | {c['trial']} | {_settings_text(c['params'])} | "
+                         f"{100 * c['val_accuracy']:.2f} | {means} | {left} |")
     lines += ["", "Confirmed with seeds: " + "; ".join(
         f"{c['config']} = trial {c['trial']} ({_settings_text(c['params'])})" for c in report["chosen"]) + "."
         + (f" The confirmed winner, chosen on the confirmation runs' validation accuracy: {report['winner']}."
