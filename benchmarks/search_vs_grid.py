@@ -6,7 +6,7 @@ the grid's best configuration (chosen on validation), and the training epochs ea
     python -m experiments.study search_digits --full-grid --out runs/grid
     python benchmarks/search_vs_grid.py runs/search runs/grid [--record LABEL]
 
-Epochs count the trials and the winners' confirmation runs against the grid's runs; the runs both
+Epochs count the trials, the race's and the winners' confirmation runs against the grid's runs; the runs both
 share (what they fine-tune from) and the baselines are left out of both. ``--record LABEL`` appends
 the row to docs/results/search_vs_grid.json.
 """
@@ -35,7 +35,7 @@ def compare(search_dir: Path, grid_dir: Path) -> dict:
     """One row: the search's winner, the grid's best by validation, and the epochs of each."""
     search = json.loads((search_dir / "study.json").read_text())
     grid = json.loads((grid_dir / "study.json").read_text())
-    name = search["search"].get("winner") or "search-1"  # the confirmed winner (a report before it: the first)
+    name = search["search"].get("winner") or search["search"]["chosen"][0]["config"]  # a report before it: the first
     winner = next(c for c in search["configurations"] if c["configuration"] == name)
     grid_rows = [c for c in grid["configurations"] if c["config"] == "grid" and c.get("val_accuracy") is not None]
     best = max(grid_rows, key=lambda c: c["val_accuracy"])

@@ -66,7 +66,11 @@ confirm = {top = 1, seeds = [0, 1]}
      "confirm.race (the trials that start the confirmation) must be an integer >= confirm.top (2), got 1"),
     ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 1, race = 2, seeds = [0]}\n",
      "confirm.race races the trials over the confirmation seeds, so it needs two seeds or more"),
+    ("[search]\ntrials = 2\nspace.lr = [0.1]\nconfirm = {top = 1, race = 2, seeds = 3}\n",
+     "confirm.seeds must be a non-empty list of integers >= 0"),
     ("[search]\ntrials = 2\nmin_epochs = 0\nspace.lr = [0.1]\n", "line 14: min_epochs must be an integer >= 1"),
+    ("[search]\ntrials = 2\npruner = 'none'\nmin_epochs = 1\nspace.lr = [0.1]\n",
+     "line 15: min_epochs is the pruner's first epoch, and pruner = \"none\" prunes nothing"),
     ("[search]\ntrials = 2\nmin_epochs = 3\nspace.lr = [0.1]\n", "min_epochs must be below a trial's epochs (3)"),
 ])
 def test_bad_search_files_are_one_line_errors_before_anything_is_created(search, message, tmp_path, capsys):
@@ -173,39 +177,77 @@ def test_a_search_of_a_finite_space_ends_once_every_setting_is_tried(tmp_path):
     assert search_done(searched.search, search, out)  # every setting tried, though the budget is not spent
 
 
-def test_the_race_halves_the_candidates_after_each_seed_on_mean_validation(tmp_path, monkeypatch):
+def _race(tmp_path, monkeypatch, val, failing=(), run_study=None):
+    """`race` of four candidates over seeds 0-2 down to one, the runs' validation accuracies given by
+    ``val`` (configuration: one per seed), those of ``failing`` failed; the survivors, the records and
+    the seeds each round trained."""
+    from kerascnn.errors import KerascnnError
     from kerascnn.study import execute
     from kerascnn.study import search as search_module
 
     searched = load_study(str(write_study_file(tmp_path, TINY + SEARCH.replace(
         "confirm = {top = 1, seeds = [0, 1]}", "confirm = {top = 1, seeds = [0, 1, 2], race = 4}"))), check=False)
-    val = {"search-1": [0.2, 0.9], "search-2": [0.8, 0.1], "search-3": [0.7, 0.8], "search-4": [0.6, 0.9]}
-    plans, real_derived_study = [], search_module.derived_study
+    rounds, real_derived_study = [], search_module.derived_study
 
     def derived_study(*args):
-        plans.append(real_derived_study(*args))
-        return plans[-1]
+        plan = real_derived_study(*args)
+        rounds.append({r.name: (r.config, r.seed) for r in plan.runs})
+        return plan
 
-    def summarize_run(folder):  # each run's validation accuracy from ``val``, by its configuration and seed
-        config, seed = next((r.config, r.seed) for r in plans[-1].runs if r.name == folder.name)
+    def summarize_run(folder):
+        config, seed = next(run for plan in rounds for name, run in plan.items() if name == folder.name)
+        if config in failing:
+            raise KerascnnError(f"{folder} is not a finished run")
         return {"val_accuracy": val[config][seed]}
 
     monkeypatch.setattr(search_module, "derived_study", derived_study)
-    monkeypatch.setattr(execute, "run_study", lambda plan, out, **execution: None)
+    monkeypatch.setattr(execute, "run_study", run_study or (lambda plan, out, **execution: None))
     monkeypatch.setattr("kerascnn.reports.summarize_run", summarize_run)
     candidates = [{"trial": n, "params": {"lr": 1e-3 * n}, "val_accuracy": 0.9 - 0.1 * n, "config": f"search-{n}"}
                   for n in (1, 2, 3, 4)]
     survivors, records = search_module.race(searched.search, searched, candidates, tmp_path)
-    # seed 0: means 0.55, 0.75, 0.65, 0.55 -> 2 and 3 stay; seed 1 (the last but one): 0.53, 0.7 -> only 3 stays
+    seeds = [sorted({seed for config, seed in plan.values() if config.startswith("search-")}) for plan in rounds]
+    return survivors, {r["config"]: r for r in records}, seeds
+
+
+def test_the_race_halves_the_candidates_after_each_seed_on_mean_validation(tmp_path, monkeypatch):
+    val = {"search-1": [0.2, 0.9], "search-2": [0.8, 0.1], "search-3": [0.7, 0.8], "search-4": [0.6, 0.9]}
+    survivors, by_name, seeds = _race(tmp_path, monkeypatch, val)
+    # seed 0: means 0.5, 0.75, 0.65, 0.55 -> 2 and 3 stay; seed 1 (the last but one): 0.53, 0.7 -> only 3 stays
     assert [c["config"] for c in survivors] == ["search-3"]
-    raced = [sorted({r.seed for r in plan.runs if r.config.startswith("search-")}) for plan in plans]
-    assert raced == [[0], [0, 1]]  # the third seed is the confirmation's
-    by_name = {r["config"]: r for r in records}
+    assert seeds == [[0], [0, 1]]  # the third seed is the confirmation's
     assert by_name["search-2"]["means"] == pytest.approx([0.75, 1.6 / 3])
     assert by_name["search-3"]["means"] == pytest.approx([0.65, 0.7])
     assert by_name["search-2"]["left_after_seed"] == 1 and by_name["search-3"]["left_after_seed"] is None
     assert by_name["search-1"]["left_after_seed"] == by_name["search-4"]["left_after_seed"] == 0
-    assert len(by_name["search-1"]["runs"]) == 1 and len(by_name["search-2"]["runs"]) == 2
+    assert by_name["search-1"]["runs"] == ["search-1-seed0"] and len(by_name["search-2"]["runs"]) == 2
+    assert json.loads((tmp_path / "race.json").read_text())["rounds"][1]["means"]["search-3"] == pytest.approx(0.7)
+
+    def must_not_train(plan, out, **execution):
+        raise AssertionError("a decided round trained again")
+
+    val["search-2"] = [0.99, 0.99]  # the command again: the rounds decided stay decided, nothing trains
+    again, by_name_again, _ = _race(tmp_path, monkeypatch, val, run_study=must_not_train)
+    assert again == survivors and by_name_again == by_name
+
+
+def test_a_candidate_whose_race_run_failed_ranks_last(tmp_path, monkeypatch):
+    val = {"search-1": [0.9, 0.9], "search-2": [0.8, 0.8], "search-3": [0.7, 0.7], "search-4": [0.6, 0.6]}
+    survivors, by_name, _ = _race(tmp_path, monkeypatch, val, failing=("search-1",))
+    assert by_name["search-1"]["failed"] and by_name["search-1"]["left_after_seed"] == 0
+    assert by_name["search-1"]["means"] == pytest.approx([0.8])  # its trial alone, which no longer counts first
+    assert [c["config"] for c in survivors] == ["search-2"]
+
+
+@pytest.mark.parametrize("pruner, extra, first", [("hyperband", "", 3), ("successive_halving", "", 3),
+                                                  ("hyperband", "min_epochs = 2\n", 2)])
+def test_the_pruner_judges_no_trial_before_its_first_epoch(tmp_path, pruner, extra, first):
+    from kerascnn.study.search import open_study
+
+    text = TINY.replace("epochs = 3", "epochs = 15") + SEARCH.replace('"successive_halving"', f'"{pruner}"\n{extra}')
+    searched = load_study(str(write_study_file(tmp_path, text)), check=False)
+    assert searched.search.first_rung(15) == first
+    assert open_study(searched.search, searched, tmp_path).pruner._min_resource == first  # Optuna's own attribute
 
 
 def test_a_shared_storage_refuses_another_search_of_the_same_name(tmp_path):
@@ -258,9 +300,12 @@ def test_a_search_prunes_races_confirms_against_the_baseline_and_resumes(tmp_pat
     text = (out / "study.md").read_text()
     assert "## The search" in text and report["verdicts"][0]["words"] in text
     folders = sorted(p.name for p in (out / "trials").iterdir())
+    histories = {r: (out / r / "history.csv").read_text() for r in confirm_runs}
     assert study_command([str(tmp_path / "s.toml"), "--out", str(out)]) == 0  # again: nothing new trains
     assert sorted(p.name for p in (out / "trials").iterdir()) == folders
-    assert json.loads((out / "study.json").read_text())["search"]["trials"] == report["trials"]
+    assert {r: (out / r / "history.csv").read_text() for r in confirm_runs} == histories
+    again = json.loads((out / "study.json").read_text())["search"]
+    assert (again["trials"], again["race"], again["winner"]) == (report["trials"], report["race"], report["winner"])
 
 
 def _postgres_binaries():

@@ -442,7 +442,7 @@ class Search:
     min_epochs: int | None  # the fewest epochs before the pruner may stop a trial; None: a fifth of its epochs
 
     def first_rung(self, epochs: int) -> int:
-        """The epochs a trial of ``epochs`` trains before the pruner may stop it (Optuna's ``min_resource``)."""
+        """The first epoch at which the pruner may stop a trial of ``epochs`` (Optuna's ``min_resource``)."""
         return self.min_epochs if self.min_epochs is not None else max(1, epochs // 5)
 
     def space_size(self) -> int | None:
@@ -517,18 +517,21 @@ def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = T
     seeds = confirm.get("seeds", data.get("seeds", [0, 1, 2]))
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise KerascnnError(f"{where('top')}: confirm.top must be an integer >= 1, got {top!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
     race = confirm.get("race", top)
     if not isinstance(race, int) or isinstance(race, bool) or race < top:
-        raise KerascnnError(f"{where('race')}: confirm.race (the trials that start the confirmation) must be an "
+        raise KerascnnError(f"{where('confirm')}: confirm.race (the trials that start the confirmation) must be an "
                             f"integer >= confirm.top ({top}), got {race!r}")
     if race > top and len(seeds) < 2:
-        raise KerascnnError(f"{where('race')}: confirm.race races the trials over the confirmation seeds, so it "
+        raise KerascnnError(f"{where('confirm')}: confirm.race races the trials over the confirmation seeds, so it "
                             "needs two seeds or more")
     min_epochs = table.get("min_epochs")
     if min_epochs is not None and (not isinstance(min_epochs, int) or isinstance(min_epochs, bool) or min_epochs < 1):
         raise KerascnnError(f"{where('min_epochs')}: min_epochs must be an integer >= 1, got {min_epochs!r}")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise KerascnnError(f"{where('seeds')}: confirm.seeds must be a non-empty list of integers >= 0")
+    if min_epochs is not None and pruner == "none":
+        raise KerascnnError(f"{where('min_epochs')}: min_epochs is the pruner's first epoch, and pruner = \"none\" "
+                            "prunes nothing; remove one of them")
     seed = table.get("seed", max(seeds) + 1)  # a trial's run is not one of the winners' replicates
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise KerascnnError(f"{where('seed')}: seed must be an integer >= 0, got {seed!r}")

@@ -46,6 +46,7 @@ from kerascnn.study.plan import (
 log = logging.getLogger("kerascnn")
 
 JOURNAL = "search.journal"  # the default storage, in the study folder
+RACE = "race.json"  # the confirmation race's decisions, round by round, in the study folder
 STUDY_TEXT = "study_file_sha256"  # the Optuna study's attribute: the SHA-256 of the study file it searches
 
 
@@ -308,29 +309,47 @@ def race(search: Search, study: Study, candidates: list[dict[str, Any]], out: Pa
          **execution: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Race ``candidates`` over the confirmation seeds, as successive halving does over epochs: each
     runs the next seed, then the better half by mean validation accuracy (its trial's and its seeds'
-    so far) stays, only ``confirm.top`` before the last seed; return the survivors and every
-    candidate's record (its mean after each seed, the seed after which it left, its run folders)."""
+    so far; a candidate with a failed run ranks last) stays, only ``confirm.top`` before the last
+    seed. Each round's decision is kept in `RACE`, so the command run again decides the same. Return
+    the survivors and every candidate's record (its mean after each seed, the seed after which it
+    left, its run folders)."""
     from kerascnn.reports import summarize_run
     from kerascnn.study.execute import run_study
 
-    records = [{**c, "means": [], "left_after_seed": None, "runs": []} for c in candidates]
+    path = out / RACE
+    decided = json.loads(path.read_text())["rounds"] if path.is_file() else []
+    records = [{**c, "means": [], "failed": False, "left_after_seed": None, "runs": []} for c in candidates]
     alive = list(records)
     for done, seed in enumerate(search.seeds[:-1], start=1):
         if len(alive) <= search.top:
             break
         plan = derived_study(search, study, list(search.seeds[:done]),
                              [{"name": c["config"], **c["params"]} for c in alive])
-        run_study(plan, out, **execution)
+        runs = {c["config"]: [r for r in plan.runs if r.config == c["config"]] for c in alive}
+        entrants = [{"config": c["config"], "params": c["params"]} for c in alive]
+        if len(decided) >= done and decided[done - 1]["entrants"] == entrants:  # decided before: nothing retrains
+            means, failed = decided[done - 1]["means"], set(decided[done - 1]["failed"])
+        else:
+            run_study(plan, out, **execution)
+            while any(state_of(r, out) == "elsewhere" for rs in runs.values() for r in rs):
+                time.sleep(15)  # the same round on another node: decide on its runs once they end
+            means, failed = {}, set()
+            for candidate in alive:
+                values = [candidate["val_accuracy"]]
+                for run in runs[candidate["config"]]:
+                    try:
+                        values.append(summarize_run(out / run.name)["val_accuracy"])
+                    except KerascnnError:  # not finished: the run failed
+                        failed.add(candidate["config"])
+                means[candidate["config"]] = float(np.mean([v for v in values if v is not None]))
+            decided = [*decided[:done - 1], {"seed": seed, "entrants": entrants, "means": means,
+                                             "failed": sorted(failed)}]
+            rundir.write_json(path, {"rounds": decided})
         for candidate in alive:
-            candidate["runs"] = [r.name for r in plan.runs if r.config == candidate["config"]]
-            values = [candidate["val_accuracy"]]
-            for name in candidate["runs"]:
-                try:
-                    values.append(summarize_run(out / name)["val_accuracy"])
-                except KerascnnError:  # a run that failed: the candidate is scored on the rest
-                    continue
-            candidate["means"].append(float(np.mean([v for v in values if v is not None])))
-        alive.sort(key=lambda c: (-c["means"][-1], c["trial"]))
+            candidate["runs"] = [r.name for r in runs[candidate["config"]]]
+            candidate["means"].append(means[candidate["config"]])
+            candidate["failed"] = candidate["failed"] or candidate["config"] in failed
+        alive.sort(key=lambda c: (c["failed"], -c["means"][-1], c["trial"]))
         last = done == len(search.seeds) - 1  # the last seed left: only the top stay
         for candidate in alive[search.top if last else max(search.top, -(-len(alive) // 2)):]:
             candidate["left_after_seed"] = seed
@@ -396,16 +415,20 @@ def run_search(study: Study, out: Path, *, workers: int = 1, engine: str = "loca
     chosen, raced = race(search, study, candidates, out, **execution)
     confirmation = confirmation_study(search, study, chosen)
     summary = run_study(confirmation, out, **execution)
-    summary["search"] = search_report(search, optuna_study, out, chosen, raced, summary, trial_run)
+    confirm_runs = sorted({*(run for c in raced for run in c["runs"]),
+                           *(r.name for r in confirmation.runs if r.config.startswith(WINNER))})
+    summary["search"] = search_report(search, optuna_study, out, chosen, raced, confirm_runs, summary, trial_run)
     write_summary(confirmation, out, summary)
     return summary
 
 
 def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dict[str, Any]],
-                  raced: list[dict[str, Any]], summary: dict[str, Any], trial_run: PlannedRun) -> dict[str, Any]:
+                  raced: list[dict[str, Any]], confirm_runs: list[str], summary: dict[str, Any],
+                  trial_run: PlannedRun) -> dict[str, Any]:
     """The search's part of ``study.json``: each trial, the race of the best ones (`race`), the
-    compute against the full grid's, which settings mattered, and the verdict on each winner against
-    each baseline; draws ``importance.png``."""
+    compute (trials, and ``confirm_runs``: the race's and the confirmation's run folders) against the
+    full grid's, which settings mattered, and the verdict on each winner against each baseline;
+    draws ``importance.png``."""
     trials = []
     for t in optuna_study.get_trials(deepcopy=False):
         epochs, seconds = trained(trial_folder(out, t.number))
@@ -413,9 +436,7 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                        "val_accuracy": t.value, "epochs": epochs, "seconds": seconds,
                        "retry_of": t.system_attrs.get("failed_trial"), "same_as": t.user_attrs.get("same_as"),
                        "run": f"{TRIALS_DIR}/{t.user_attrs['run']}" if "run" in t.user_attrs else None})
-    confirm_runs = [c for c in summary["configurations"] if c["config"].startswith(WINNER)]
-    left = [run for c in raced if c["left_after_seed"] is not None for run in c["runs"]]
-    confirm = [trained(out / run) for run in [*left, *(run for c in confirm_runs for run in c.get("runs", []))]]
+    confirm = [trained(out / run) for run in confirm_runs]
     confirm_epochs, confirm_seconds = sum(e for e, _ in confirm), sum(s for _, s in confirm)
     search_epochs = sum(t["epochs"] for t in trials) + confirm_epochs
     search_seconds = sum(t["seconds"] for t in trials) + confirm_seconds
@@ -430,7 +451,8 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
                "trials_dependency": own,
                "trials_dependency_seconds": trained(out / own)[1] if own else None}
     importance = _importance(optuna_study, out / "importance.png")
-    confirmed = [c for c in confirm_runs if c.get("val_accuracy") is not None]
+    confirmed = [c for c in summary["configurations"]
+                 if c["config"].startswith(WINNER) and c.get("val_accuracy") is not None]
     best_confirmed = max(confirmed, key=lambda c: c["val_accuracy"])["configuration"] if confirmed else None
     baselines = [c for c in summary["configurations"] if c["chosen"] and not c["config"].startswith(WINNER)]
     verdicts = []
@@ -443,8 +465,9 @@ def search_report(search: Search, optuna_study: Any, out: Path, chosen: list[dic
     return {"space": {d.name: list(d.choices) if d.choices is not None else {"low": d.low, "high": d.high, "log": d.log}
                       for d in search.space},
             "sampler": search.sampler, "pruner": search.pruner, "seed": search.seed, "trials": trials, "chosen": chosen,
-            "race": [{k: c[k] for k in ("config", "trial", "params", "val_accuracy", "means", "left_after_seed")}
-                     for c in raced] if len(raced) > len(chosen) else None,
+            "race": [{k: c[k] for k in ("config", "trial", "params", "val_accuracy", "means", "failed",
+                                        "left_after_seed", "runs")} for c in raced] if len(raced) > len(chosen)
+            else None,
             "winner": best_confirmed,
             "compute": compute, "importance": importance, "verdicts": verdicts}
 

@@ -245,12 +245,13 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
         lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
     if report.get("race"):
         lines += ["", "The best trials raced over the confirmation seeds: after each seed, the better half by mean "
-                  "validation accuracy (the trial's and the seeds' so far) stayed, and only the top before the last "
-                  "seed.", "", "| candidate | trial | settings | trial's val accuracy | mean val accuracy after each "
+                  "validation accuracy (the trial's and the seeds' so far; one with a failed run last) stayed, and only "
+                  "the top before the last seed.", "", "| candidate | trial | settings | trial's val accuracy | mean val accuracy after each "
                   "seed | left after seed |", "|" + " --- |" * 6]
         for c in report["race"]:
             means = ", ".join(f"{100 * m:.2f}" for m in c["means"])
             left = "–" if c["left_after_seed"] is None else str(c["left_after_seed"])
+            left += " (a run failed)" if c.get("failed") else ""
             lines.append(f"| {c['config']} | {c['trial']} | {_settings_text(c['params'])} | "
                          f"{100 * c['val_accuracy']:.2f} | {means} | {left} |")
     lines += ["", "Confirmed with seeds: " + "; ".join(
@@ -263,7 +264,8 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
                if compute["grid_seconds_estimate"] else "")
             if compute["grid_epochs"] else "the space has a range, so it has no finite grid")
     lines += [f"Compute: the search trained {compute['search_epochs']} epochs in {compute['search_seconds']:.0f} s "
-              f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} confirming); {grid}. "
+              f"({compute['trial_epochs']} in trials, {compute['confirm_epochs']} "
+              f"{'racing and confirming' if report.get('race') else 'confirming'}); {grid}. "
               "Runs it shares with the baselines (what they fine-tune from) are not counted"
               + (f"; the trials fine-tuned from their own run {compute['trials_dependency']} (seed "
                  f"{report['seed']}, apart from the confirmation seeds, so that no winner's replicate is the trial "
