@@ -439,7 +439,7 @@ class Search:
     seeds: tuple[int, ...]
     data: dict[str, Any]  # the whole study file, parsed
     race: int  # the best trials that start the confirmation (halved after each seed down to top)
-    min_epochs: int | None  # the fewest epochs before the pruner may stop a trial; None: a fifth of its epochs
+    min_epochs: int | None  # the first epoch at which the pruner may stop a trial; None: a fifth of its epochs
 
     def first_rung(self, epochs: int) -> int:
         """The first epoch at which the pruner may stop a trial of ``epochs`` (Optuna's ``min_resource``)."""

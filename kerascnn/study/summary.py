@@ -244,10 +244,11 @@ def search_markdown(report: dict[str, Any]) -> list[str]:
         value = "–" if t["val_accuracy"] is None else f"{100 * t['val_accuracy']:.2f}"
         lines.append(f"| {t['trial']} | {state} | {settings} | {value} | {t['epochs']} | {t['seconds']:.0f} |")
     if report.get("race"):
-        lines += ["", "The best trials raced over the confirmation seeds: after each seed, the better half by mean "
-                  "validation accuracy (the trial's and the seeds' so far; one with a failed run last) stayed, and only "
-                  "the top before the last seed.", "", "| candidate | trial | settings | trial's val accuracy | mean val accuracy after each "
-                  "seed | left after seed |", "|" + " --- |" * 6]
+        lines += ["", "The best trials raced over the confirmation seeds: after each seed, the better half by "
+                  "mean validation accuracy (the trial's and the seeds' so far; one with a failed run last) "
+                  "stayed, and only the top before the last seed.", "",
+                  "| candidate | trial | settings | trial's val accuracy | mean val accuracy after each seed "
+                  "| left after seed |", "|" + " --- |" * 6]
         for c in report["race"]:
             means = ", ".join(f"{100 * m:.2f}" for m in c["means"])
             left = "–" if c["left_after_seed"] is None else str(c["left_after_seed"])
