@@ -7,10 +7,22 @@ hooks stay in conftest.py.
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
+
+# TensorFlow 2.21's native INFO log at start-up on CPUs where it turns oneDNN on (AVX-512 VNNI/BF16, AMX): absl
+# writes it before TF_CPP_MIN_LOG_LEVEL applies (tensorflow/tensorflow#102212), so a child process shows it
+TF_NATIVE_INFO = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+                            r"|I\d{4} \d+:\d+:\d+\.\d+ +\d+ [\w.]+:\d+\] ")
+
+
+def own_lines(stderr: str) -> list[str]:
+    """A child process's stderr lines, less TensorFlow's native start-up INFO log (`TF_NATIVE_INFO`)."""
+    return [line for line in stderr.strip().splitlines() if not TF_NATIVE_INFO.match(line)]
+
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
