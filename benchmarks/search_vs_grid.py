@@ -27,12 +27,12 @@ RESULTS = ROOT / "docs" / "results" / "search_vs_grid.json"
 
 
 def trained(study_dir: Path, runs: list[str]) -> tuple[int, float]:
-    """Epochs and training seconds of ``runs`` of ``study_dir``: their history.csv's rows and ``seconds``
-    column, the measure the search's report uses (`kerascnn.study.search.trained`)."""
-    import csv
+    """Epochs and training seconds of ``runs`` of ``study_dir``, as the search's report counts them
+    (`kerascnn.study.search.trained`: their history.csv)."""
+    from kerascnn.study.search import trained as trained_run
 
-    rows = [row for run in runs for row in csv.DictReader((study_dir / run / "history.csv").open())]
-    return len(rows), sum(float(row["seconds"]) for row in rows if row.get("seconds"))
+    counts = [trained_run(study_dir / run) for run in runs]
+    return sum(epochs for epochs, _ in counts), sum(seconds for _, seconds in counts)
 
 
 def compare(search_dir: Path, grid_dir: Path) -> dict:
@@ -44,19 +44,19 @@ def compare(search_dir: Path, grid_dir: Path) -> dict:
     grid_rows = [c for c in grid["configurations"] if c["config"] == "grid" and c.get("val_accuracy") is not None]
     best = max(grid_rows, key=lambda c: c["val_accuracy"])
     low, high = best["accuracy"]["ci95"]
+    mean = winner["accuracy"]["mean"]
     compute = search["search"]["compute"]
     grid_epochs, grid_seconds = trained(grid_dir, [run for c in grid_rows for run in c["runs"]])
     chosen = next(c for c in search["search"]["chosen"] if c["config"] == winner["config"])["params"]
     trials = search["search"]["trials"]
     return {
         "search_winner": ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()),
-        "search_test": round(100 * winner["accuracy"]["mean"], 2),
+        "search_test": round(100 * mean, 2),
         "search_std": round(100 * winner["accuracy"]["std"], 2),
         "grid_best": best["configuration"].removeprefix("grid "),
         "grid_test": round(100 * best["accuracy"]["mean"], 2),
         "grid_low": round(100 * low, 2), "grid_high": round(100 * high, 2),
-        "within": "yes" if low <= winner["accuracy"]["mean"] <= high else  # above: better than the grid's choice
-        "above" if winner["accuracy"]["mean"] > high else "no",
+        "within": "yes" if low <= mean <= high else "above" if mean > high else "no",  # above: better than it
         "settings": compute["grid_configurations"],
         "trials": len(trials), "pruned": sum(t["state"] == "pruned" for t in trials),
         "search_epochs": compute["search_epochs"], "grid_epochs": grid_epochs,

@@ -541,17 +541,18 @@ def parse_search(table: Any, study: Study, data: dict[str, Any], check: bool = T
         if importlib.util.find_spec("optuna") is None:
             raise KerascnnError("a [search] runs on Optuna: pip install 'kerascnn[search]'")
         _check_space(search, study, where)
-        epochs = trial_epochs(search, planned_trial(search, study))
-        if search.min_epochs is not None and search.min_epochs >= epochs:
-            raise KerascnnError(f"{where('min_epochs')}: min_epochs must be below a trial's epochs ({epochs}), "
-                                f"got {search.min_epochs}")
     return search
 
 
 def _check_space(search: Search, study: Study, where: Any) -> None:
     """Raise `KerascnnError` (naming the line and value) unless a trial with each value of the space
-    would start on this machine (`kerascnn.runner.check_and_resolve`)."""
-    options = planned_trial(search, study).options
+    would start on this machine (`kerascnn.runner.check_and_resolve`) and ``min_epochs`` is below its epochs."""
+    trial_run = planned_trial(search, study)
+    epochs = trial_epochs(search, trial_run)
+    if search.min_epochs is not None and search.min_epochs >= epochs:
+        raise KerascnnError(f"{where('min_epochs')}: min_epochs must be below a trial's epochs ({epochs}), "
+                            f"got {search.min_epochs}")
+    options = trial_run.options
     environment = distribute.Environment.current()
     for dimension in search.space:
         for value in dimension.checked_values():
